@@ -1,0 +1,1080 @@
+//! The sans-IO consensus core: `handle_*(input, now) -> Vec<Action>`. See the module docs of
+//! [`crate::consensus`] for the rules; each rule's code below is marked `Rule "<name>"`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::certs::{EpochContext, Verified};
+use super::messages::{
+    Block, BlockRequest, BlockResponse, CommitProof, Evidence, Message, Proposal, ProposalData,
+    QuorumCert, SyncRequest, SyncResponse, Timeout, TimeoutCert, TimeoutData, Vote, VoteData,
+    MAX_BLOCKS_PER_RESPONSE, MAX_EVIDENCE_PER_BLOCK,
+};
+use super::safety::{SafetyState, Storage, StorageError};
+use super::tree::{BlockTree, Insert, Root};
+use super::BrokenRule;
+use crate::crypto::{Digest32, Keypair};
+use crate::types::{BlockId, Height, Round, Stake, TimeMs, ValidatorIndex};
+
+/// Rounds ahead of the current one for which votes and timeouts are kept.
+pub const MAX_FUTURE_ROUNDS: u64 = 64;
+/// Rounds behind the current one for which signed votes are remembered to detect equivocation.
+pub const EQUIVOCATION_WINDOW_ROUNDS: u64 = 16;
+/// A gap (in heights) above which a node syncs committed history instead of fetching ancestors.
+pub const SYNC_GAP_BLOCKS: u64 = 32;
+/// How long a block or sync request waits before it is re-sent (to another peer).
+pub const FETCH_RETRY_MS: TimeMs = 400;
+/// Most block ids being fetched at once.
+pub const MAX_WANTED_BLOCKS: usize = 256;
+/// Most QCs held while the block they certify is fetched.
+pub const MAX_PENDING_QCS: usize = 64;
+/// Most evidence items held for inclusion in blocks.
+pub const MAX_EVIDENCE_POOL: usize = 256;
+/// Cap of the backoff exponent of the round timer.
+const MAX_BACKOFF_EXPONENT: u32 = 16;
+
+/// The application's hooks: payload building and validation (the auction plugs in here), and the
+/// pipeline's back-pressure.
+pub trait App {
+    /// The payload of a new block at `height` in `round`.
+    fn make_payload(&mut self, height: Height, round: Round) -> Vec<u8>;
+    /// Checks a proposed block's payload before this node votes for it.
+    fn validate_payload(&self, block: &Block) -> Result<(), String>;
+    /// `false` holds proposals back (pipeline depth reached); the core retries on tick.
+    fn can_propose(&self) -> bool {
+        true
+    }
+    /// The executed state root this node's next block carries.
+    fn exec_root(&self) -> Digest32 {
+        [0; 32]
+    }
+}
+
+/// Core configuration.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// This node's index.
+    pub me: ValidatorIndex,
+    /// Round timer after a commit.
+    pub round_timeout_ms_base: TimeMs,
+    /// Round timer cap (`hotstuff.view_timeout_seconds`).
+    pub round_timeout_ms_max: TimeMs,
+}
+
+/// Blocks newly committed, in height order, with the proof that commits the last one.
+#[derive(Clone, Debug)]
+pub struct CommittedBatch {
+    /// (id, block), oldest first.
+    pub blocks: Vec<(BlockId, Arc<Block>)>,
+    /// The 2-chain proof.
+    pub proof: CommitProof,
+}
+
+/// What the core asks its driver to do, in order.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Send to one validator (possibly this node itself: loop it back).
+    Send {
+        /// Recipient.
+        to: ValidatorIndex,
+        /// Message.
+        msg: Message,
+    },
+    /// Send to every other validator.
+    Broadcast {
+        /// Message.
+        msg: Message,
+    },
+    /// Blocks are final (already handed to storage).
+    Committed(CommittedBatch),
+    /// New equivocation evidence.
+    Evidence(Evidence),
+}
+
+/// Counters for metrics and the simulator.
+#[derive(Clone, Debug, Default)]
+pub struct CoreStats {
+    /// Votes signed.
+    pub votes_sent: u64,
+    /// Timeouts signed.
+    pub timeouts_signed: u64,
+    /// Proposals made.
+    pub proposals: u64,
+    /// Rounds entered through a TC (view changes).
+    pub view_changes: u64,
+    /// Blocks committed.
+    pub blocks_committed: u64,
+    /// Messages dropped by a rule.
+    pub dropped: u64,
+    /// Storage writes that failed (and so sent nothing).
+    pub storage_failures: u64,
+    /// Sync responses applied.
+    pub syncs: u64,
+}
+
+#[derive(Default)]
+struct VoteRound {
+    voted: HashSet<ValidatorIndex>,
+    by_block: HashMap<
+        BlockId,
+        (
+            VoteData,
+            BTreeMap<ValidatorIndex, crate::crypto::Signature>,
+            Stake,
+        ),
+    >,
+    formed: bool,
+}
+
+#[derive(Default)]
+struct TimeoutRound {
+    entries: BTreeMap<ValidatorIndex, (Round, crate::crypto::Signature)>,
+    stake: Stake,
+    formed: bool,
+}
+
+struct Wanted {
+    since_ms: TimeMs,
+    peer: ValidatorIndex,
+    attempts: u16,
+    height: Height,
+}
+
+/// The consensus state machine of one validator.
+pub struct Core<S: Storage, A: App> {
+    ctx: Arc<EpochContext>,
+    cfg: CoreConfig,
+    key: Keypair,
+    store: S,
+    app: A,
+    safety: SafetyState,
+    round: Round,
+    deadline_ms: TimeMs,
+    rounds_without_commit: u32,
+    last_tc: Option<TimeoutCert>,
+    tree: BlockTree,
+    votes: BTreeMap<Round, VoteRound>,
+    timeouts: BTreeMap<Round, TimeoutRound>,
+    seen_votes: BTreeMap<(Round, ValidatorIndex), Vote>,
+    seen_proposals: BTreeMap<Round, (ProposalData, crate::crypto::Signature)>,
+    evidence_seen: HashSet<(ValidatorIndex, Round, bool)>,
+    evidence_pool: Vec<Evidence>,
+    waiting_proposal: Option<(BlockId, Proposal)>,
+    pending_qcs: HashMap<BlockId, QuorumCert>,
+    wanted: BTreeMap<BlockId, Wanted>,
+    sync_requested_ms: Option<TimeMs>,
+    hint_peer: ValidatorIndex,
+    now_ms: TimeMs,
+    out: Vec<Action>,
+    stats: CoreStats,
+}
+
+impl<S: Storage, A: App> Core<S, A> {
+    /// Starts (or restarts) a validator from what `store` holds: the safety state and the committed
+    /// tip. A restarted node never signs a vote or proposal it could not have signed before.
+    pub fn new(
+        ctx: Arc<EpochContext>,
+        cfg: CoreConfig,
+        key: Keypair,
+        store: S,
+        app: A,
+        now_ms: TimeMs,
+    ) -> Result<Self, StorageError> {
+        let mut safety = store
+            .load_safety()?
+            .unwrap_or_else(|| SafetyState::initial(ctx.epoch(), ctx.genesis_qc()));
+        let root = match store.committed_tip() {
+            Some((block, proof)) => {
+                if proof.child_qc.round > safety.high_qc.round {
+                    safety.high_qc = proof.child_qc.clone();
+                    safety.one_chain_round = proof.child_qc.round;
+                }
+                Root {
+                    id: block.id(&ctx.chain_id),
+                    height: block.height,
+                    round: block.round,
+                }
+            }
+            None => Root {
+                id: ctx.genesis_id,
+                height: Height(0),
+                round: Round(0),
+            },
+        };
+        let mut round = safety.high_qc.round.next();
+        if let Some(t) = &safety.last_timeout {
+            round = round.max(t.round);
+        }
+        let mut core = Self {
+            ctx,
+            cfg,
+            key,
+            store,
+            app,
+            safety,
+            round,
+            deadline_ms: 0,
+            rounds_without_commit: 0,
+            last_tc: None,
+            tree: BlockTree::new(root),
+            votes: BTreeMap::new(),
+            timeouts: BTreeMap::new(),
+            seen_votes: BTreeMap::new(),
+            seen_proposals: BTreeMap::new(),
+            evidence_seen: HashSet::new(),
+            evidence_pool: Vec::new(),
+            waiting_proposal: None,
+            pending_qcs: HashMap::new(),
+            wanted: BTreeMap::new(),
+            sync_requested_ms: None,
+            hint_peer: ValidatorIndex(0),
+            now_ms,
+            out: Vec::new(),
+            stats: CoreStats::default(),
+        };
+        core.deadline_ms = now_ms + core.round_timeout_ms();
+        Ok(core)
+    }
+
+    /// Call once after `new`: the leader of the first round proposes.
+    pub fn start(&mut self, now_ms: TimeMs) -> Vec<Action> {
+        self.now_ms = now_ms;
+        self.try_propose();
+        std::mem::take(&mut self.out)
+    }
+
+    /// The current round.
+    pub fn round(&self) -> Round {
+        self.round
+    }
+
+    /// The highest committed block.
+    pub fn committed(&self) -> Root {
+        self.tree.root()
+    }
+
+    /// The persisted-or-about-to-be safety state.
+    pub fn safety(&self) -> &SafetyState {
+        &self.safety
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &CoreStats {
+        &self.stats
+    }
+
+    /// The storage (for drivers that share it, and for the simulator's crash model).
+    pub fn storage(&self) -> &S {
+        &self.store
+    }
+
+    /// Hands the storage back (a simulated crash keeps only this).
+    pub fn into_storage(self) -> S {
+        self.store
+    }
+
+    /// The application hooks.
+    pub fn app_mut(&mut self) -> &mut A {
+        &mut self.app
+    }
+
+    /// The next time `handle_tick` has work to do.
+    pub fn next_deadline_ms(&self) -> TimeMs {
+        let fetch = self
+            .wanted
+            .values()
+            .map(|w| w.since_ms + FETCH_RETRY_MS)
+            .min()
+            .unwrap_or(TimeMs::MAX);
+        self.deadline_ms.min(fetch)
+    }
+
+    /// This node's index.
+    pub fn me(&self) -> ValidatorIndex {
+        self.cfg.me
+    }
+
+    fn broken(&self, rule: BrokenRule) -> bool {
+        self.ctx.broken_rule == Some(rule)
+    }
+
+    fn leader(&self, round: Round) -> ValidatorIndex {
+        self.ctx.validators.leader(round)
+    }
+
+    /// Pacemaker: `base * 2^k` after `k` rounds without a commit (the first two are the normal
+    /// pipeline lag), capped.
+    fn round_timeout_ms(&self) -> TimeMs {
+        let k = self
+            .rounds_without_commit
+            .saturating_sub(2)
+            .min(MAX_BACKOFF_EXPONENT);
+        self.cfg
+            .round_timeout_ms_base
+            .saturating_mul(1u64 << k)
+            .min(self.cfg.round_timeout_ms_max)
+    }
+
+    /// Time passes: fires the round timer and retries fetches.
+    pub fn handle_tick(&mut self, now_ms: TimeMs) -> Vec<Action> {
+        self.now_ms = now_ms;
+        if now_ms >= self.deadline_ms {
+            self.local_timeout();
+        }
+        self.try_propose();
+        let due: Vec<BlockId> = self
+            .wanted
+            .iter()
+            .filter(|(_, w)| now_ms >= w.since_ms + FETCH_RETRY_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        let n = self.ctx.validators.len() as u16;
+        for id in due {
+            if let Some(w) = self.wanted.get_mut(&id) {
+                w.attempts += 1;
+                w.since_ms = now_ms;
+                // Ask a different peer each time.
+                w.peer = ValidatorIndex(
+                    (w.peer.0 + 1 + u16::from(w.peer.0 + 1 == self.cfg.me.0)) % n.max(1),
+                );
+                if w.peer == self.cfg.me {
+                    w.peer = ValidatorIndex((w.peer.0 + 1) % n.max(1));
+                }
+                let (peer, height) = (w.peer, w.height);
+                if w.attempts > 8 {
+                    self.wanted.remove(&id);
+                    continue;
+                }
+                let gap = height.0.saturating_sub(self.tree.root().height.0);
+                self.out.push(Action::Send {
+                    to: peer,
+                    msg: Message::BlockRequest(BlockRequest {
+                        id,
+                        count: gap.clamp(1, MAX_BLOCKS_PER_RESPONSE as u64) as u16,
+                    }),
+                });
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// A message from `from` that passed [`EpochContext::prepare`] and its signature check.
+    pub fn handle_message(
+        &mut self,
+        from: ValidatorIndex,
+        verified: Verified,
+        now_ms: TimeMs,
+    ) -> Vec<Action> {
+        self.now_ms = now_ms;
+        if from != self.cfg.me {
+            self.hint_peer = from;
+        }
+        let Verified { msg, ids } = verified;
+        match msg {
+            Message::Proposal(p) => {
+                if let Some(id) = ids.first() {
+                    self.on_proposal(from, p, *id);
+                }
+            }
+            Message::Vote(v) => self.on_vote(v),
+            Message::Timeout(t) => self.on_timeout(t),
+            Message::BlockRequest(r) => self.serve_blocks(from, r),
+            Message::BlockResponse(r) => self.on_blocks(from, r, &ids),
+            Message::SyncRequest(r) => self.serve_sync(from, r),
+            Message::SyncResponse(r) => self.on_sync(from, r, &ids),
+            Message::Evidence(e) => self.add_evidence(e),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn drop_msg(&mut self, why: &'static str) {
+        self.stats.dropped += 1;
+        tracing::trace!(target: "consensus.drop", why, round = self.round.0);
+    }
+
+    fn persist(&mut self) -> bool {
+        match self.store.persist_safety(&self.safety) {
+            Ok(()) => true,
+            Err(e) => {
+                self.stats.storage_failures += 1;
+                tracing::error!(target: "consensus.storage", error = %e, "safety state not durable; not sending");
+                false
+            }
+        }
+    }
+
+    // ---- proposals (IBFT pre-prepare) ----
+
+    fn on_proposal(&mut self, from: ValidatorIndex, p: Proposal, id: BlockId) {
+        let r = p.block.round;
+        // Rule "leader": only the round's leader proposes.
+        if p.block.author != self.leader(r) {
+            return self.drop_msg("proposal not from the round's leader");
+        }
+        // Rule "equivocation": two proposals by one leader for one round.
+        let data = ProposalData {
+            block_id: id,
+            round: r,
+        };
+        match self.seen_proposals.get(&r) {
+            Some((first, sig)) if first.block_id != id => {
+                let e = Evidence::DoubleProposal {
+                    author: p.block.author,
+                    epoch: p.block.epoch,
+                    a: (*first, *sig),
+                    b: (data, p.signature),
+                };
+                self.add_evidence(e);
+            }
+            Some(_) => {}
+            None => {
+                if r.0 + EQUIVOCATION_WINDOW_ROUNDS >= self.round.0 {
+                    self.seen_proposals.insert(r, (data, p.signature));
+                }
+            }
+        }
+        self.process_qc(&p.block.parent_qc);
+        if let Some(tc) = &p.tc_for_prev_round {
+            self.process_tc(tc);
+        }
+        let block = Arc::new(p.block.clone());
+        match self.tree.insert(id, Arc::clone(&block)) {
+            Insert::Added(added) => {
+                self.waiting_proposal = Some((id, p));
+                self.on_blocks_added(&added);
+            }
+            Insert::Orphan => {
+                self.waiting_proposal = Some((id, p));
+                let parent_height = Height(block.height.0.saturating_sub(1));
+                self.fetch(block.parent_id, from, parent_height);
+            }
+            Insert::Known => {
+                // A re-sent proposal: re-send our vote if it was for this block.
+                self.resend_vote(id, r);
+            }
+            Insert::Stale => self.drop_msg("proposal at or below the committed height"),
+            Insert::Full => self.drop_msg("block tree full"),
+        }
+    }
+
+    fn resend_vote(&mut self, id: BlockId, round: Round) {
+        if let Some(v) = &self.safety.last_vote {
+            if v.data.block_id == id && v.data.round == round {
+                let to = self.leader(round.next());
+                self.out.push(Action::Send {
+                    to,
+                    msg: Message::Vote(v.clone()),
+                });
+            }
+        }
+    }
+
+    /// Rule "vote" (2-chain): vote for block B of round r only if r is the current round, the author
+    /// leads r (checked on receipt), B extends its QC (checked at the border),
+    /// `r > max(last_voted_round, qc.round)`, and either `r == qc.round + 1` or the proposal carries a
+    /// TC for r-1 with `qc.round >= max(tc.high_qc_rounds)`. Then `last_voted_round = r`, persisted
+    /// before the vote leaves.
+    fn try_vote(&mut self, id: BlockId, p: &Proposal) {
+        let b = &p.block;
+        let r = b.round;
+        let qc = &b.parent_qc;
+        if r != self.round {
+            return;
+        }
+        if !self.broken(BrokenRule::SkipLastVotedRoundCheck) {
+            if let Some(v) = &self.safety.last_vote {
+                if v.data.round == r {
+                    // Already voted in r: re-send the same vote, never another.
+                    return self.resend_vote(id, r);
+                }
+            }
+            if r <= self.safety.last_voted_round {
+                return self.drop_msg("vote rule: round not above last voted round");
+            }
+        }
+        if r <= qc.round {
+            return self.drop_msg("vote rule: round not above the QC round");
+        }
+        let direct = r == qc.round.next();
+        let via_tc = p
+            .tc_for_prev_round
+            .as_ref()
+            .is_some_and(|tc| tc.round.next() == r && qc.round >= tc.max_high_qc_round());
+        if !(direct || via_tc) {
+            return self.drop_msg("vote rule: neither a direct QC nor a justifying TC");
+        }
+        if let Err(why) = self.app.validate_payload(b) {
+            tracing::debug!(target: "consensus.vote", %why, "payload refused");
+            return self.drop_msg("payload refused by the application");
+        }
+        let data = VoteData {
+            block_id: id,
+            round: r,
+            height: b.height,
+        };
+        let vote = Vote {
+            data,
+            epoch: self.ctx.epoch(),
+            voter: self.cfg.me,
+            signature: self
+                .key
+                .sign(&data.digest(&self.ctx.chain_id, self.ctx.epoch())),
+        };
+        self.safety.last_voted_round = self.safety.last_voted_round.max(r);
+        self.safety.last_vote = Some(vote.clone());
+        if !self.persist() {
+            return;
+        }
+        self.stats.votes_sent += 1;
+        self.out.push(Action::Send {
+            to: self.leader(r.next()),
+            msg: Message::Vote(vote),
+        });
+    }
+
+    // ---- votes (IBFT prepare; pipelined, the commit vote of the parent) ----
+
+    fn on_vote(&mut self, v: Vote) {
+        let r = v.data.round;
+        // Rule "equivocation": two votes by one validator in one round for different blocks.
+        if r.0 + EQUIVOCATION_WINDOW_ROUNDS >= self.round.0
+            && r.0 <= self.round.0 + MAX_FUTURE_ROUNDS
+        {
+            match self.seen_votes.get(&(r, v.voter)) {
+                Some(first) if first.data.block_id != v.data.block_id => {
+                    let e = Evidence::DoubleVote {
+                        a: first.clone(),
+                        b: v.clone(),
+                    };
+                    self.add_evidence(e);
+                    return;
+                }
+                Some(_) => {}
+                None => {
+                    self.seen_votes.insert((r, v.voter), v.clone());
+                }
+            }
+        }
+        if self.leader(r.next()) != self.cfg.me {
+            return self.drop_msg("vote sent to a non-leader");
+        }
+        if r.next() < self.round || r.0 > self.round.0 + MAX_FUTURE_ROUNDS {
+            return self.drop_msg("vote outside the round window");
+        }
+        let stake = self.ctx.validators.stake(v.voter);
+        let agg = self.votes.entry(r).or_default();
+        if agg.formed || !agg.voted.insert(v.voter) {
+            return;
+        }
+        let entry = agg
+            .by_block
+            .entry(v.data.block_id)
+            .or_insert_with(|| (v.data, BTreeMap::new(), Stake(0)));
+        entry.1.insert(v.voter, v.signature);
+        entry.2 = Stake(entry.2 .0.saturating_add(stake.0));
+        if self.ctx.validators.is_quorum(entry.2) {
+            let qc = QuorumCert {
+                block_id: entry.0.block_id,
+                round: entry.0.round,
+                height: entry.0.height,
+                epoch: self.ctx.epoch(),
+                votes: entry.1.iter().map(|(k, s)| (*k, *s)).collect(),
+            };
+            agg.formed = true;
+            self.process_qc(&qc);
+        }
+    }
+
+    // ---- certificates ----
+
+    fn process_qc(&mut self, qc: &QuorumCert) {
+        if qc.round > self.safety.high_qc.round {
+            self.safety.high_qc = qc.clone();
+            self.safety.one_chain_round = qc.round;
+        }
+        self.try_commit(qc);
+        if qc.round >= self.round {
+            self.last_tc = None;
+            self.advance_round(qc.round.next());
+        }
+    }
+
+    fn process_tc(&mut self, tc: &TimeoutCert) {
+        if tc.round >= self.round {
+            self.last_tc = Some(tc.clone());
+            self.stats.view_changes += 1;
+            self.advance_round(tc.round.next());
+        }
+    }
+
+    /// Rule "advance": enter round r+1 on a QC or TC for round r.
+    fn advance_round(&mut self, round: Round) {
+        if round <= self.round {
+            return;
+        }
+        self.round = round;
+        self.rounds_without_commit = self.rounds_without_commit.saturating_add(1);
+        self.deadline_ms = self.now_ms + self.round_timeout_ms();
+        let keep_from = Round(round.0.saturating_sub(1));
+        self.votes = self.votes.split_off(&keep_from);
+        self.timeouts = self.timeouts.split_off(&round);
+        let window = Round(round.0.saturating_sub(EQUIVOCATION_WINDOW_ROUNDS));
+        self.seen_proposals = self.seen_proposals.split_off(&window);
+        self.seen_votes = self.seen_votes.split_off(&(window, ValidatorIndex(0)));
+        if self
+            .waiting_proposal
+            .as_ref()
+            .is_some_and(|(_, p)| p.block.round < round)
+        {
+            self.waiting_proposal = None;
+        }
+        self.try_propose();
+    }
+
+    /// Rule "commit" (2-chain): on a QC for B' whose parent B has `B'.round == B.round + 1`, commit B
+    /// and all its uncommitted ancestors, in height order.
+    fn try_commit(&mut self, qc: &QuorumCert) {
+        if qc.round == Round(0) {
+            return;
+        }
+        let root = self.tree.root();
+        let Some(b1) = self.tree.block(&qc.block_id).cloned() else {
+            if qc.height > root.height && qc.block_id != root.id {
+                if self.pending_qcs.len() < MAX_PENDING_QCS {
+                    self.pending_qcs.insert(qc.block_id, qc.clone());
+                }
+                self.fetch(qc.block_id, self.hint_peer, qc.height);
+            }
+            return;
+        };
+        let proof = CommitProof {
+            child: (*b1).clone(),
+            child_qc: qc.clone(),
+        };
+        if self.broken(BrokenRule::OneChainCommit) {
+            return self.commit_up_to(qc.block_id, proof);
+        }
+        if b1.parent_id == root.id {
+            return; // the parent is committed already
+        }
+        let Some(b0) = self.tree.block(&b1.parent_id) else {
+            return;
+        };
+        if b1.round == b0.round.next() {
+            self.commit_up_to(b1.parent_id, proof);
+        }
+    }
+
+    fn commit_up_to(&mut self, target: BlockId, proof: CommitProof) {
+        let Some(path) = self.tree.path_from_root(&target) else {
+            return;
+        };
+        let Some(last) = path.last().cloned() else {
+            return;
+        };
+        if let Err(e) = self.store.persist_commit(&path, &proof) {
+            self.stats.storage_failures += 1;
+            tracing::error!(target: "consensus.commit", error = %e, "commit not persisted");
+            return;
+        }
+        let mut ids: Vec<BlockId> = path.iter().skip(1).map(|b| b.parent_id).collect();
+        ids.push(target);
+        self.finish_commit(ids.into_iter().zip(path).collect(), proof, &last, target);
+    }
+
+    fn finish_commit(
+        &mut self,
+        blocks: Vec<(BlockId, Arc<Block>)>,
+        proof: CommitProof,
+        last: &Block,
+        last_id: BlockId,
+    ) {
+        self.tree.prune(Root {
+            id: last_id,
+            height: last.height,
+            round: last.round,
+        });
+        let committed_evidence: HashSet<(ValidatorIndex, Round)> = blocks
+            .iter()
+            .flat_map(|(_, b)| b.evidence.iter().map(|e| (e.offender(), e.round())))
+            .collect();
+        self.evidence_pool
+            .retain(|e| !committed_evidence.contains(&(e.offender(), e.round())));
+        let h = last.height;
+        self.pending_qcs.retain(|_, qc| qc.height > h);
+        self.wanted.retain(|_, w| w.height > h);
+        self.rounds_without_commit = 0;
+        self.stats.blocks_committed += blocks.len() as u64;
+        self.out
+            .push(Action::Committed(CommittedBatch { blocks, proof }));
+    }
+
+    fn on_blocks_added(&mut self, added: &[BlockId]) {
+        for id in added {
+            let Some(block) = self.tree.block(id).cloned() else {
+                continue;
+            };
+            // The QC inside a block reachable from a verified certificate is valid (see certs).
+            self.process_qc(&block.parent_qc);
+            if let Some(qc) = self.pending_qcs.remove(id) {
+                self.try_commit(&qc);
+            }
+            if let Some((wid, p)) = self.waiting_proposal.take() {
+                if wid == *id {
+                    self.try_vote(wid, &p);
+                } else {
+                    self.waiting_proposal = Some((wid, p));
+                }
+            }
+        }
+    }
+
+    // ---- proposing ----
+
+    fn try_propose(&mut self) {
+        let round = self.round;
+        if self.leader(round) != self.cfg.me || self.safety.last_proposed_round >= round {
+            return;
+        }
+        let qc = self.safety.high_qc.clone();
+        let tc = if qc.round.next() == round {
+            None
+        } else {
+            match &self.last_tc {
+                Some(tc) if tc.round.next() == round => Some(tc.clone()),
+                _ => return,
+            }
+        };
+        if !self.app.can_propose() {
+            return;
+        }
+        let height = qc.height.next();
+        let evidence: Vec<Evidence> = self
+            .evidence_pool
+            .iter()
+            .take(MAX_EVIDENCE_PER_BLOCK)
+            .cloned()
+            .collect();
+        let block = Block {
+            parent_id: qc.block_id,
+            round,
+            height,
+            epoch: self.ctx.epoch(),
+            author: self.cfg.me,
+            payload: self.app.make_payload(height, round),
+            parent_qc: qc,
+            timestamp_ms: self.now_ms,
+            exec_root: self.app.exec_root(),
+            evidence,
+        };
+        let id = block.id(&self.ctx.chain_id);
+        let data = ProposalData {
+            block_id: id,
+            round,
+        };
+        let signature = self
+            .key
+            .sign(&data.digest(&self.ctx.chain_id, self.ctx.epoch()));
+        self.safety.last_proposed_round = round;
+        if !self.persist() {
+            return;
+        }
+        self.stats.proposals += 1;
+        let proposal = Proposal {
+            block,
+            tc_for_prev_round: tc,
+            signature,
+        };
+        self.out.push(Action::Broadcast {
+            msg: Message::Proposal(proposal.clone()),
+        });
+        let me = self.cfg.me;
+        self.on_proposal(me, proposal, id);
+    }
+
+    // ---- timeouts (view change) ----
+
+    /// Rule "timeout": for round r (carrying high_qc) only if `r == high_qc.round + 1` or
+    /// `r == last_tc.round + 1`, and `high_qc.round >= one_chain_round`; then
+    /// `last_voted_round = max(last_voted_round, r)`, persisted before the timeout leaves.
+    fn local_timeout(&mut self) {
+        let r = self.round;
+        self.rounds_without_commit = self.rounds_without_commit.saturating_add(1);
+        self.deadline_ms = self.now_ms + self.round_timeout_ms();
+        if let Some(t) = &self.safety.last_timeout {
+            if t.round == r {
+                // Re-send the same timeout (lost messages), never a different one.
+                let msg = Message::Timeout(t.clone());
+                self.out.push(Action::Broadcast { msg });
+                return;
+            }
+        }
+        let qc = self.safety.high_qc.clone();
+        let justified =
+            r == qc.round.next() || self.last_tc.as_ref().is_some_and(|tc| tc.round.next() == r);
+        if !justified || qc.round < self.safety.one_chain_round {
+            return self.drop_msg("timeout rule not met");
+        }
+        let data = TimeoutData {
+            round: r,
+            high_qc_round: qc.round,
+        };
+        let t = Timeout {
+            round: r,
+            epoch: self.ctx.epoch(),
+            high_qc: qc,
+            last_tc: self.last_tc.clone(),
+            voter: self.cfg.me,
+            signature: self
+                .key
+                .sign(&data.digest(&self.ctx.chain_id, self.ctx.epoch())),
+        };
+        self.safety.last_voted_round = self.safety.last_voted_round.max(r);
+        self.safety.highest_timeout_round = self.safety.highest_timeout_round.max(r);
+        self.safety.last_timeout = Some(t.clone());
+        if !self.persist() {
+            return;
+        }
+        self.stats.timeouts_signed += 1;
+        self.out.push(Action::Broadcast {
+            msg: Message::Timeout(t.clone()),
+        });
+        self.add_timeout(t);
+    }
+
+    fn on_timeout(&mut self, t: Timeout) {
+        self.process_qc(&t.high_qc);
+        if let Some(tc) = &t.last_tc {
+            self.process_tc(tc);
+        }
+        if t.round < self.round || t.round.0 > self.round.0 + MAX_FUTURE_ROUNDS {
+            return;
+        }
+        self.add_timeout(t);
+    }
+
+    fn add_timeout(&mut self, t: Timeout) {
+        let stake = self.ctx.validators.stake(t.voter);
+        let agg = self.timeouts.entry(t.round).or_default();
+        if agg.formed || agg.entries.contains_key(&t.voter) {
+            return;
+        }
+        agg.entries.insert(t.voter, (t.high_qc.round, t.signature));
+        agg.stake = Stake(agg.stake.0.saturating_add(stake.0));
+        let agg_stake = agg.stake;
+        if self.ctx.validators.is_quorum(agg_stake) {
+            agg.formed = true;
+            let tc = TimeoutCert {
+                round: t.round,
+                epoch: self.ctx.epoch(),
+                timeouts: agg.entries.iter().map(|(v, (r, s))| (*v, *r, *s)).collect(),
+            };
+            self.process_tc(&tc);
+            return;
+        }
+        // More than 1/3 gave up on our round: at least one honest node did, so join it.
+        if t.round == self.round
+            && self.ctx.validators.is_weak_quorum(agg_stake)
+            && self.safety.highest_timeout_round < self.round
+        {
+            self.local_timeout();
+        }
+    }
+
+    // ---- fetching and sync ----
+
+    fn fetch(&mut self, id: BlockId, peer: ValidatorIndex, height: Height) {
+        if self.tree.contains(&id) || self.wanted.contains_key(&id) {
+            return;
+        }
+        let peer = if peer == self.cfg.me {
+            self.hint_peer
+        } else {
+            peer
+        };
+        let root = self.tree.root();
+        let gap = height.0.saturating_sub(root.height.0);
+        if gap > SYNC_GAP_BLOCKS {
+            return self.request_sync(peer);
+        }
+        if self.wanted.len() >= MAX_WANTED_BLOCKS {
+            return;
+        }
+        self.wanted.insert(
+            id,
+            Wanted {
+                since_ms: self.now_ms,
+                peer,
+                attempts: 0,
+                height,
+            },
+        );
+        self.out.push(Action::Send {
+            to: peer,
+            msg: Message::BlockRequest(BlockRequest {
+                id,
+                count: gap.clamp(1, MAX_BLOCKS_PER_RESPONSE as u64) as u16,
+            }),
+        });
+    }
+
+    fn request_sync(&mut self, peer: ValidatorIndex) {
+        if self
+            .sync_requested_ms
+            .is_some_and(|t| self.now_ms < t + FETCH_RETRY_MS)
+        {
+            return;
+        }
+        self.sync_requested_ms = Some(self.now_ms);
+        self.out.push(Action::Send {
+            to: peer,
+            msg: Message::SyncRequest(SyncRequest {
+                from_height: self.tree.root().height.next(),
+            }),
+        });
+    }
+
+    fn serve_blocks(&mut self, from: ValidatorIndex, req: BlockRequest) {
+        let count = usize::from(req.count).clamp(1, MAX_BLOCKS_PER_RESPONSE);
+        let mut blocks = Vec::new();
+        let mut cur = req.id;
+        let root = self.tree.root();
+        let mut committed_height: Option<Height> = None;
+        while blocks.len() < count {
+            if let Some(h) = committed_height {
+                match self.store.committed_block(h) {
+                    Some(b) if h.0 > 0 => {
+                        committed_height = Some(Height(h.0 - 1));
+                        blocks.push((*b).clone());
+                    }
+                    _ => break,
+                }
+            } else if let Some(b) = self.tree.block(&cur) {
+                cur = b.parent_id;
+                blocks.push((**b).clone());
+            } else if cur == root.id {
+                committed_height = Some(root.height);
+            } else {
+                break;
+            }
+        }
+        if !blocks.is_empty() {
+            self.out.push(Action::Send {
+                to: from,
+                msg: Message::BlockResponse(BlockResponse { blocks }),
+            });
+        }
+    }
+
+    fn on_blocks(&mut self, from: ValidatorIndex, resp: BlockResponse, ids: &[BlockId]) {
+        let Some(first) = ids.first() else { return };
+        // Only blocks named by a verified certificate (or their ancestors, by hash) get in.
+        if self.wanted.remove(first).is_none() {
+            return self.drop_msg("unsolicited block response");
+        }
+        for id in ids.iter().skip(1) {
+            self.wanted.remove(id);
+        }
+        let mut added = Vec::new();
+        for (id, block) in ids.iter().zip(resp.blocks).rev() {
+            if let Insert::Added(a) = self.tree.insert(*id, Arc::new(block)) {
+                added.extend(a);
+            }
+        }
+        self.on_blocks_added(&added);
+        // Still not connected: fetch further back.
+        if let Some(last) = ids.last() {
+            if let Some((parent, h)) = self.tree.orphan_parent_of(last) {
+                self.fetch(parent, from, Height(h.0.saturating_sub(1)));
+            }
+        }
+    }
+
+    fn serve_sync(&mut self, from: ValidatorIndex, req: SyncRequest) {
+        let root = self.tree.root();
+        let start = req.from_height.max(Height(1));
+        if start > root.height {
+            return;
+        }
+        let limit = Height(start.0 + MAX_BLOCKS_PER_RESPONSE as u64 - 1);
+        let Some((end, proof)) = self
+            .store
+            .commit_proof_in(start, limit)
+            .or_else(|| self.store.next_commit_proof(start))
+        else {
+            return;
+        };
+        if end.0 - start.0 + 1 > MAX_BLOCKS_PER_RESPONSE as u64 {
+            return self.drop_msg("commit batch too long to serve in one sync response");
+        }
+        let mut blocks = Vec::with_capacity((end.0 - start.0 + 1) as usize);
+        for h in start.0..=end.0 {
+            match self.store.committed_block(Height(h)) {
+                Some(b) => blocks.push((*b).clone()),
+                None => return,
+            }
+        }
+        self.out.push(Action::Send {
+            to: from,
+            msg: Message::SyncResponse(SyncResponse { blocks, proof }),
+        });
+    }
+
+    fn on_sync(&mut self, from: ValidatorIndex, resp: SyncResponse, ids: &[BlockId]) {
+        let root = self.tree.root();
+        let Some(first) = resp.blocks.first() else {
+            return;
+        };
+        if first.height != root.height.next() || first.parent_id != root.id {
+            return self.drop_msg("sync response does not start at our committed tip");
+        }
+        let n = resp.blocks.len();
+        let (Some(last_id), Some(child_id)) = (ids.get(n - 1).copied(), ids.get(n).copied()) else {
+            return;
+        };
+        let full = n == MAX_BLOCKS_PER_RESPONSE;
+        let path: Vec<Arc<Block>> = resp.blocks.into_iter().map(Arc::new).collect();
+        if let Err(e) = self.store.persist_commit(&path, &resp.proof) {
+            self.stats.storage_failures += 1;
+            tracing::error!(target: "consensus.sync", error = %e, "synced blocks not persisted");
+            return;
+        }
+        self.stats.syncs += 1;
+        self.sync_requested_ms = None;
+        let last = Arc::clone(&path[n - 1]);
+        let blocks: Vec<(BlockId, Arc<Block>)> = ids.iter().copied().zip(path).collect();
+        let proof = resp.proof;
+        let child = Arc::new(proof.child.clone());
+        let child_qc = proof.child_qc.clone();
+        self.finish_commit(blocks, proof, &last, last_id);
+        if let Insert::Added(added) = self.tree.insert(child_id, child) {
+            self.on_blocks_added(&added);
+        }
+        self.process_qc(&child_qc);
+        if full {
+            self.request_sync(from);
+        }
+    }
+
+    // ---- evidence ----
+
+    fn add_evidence(&mut self, e: Evidence) {
+        let key = (
+            e.offender(),
+            e.round(),
+            matches!(e, Evidence::DoubleVote { .. }),
+        );
+        if self.evidence_seen.contains(&key) || self.evidence_seen.len() >= 4 * MAX_EVIDENCE_POOL {
+            return;
+        }
+        self.evidence_seen.insert(key);
+        if self.evidence_pool.len() < MAX_EVIDENCE_POOL {
+            self.evidence_pool.push(e.clone());
+        }
+        tracing::warn!(target: "consensus.evidence", offender = %e.offender(), round = e.round().0, "equivocation");
+        self.out.push(Action::Evidence(e.clone()));
+        self.out.push(Action::Broadcast {
+            msg: Message::Evidence(e),
+        });
+    }
+}

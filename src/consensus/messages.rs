@@ -1,0 +1,408 @@
+//! Protocol messages (DESIGN §3). Every signed message signs the domain-separated BLAKE3 digest of
+//! the canonical (BCS) encoding of its `*Data` struct, bound to `chain_id` and `epoch`, so no signature
+//! can be replayed across chains, epochs or message kinds.
+
+use crate::codec::{check_len, encode_infallible, Bounded, DecodeError};
+use crate::crypto::{signing_digest, Digest32, Domain, Signature};
+use crate::types::{BlockId, Epoch, Height, Round, TimeMs, ValidatorIndex};
+use serde::{Deserialize, Serialize};
+
+/// Most validators an epoch may hold (and so most signatures in a certificate).
+pub const MAX_VALIDATORS: usize = 1024;
+/// Most payload bytes in one block.
+pub const MAX_PAYLOAD_BYTES: usize = 8 << 20;
+/// Most evidence items carried by one block.
+pub const MAX_EVIDENCE_PER_BLOCK: usize = 16;
+/// Most blocks in one `BlockResponse` or `SyncResponse`.
+pub const MAX_BLOCKS_PER_RESPONSE: usize = 64;
+
+/// A block of the chain. `id = digest(Domain::Block, chain_id, epoch, bcs(block))`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    /// The parent block's id (certified by `parent_qc`).
+    pub parent_id: BlockId,
+    /// The round this block was proposed in.
+    pub round: Round,
+    /// Parent's height + 1.
+    pub height: Height,
+    /// The epoch of the validator set that orders it.
+    pub epoch: Epoch,
+    /// The proposer (leader of `round`).
+    pub author: ValidatorIndex,
+    /// Opaque to the core; checked by the application's validation hook.
+    pub payload: Vec<u8>,
+    /// The certificate of the parent: the IBFT "prepare" quorum of the parent.
+    pub parent_qc: QuorumCert,
+    /// Proposer's wall clock at proposal time.
+    pub timestamp_ms: TimeMs,
+    /// The executed state root of an ancestor, so validators detect divergence.
+    pub exec_root: Digest32,
+    /// Equivocation evidence, slashed at execution.
+    pub evidence: Vec<Evidence>,
+}
+
+impl Block {
+    /// The genesis block of an epoch: round 0, height 0, certified by [`QuorumCert::genesis`].
+    pub fn genesis(epoch: Epoch) -> Block {
+        Block {
+            parent_id: BlockId::default(),
+            round: Round(0),
+            height: Height(0),
+            epoch,
+            author: ValidatorIndex(0),
+            payload: Vec::new(),
+            parent_qc: QuorumCert {
+                block_id: BlockId::default(),
+                round: Round(0),
+                height: Height(0),
+                epoch,
+                votes: Vec::new(),
+            },
+            timestamp_ms: 0,
+            exec_root: [0; 32],
+            evidence: Vec::new(),
+        }
+    }
+
+    /// This block's id under `chain_id`.
+    pub fn id(&self, chain_id: &str) -> BlockId {
+        BlockId(signing_digest(
+            Domain::Block,
+            chain_id,
+            self.epoch.0,
+            &encode_infallible(self),
+        ))
+    }
+}
+
+/// What a vote signs (IBFT "prepare" on a block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteData {
+    /// The block voted for.
+    pub block_id: BlockId,
+    /// Its round.
+    pub round: Round,
+    /// Its height.
+    pub height: Height,
+}
+
+impl VoteData {
+    /// The digest the voter signs.
+    pub fn digest(&self, chain_id: &str, epoch: Epoch) -> Digest32 {
+        signing_digest(Domain::Vote, chain_id, epoch.0, &encode_infallible(self))
+    }
+}
+
+/// A validator's signed vote for a block, sent to the leader of the next round.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    /// What is voted for.
+    pub data: VoteData,
+    /// The signing epoch.
+    pub epoch: Epoch,
+    /// Who votes.
+    pub voter: ValidatorIndex,
+    /// Signature over `data.digest(chain_id, epoch)`.
+    pub signature: Signature,
+}
+
+/// A quorum certificate: more than 2/3 of the stake voted for one block (the block is *prepared*).
+/// `votes` is sorted by strictly increasing validator index: each signer once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumCert {
+    /// Certified block.
+    pub block_id: BlockId,
+    /// Its round.
+    pub round: Round,
+    /// Its height.
+    pub height: Height,
+    /// The epoch of the signers.
+    pub epoch: Epoch,
+    /// (signer, signature over the `VoteData`) pairs.
+    pub votes: Vec<(ValidatorIndex, Signature)>,
+}
+
+impl QuorumCert {
+    /// The certificate of the genesis block: round 0, no signatures, valid by definition.
+    pub fn genesis(chain_id: &str, epoch: Epoch) -> QuorumCert {
+        QuorumCert {
+            block_id: Block::genesis(epoch).id(chain_id),
+            round: Round(0),
+            height: Height(0),
+            epoch,
+            votes: Vec::new(),
+        }
+    }
+
+    /// The vote data every signature of this certificate signs.
+    pub fn vote_data(&self) -> VoteData {
+        VoteData {
+            block_id: self.block_id,
+            round: self.round,
+            height: self.height,
+        }
+    }
+}
+
+/// What a timeout signs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutData {
+    /// The round given up on.
+    pub round: Round,
+    /// The round of the signer's highest QC.
+    pub high_qc_round: Round,
+}
+
+impl TimeoutData {
+    /// The digest the voter signs.
+    pub fn digest(&self, chain_id: &str, epoch: Epoch) -> Digest32 {
+        signing_digest(Domain::Timeout, chain_id, epoch.0, &encode_infallible(self))
+    }
+}
+
+/// A validator gives up on `round` (broadcast). Carries its highest QC and, if it entered `round`
+/// through a TC, that TC, so a node that missed either catches up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeout {
+    /// The round given up on.
+    pub round: Round,
+    /// The signing epoch.
+    pub epoch: Epoch,
+    /// The signer's highest QC.
+    pub high_qc: QuorumCert,
+    /// The TC for `round - 1`, if the signer entered `round` through it.
+    pub last_tc: Option<TimeoutCert>,
+    /// Who times out.
+    pub voter: ValidatorIndex,
+    /// Signature over `TimeoutData { round, high_qc_round: high_qc.round }`.
+    pub signature: Signature,
+}
+
+/// More than 2/3 of the stake timed out in `round`: everyone moves to `round + 1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutCert {
+    /// The round given up on.
+    pub round: Round,
+    /// The epoch of the signers.
+    pub epoch: Epoch,
+    /// (signer, its high_qc round, signature over `TimeoutData`), strictly increasing signer index.
+    pub timeouts: Vec<(ValidatorIndex, Round, Signature)>,
+}
+
+impl TimeoutCert {
+    /// `max(high_qc_rounds)`: a proposal after this TC must extend a QC at least this high.
+    pub fn max_high_qc_round(&self) -> Round {
+        self.timeouts
+            .iter()
+            .map(|(_, r, _)| *r)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// What a proposal signs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalData {
+    /// The proposed block.
+    pub block_id: BlockId,
+    /// Its round.
+    pub round: Round,
+}
+
+impl ProposalData {
+    /// The digest the leader signs.
+    pub fn digest(&self, chain_id: &str, epoch: Epoch) -> Digest32 {
+        signing_digest(
+            Domain::Proposal,
+            chain_id,
+            epoch.0,
+            &encode_infallible(self),
+        )
+    }
+}
+
+/// The leader's signed proposal (IBFT "pre-prepare").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The block; `block.parent_qc` is the QC this round extends.
+    pub block: Block,
+    /// The TC for `block.round - 1` when the previous round failed.
+    pub tc_for_prev_round: Option<TimeoutCert>,
+    /// The author's signature over `ProposalData`.
+    pub signature: Signature,
+}
+
+/// Proof that a validator signed two different things for one round.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Evidence {
+    /// Two valid votes by one validator in one round for different blocks.
+    DoubleVote {
+        /// First vote.
+        a: Vote,
+        /// Second, conflicting vote.
+        b: Vote,
+    },
+    /// Two valid proposals by one leader in one round for different blocks.
+    DoubleProposal {
+        /// The leader.
+        author: ValidatorIndex,
+        /// The signing epoch.
+        epoch: Epoch,
+        /// First proposal's data and signature.
+        a: (ProposalData, Signature),
+        /// Second proposal's data and signature.
+        b: (ProposalData, Signature),
+    },
+}
+
+impl Evidence {
+    /// The offender.
+    pub fn offender(&self) -> ValidatorIndex {
+        match self {
+            Evidence::DoubleVote { a, .. } => a.voter,
+            Evidence::DoubleProposal { author, .. } => *author,
+        }
+    }
+
+    /// The round of the offence.
+    pub fn round(&self) -> Round {
+        match self {
+            Evidence::DoubleVote { a, .. } => a.data.round,
+            Evidence::DoubleProposal { a, .. } => a.0.round,
+        }
+    }
+}
+
+/// The proof that a block is committed: its direct child (one round later) and that child's QC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitProof {
+    /// The child block, `child.round == committed.round + 1`.
+    pub child: Block,
+    /// The QC that certifies `child` (the IBFT "commit" quorum of its parent).
+    pub child_qc: QuorumCert,
+}
+
+/// Ask a peer for a block and up to `count - 1` of its ancestors.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRequest {
+    /// The newest block wanted.
+    pub id: BlockId,
+    /// How many blocks, walking back through parents.
+    pub count: u16,
+}
+
+/// Blocks answering a `BlockRequest`, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockResponse {
+    /// The blocks, each the parent of the one before it.
+    pub blocks: Vec<Block>,
+}
+
+/// Ask a peer for committed blocks starting at `from_height` (a node far behind).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// The first height wanted.
+    pub from_height: Height,
+}
+
+/// Committed blocks at consecutive heights with the proof that the last one is committed
+/// (which commits every ancestor).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    /// Consecutive committed blocks, oldest first.
+    pub blocks: Vec<Block>,
+    /// Proof that the last block is committed.
+    pub proof: CommitProof,
+}
+
+/// Every message validators exchange.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// IBFT pre-prepare.
+    Proposal(Proposal),
+    /// IBFT prepare (and, pipelined, the commit vote of the parent).
+    Vote(Vote),
+    /// View change.
+    Timeout(Timeout),
+    /// Fetch missing ancestors.
+    BlockRequest(BlockRequest),
+    /// Missing ancestors.
+    BlockResponse(BlockResponse),
+    /// Fetch committed history.
+    SyncRequest(SyncRequest),
+    /// Committed history with its proof.
+    SyncResponse(SyncResponse),
+    /// Gossiped equivocation evidence.
+    Evidence(Evidence),
+}
+
+impl Message {
+    /// A short name for logs and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Proposal(_) => "proposal",
+            Message::Vote(_) => "vote",
+            Message::Timeout(_) => "timeout",
+            Message::BlockRequest(_) => "block_request",
+            Message::BlockResponse(_) => "block_response",
+            Message::SyncRequest(_) => "sync_request",
+            Message::SyncResponse(_) => "sync_response",
+            Message::Evidence(_) => "evidence",
+        }
+    }
+}
+
+fn qc_bounds(qc: &QuorumCert) -> Result<(), DecodeError> {
+    check_len("quorum_cert.votes", qc.votes.len(), MAX_VALIDATORS)
+}
+
+fn tc_bounds(tc: &TimeoutCert) -> Result<(), DecodeError> {
+    check_len("timeout_cert.timeouts", tc.timeouts.len(), MAX_VALIDATORS)
+}
+
+impl Bounded for Block {
+    fn check_bounds(&self) -> Result<(), DecodeError> {
+        check_len("block.payload", self.payload.len(), MAX_PAYLOAD_BYTES)?;
+        check_len(
+            "block.evidence",
+            self.evidence.len(),
+            MAX_EVIDENCE_PER_BLOCK,
+        )?;
+        qc_bounds(&self.parent_qc)
+    }
+}
+
+impl Bounded for Message {
+    fn check_bounds(&self) -> Result<(), DecodeError> {
+        match self {
+            Message::Proposal(p) => {
+                p.block.check_bounds()?;
+                p.tc_for_prev_round.as_ref().map_or(Ok(()), tc_bounds)
+            }
+            Message::Vote(_) | Message::BlockRequest(_) | Message::SyncRequest(_) => Ok(()),
+            Message::Evidence(_) => Ok(()),
+            Message::Timeout(t) => {
+                qc_bounds(&t.high_qc)?;
+                t.last_tc.as_ref().map_or(Ok(()), tc_bounds)
+            }
+            Message::BlockResponse(r) => {
+                check_len(
+                    "block_response.blocks",
+                    r.blocks.len(),
+                    MAX_BLOCKS_PER_RESPONSE,
+                )?;
+                r.blocks.iter().try_for_each(Bounded::check_bounds)
+            }
+            Message::SyncResponse(r) => {
+                check_len(
+                    "sync_response.blocks",
+                    r.blocks.len(),
+                    MAX_BLOCKS_PER_RESPONSE,
+                )?;
+                r.blocks.iter().try_for_each(Bounded::check_bounds)?;
+                r.proof.child.check_bounds()?;
+                qc_bounds(&r.proof.child_qc)
+            }
+        }
+    }
+}

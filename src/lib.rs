@@ -1,0 +1,15 @@
+//! bpci: a BFT validator engine.
+//!
+//! - [`crypto`]: Ed25519 keys and ZIP-215 verification (single and batch), domain-separated BLAKE3
+//!   digests, BLAKE3 Merkle trees.
+//! - [`types`]: protocol newtypes (`Round`, `Height`, `Epoch`, `ValidatorIndex`, `Stake`).
+//! - [`codec`]: the one canonical byte encoding of every message, with bounded decoding.
+//! - [`consensus`]: the sans-IO 2-chain HotStuff core (IBFT phase names).
+//! - [`sim`]: the deterministic simulator that attacks the core in virtual time.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::panic))]
+
+pub mod codec;
+pub mod consensus;
+pub mod crypto;
+pub mod sim;
+pub mod types;
