@@ -1,1 +1,485 @@
+//! Table-driven tests of every rule of the core and of certificate checks.
 
+use std::sync::Arc;
+
+use super::*;
+use crate::crypto::Keypair;
+use crate::types::{BlockId, Epoch, Height, Round, Stake, ValidatorIndex};
+
+const CHAIN: &str = "bpci-test";
+
+struct Fx {
+    keys: Vec<Keypair>,
+    ctx: Arc<EpochContext>,
+}
+
+struct TestApp;
+
+impl App for TestApp {
+    fn make_payload(&mut self, height: Height, round: Round) -> Vec<u8> {
+        format!("h{}r{}", height.0, round.0).into_bytes()
+    }
+    fn validate_payload(&self, block: &Block) -> Result<(), String> {
+        if block.payload == b"invalid" {
+            return Err("invalid payload".into());
+        }
+        Ok(())
+    }
+}
+
+fn v(i: u16) -> ValidatorIndex {
+    ValidatorIndex(i)
+}
+
+impl Fx {
+    fn new(n: usize) -> Self {
+        let keys: Vec<Keypair> = (0..n).map(|i| Keypair::from_seed(&[i as u8 + 7; 32])).collect();
+        let set = ValidatorSet::new(
+            Epoch(1),
+            keys.iter()
+                .map(|k| Validator {
+                    key: k.public(),
+                    stake: Stake(10),
+                })
+                .collect(),
+        )
+        .unwrap();
+        Self {
+            keys,
+            ctx: Arc::new(EpochContext::new(CHAIN, set)),
+        }
+    }
+
+    fn genesis_qc(&self) -> QuorumCert {
+        self.ctx.genesis_qc()
+    }
+
+    fn block(&self, author: u16, round: u64, parent_qc: &QuorumCert, payload: &[u8]) -> (Block, BlockId) {
+        let b = Block {
+            parent_id: parent_qc.block_id,
+            round: Round(round),
+            height: parent_qc.height.next(),
+            epoch: Epoch(1),
+            author: v(author),
+            payload: payload.to_vec(),
+            parent_qc: parent_qc.clone(),
+            timestamp_ms: 0,
+            exec_root: [0; 32],
+            evidence: vec![],
+        };
+        let id = b.id(CHAIN);
+        (b, id)
+    }
+
+    fn proposal(&self, b: &Block, tc: Option<TimeoutCert>) -> Message {
+        let id = b.id(CHAIN);
+        let data = ProposalData { block_id: id, round: b.round };
+        Message::Proposal(Proposal {
+            block: b.clone(),
+            tc_for_prev_round: tc,
+            signature: self.keys[b.author.as_usize()].sign(&data.digest(CHAIN, Epoch(1))),
+        })
+    }
+
+    fn vote(&self, voter: u16, b: &Block, id: BlockId) -> Vote {
+        let data = VoteData { block_id: id, round: b.round, height: b.height };
+        Vote {
+            data,
+            epoch: Epoch(1),
+            voter: v(voter),
+            signature: self.keys[voter as usize].sign(&data.digest(CHAIN, Epoch(1))),
+        }
+    }
+
+    fn qc(&self, b: &Block, id: BlockId, signers: &[u16]) -> QuorumCert {
+        QuorumCert {
+            block_id: id,
+            round: b.round,
+            height: b.height,
+            epoch: Epoch(1),
+            votes: signers.iter().map(|s| (v(*s), self.vote(*s, b, id).signature)).collect(),
+        }
+    }
+
+    fn tc(&self, round: u64, entries: &[(u16, u64)]) -> TimeoutCert {
+        TimeoutCert {
+            round: Round(round),
+            epoch: Epoch(1),
+            timeouts: entries
+                .iter()
+                .map(|(s, hq)| {
+                    let d = TimeoutData { round: Round(round), high_qc_round: Round(*hq) };
+                    (v(*s), Round(*hq), self.keys[*s as usize].sign(&d.digest(CHAIN, Epoch(1))))
+                })
+                .collect(),
+        }
+    }
+
+    fn verified(&self, msg: Message) -> Verified {
+        self.ctx.prepare(msg).unwrap().verify().unwrap()
+    }
+
+    fn core(&self, me: u16, store: MemStorage) -> Core<MemStorage, TestApp> {
+        let cfg = CoreConfig { me: v(me), round_timeout_ms_base: 1000, round_timeout_ms_max: 8000 };
+        Core::new(Arc::clone(&self.ctx), cfg, self.keys[me as usize].clone(), store, TestApp, 0).unwrap()
+    }
+}
+
+fn votes_sent(actions: &[Action]) -> Vec<(ValidatorIndex, Vote)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to, msg: Message::Vote(v) } => Some((*to, v.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn commits(actions: &[Action]) -> Vec<Height> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Committed(b) => Some(b.blocks.iter().map(|(_, b)| b.height).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+// ---------------------------------------------------------------- certificates
+
+#[test]
+fn certificate_checks() {
+    let fx = Fx::new(4);
+    let g = fx.genesis_qc();
+    let (b, id) = fx.block(1, 1, &g, b"x");
+    let good = fx.qc(&b, id, &[0, 1, 2]);
+    let mut dup = fx.qc(&b, id, &[0, 1]);
+    dup.votes.push(dup.votes[1]);
+    let mut non_member = fx.qc(&b, id, &[0, 1, 2]);
+    non_member.votes[2].0 = v(9);
+    let little = fx.qc(&b, id, &[0, 1]);
+    let mut bad_sig = fx.qc(&b, id, &[0, 1, 2]);
+    bad_sig.votes[1].1 = bad_sig.votes[0].1;
+    let mut wrong_epoch = fx.qc(&b, id, &[0, 1, 2]);
+    wrong_epoch.epoch = Epoch(2);
+    let other_chain = {
+        let data = VoteData { block_id: id, round: b.round, height: b.height };
+        QuorumCert {
+            votes: (0..3u16)
+                .map(|s| (v(s), fx.keys[s as usize].sign(&data.digest("another-chain", Epoch(1)))))
+                .collect(),
+            ..good.clone()
+        }
+    };
+    let mut unsorted = fx.qc(&b, id, &[0, 1, 2]);
+    unsorted.votes.swap(0, 2);
+    let mut fake_genesis = g.clone();
+    fake_genesis.block_id = id;
+
+    let table: Vec<(&str, QuorumCert, Result<(), CertError>)> = vec![
+        ("valid quorum", good, Ok(())),
+        ("genesis", g, Ok(())),
+        ("duplicate signer", dup, Err(CertError::DuplicateSigner(v(1)))),
+        ("non-member", non_member, Err(CertError::NotMember(v(9)))),
+        (
+            "too little stake",
+            little,
+            Err(CertError::InsufficientStake { have: Stake(20), total: Stake(40) }),
+        ),
+        ("bad signature", bad_sig, Err(CertError::BadSignature(v(1)))),
+        ("wrong epoch", wrong_epoch, Err(CertError::WrongEpoch { expected: Epoch(1), got: Epoch(2) })),
+        ("signed for another chain", other_chain, Err(CertError::BadSignature(v(0)))),
+        ("unsorted signers", unsorted, Err(CertError::Unsorted)),
+        ("round-0 that is not genesis", fake_genesis, Err(CertError::BadGenesis)),
+    ];
+    for (name, qc, want) in table {
+        assert_eq!(fx.ctx.verify_qc(&qc), want, "{name}");
+    }
+}
+
+#[test]
+fn border_checks_of_messages() {
+    let fx = Fx::new(4);
+    let g = fx.genesis_qc();
+    let (b, id) = fx.block(1, 1, &g, b"x");
+    let mut vote = fx.vote(0, &b, id);
+    vote.voter = v(7);
+    let mut wrong_epoch_vote = fx.vote(0, &b, id);
+    wrong_epoch_vote.epoch = Epoch(3);
+    let mut bad_sig_vote = fx.vote(0, &b, id);
+    bad_sig_vote.signature = fx.vote(1, &b, id).signature;
+    let mut skip_height = b.clone();
+    skip_height.height = Height(5);
+    let table: Vec<(&str, Message, fn(&MessageError) -> bool)> = vec![
+        ("vote by non-member", Message::Vote(vote), |e| matches!(e, MessageError::NotMember { .. })),
+        ("vote of another epoch", Message::Vote(wrong_epoch_vote), |e| {
+            matches!(e, MessageError::WrongEpoch { .. })
+        }),
+        ("vote with another's signature", Message::Vote(bad_sig_vote), |e| {
+            matches!(e, MessageError::BadSignature { what: "vote" })
+        }),
+        ("block skipping heights", fx.proposal(&skip_height, None), |e| {
+            matches!(e, MessageError::Malformed { .. })
+        }),
+    ];
+    for (name, msg, want) in table {
+        let got = fx.ctx.prepare(msg).and_then(|p| p.verify());
+        match got {
+            Ok(_) => panic!("{name}: accepted"),
+            Err(e) => assert!(want(&e), "{name}: unexpected {e:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- vote rule
+
+#[test]
+fn vote_rule_table() {
+    let fx = Fx::new(4);
+    let g = fx.genesis_qc();
+    // Round 1 blocks by the leader (v1) and a non-leader (v2).
+    let (b1, _) = fx.block(1, 1, &g, b"ok");
+    let (b1_other, _) = fx.block(2, 1, &g, b"ok");
+    let (b1_invalid, _) = fx.block(1, 1, &g, b"invalid");
+    // Round 2 (leader v2) extending genesis without a TC: skips a round, refused.
+    let (b2_skip, _) = fx.block(2, 2, &g, b"ok");
+    let tc_low = fx.tc(1, &[(0, 0), (1, 0), (3, 0)]);
+    let table: Vec<(&str, Message, bool)> = vec![
+        ("leader's proposal extending the previous round's QC", fx.proposal(&b1, None), true),
+        ("proposal by a non-leader", fx.proposal(&b1_other, None), false),
+        ("payload refused by the application hook", fx.proposal(&b1_invalid, None), false),
+        ("round skipped without a TC", fx.proposal(&b2_skip, None), false),
+        ("round skipped with a TC whose high_qc rounds the QC covers", fx.proposal(&b2_skip, Some(tc_low)), true),
+    ];
+    for (name, msg, expect_vote) in table {
+        let mut core = fx.core(0, MemStorage::default());
+        core.start(0);
+        let acts = core.handle_message(v(3), fx.verified(msg), 1);
+        let votes = votes_sent(&acts);
+        assert_eq!(!votes.is_empty(), expect_vote, "{name}: {acts:?}");
+        if let Some((to, vote)) = votes.first() {
+            assert_eq!(*to, fx.ctx.validators.leader(vote.data.round.next()), "{name}: vote goes to the next leader");
+            let persisted = core.storage().load_safety().unwrap().unwrap();
+            assert_eq!(persisted.last_voted_round, vote.data.round, "{name}: durable before sent");
+            assert_eq!(persisted.last_vote.as_ref(), Some(vote));
+        }
+    }
+}
+
+#[test]
+fn tc_justification_must_cover_highest_qc() {
+    let fx = Fx::new(4);
+    let g = fx.genesis_qc();
+    let (b1, id1) = fx.block(1, 1, &g, b"a");
+    let qc1 = fx.qc(&b1, id1, &[0, 1, 2]);
+    // TC for round 2 says someone holds a QC of round 1; a round-3 proposal on genesis is refused.
+    let tc = fx.tc(2, &[(0, 1), (1, 0), (2, 0)]);
+    let (b3_low, _) = fx.block(3, 3, &g, b"low");
+    let (b3_ok, _) = fx.block(3, 3, &qc1, b"ok");
+    for (name, b, want) in [("qc below tc high_qc", &b3_low, false), ("qc at tc high_qc", &b3_ok, true)] {
+        let mut core = fx.core(0, MemStorage::default());
+        core.start(0);
+        core.handle_message(v(1), fx.verified(fx.proposal(&b1, None)), 1);
+        let acts = core.handle_message(v(3), fx.verified(fx.proposal(b, Some(tc.clone()))), 2);
+        assert_eq!(!votes_sent(&acts).is_empty(), want, "{name}");
+    }
+}
+
+#[test]
+fn at_most_one_vote_per_round_and_equivocation_is_evidence() {
+    let fx = Fx::new(4);
+    let g = fx.genesis_qc();
+    let (a, _) = fx.block(1, 1, &g, b"a");
+    let (b, _) = fx.block(1, 1, &g, b"b");
+    let mut core = fx.core(0, MemStorage::default());
+    core.start(0);
+    let first = core.handle_message(v(1), fx.verified(fx.proposal(&a, None)), 1);
+    assert_eq!(votes_sent(&first).len(), 1);
+    let second = core.handle_message(v(1), fx.verified(fx.proposal(&b, None)), 2);
+    assert!(votes_sent(&second).is_empty(), "voted twice in round 1");
+    assert!(
+        second.iter().any(|a| matches!(a, Action::Evidence(Evidence::DoubleProposal { .. }))),
+        "double proposal not reported"
+    );
+}
+
+#[test]
+fn no_vote_leaves_when_storage_fails() {
+    let fx = Fx::new(4);
+    let (b1, _) = fx.block(1, 1, &fx.genesis_qc(), b"a");
+    let mut store = MemStorage::default();
+    store.fail_writes = true;
+    let mut core = fx.core(0, store);
+    core.start(0);
+    let acts = core.handle_message(v(1), fx.verified(fx.proposal(&b1, None)), 1);
+    assert!(votes_sent(&acts).is_empty());
+    assert_eq!(core.stats().storage_failures, 1);
+}
+
+#[test]
+fn restarted_node_resends_the_same_vote_never_another() {
+    let fx = Fx::new(4);
+    let (a, _) = fx.block(1, 1, &fx.genesis_qc(), b"a");
+    let (b, _) = fx.block(1, 1, &fx.genesis_qc(), b"b");
+    let mut core = fx.core(0, MemStorage::default());
+    core.start(0);
+    let before = votes_sent(&core.handle_message(v(1), fx.verified(fx.proposal(&a, None)), 1));
+    let store = core.into_storage();
+    // After the crash, the other block of the same round gets no vote ...
+    let mut core = fx.core(0, store.clone());
+    core.start(5);
+    assert!(votes_sent(&core.handle_message(v(1), fx.verified(fx.proposal(&b, None)), 6)).is_empty());
+    // ... and the same block gets exactly the same vote again.
+    let mut core = fx.core(0, store);
+    core.start(5);
+    let after = votes_sent(&core.handle_message(v(1), fx.verified(fx.proposal(&a, None)), 6));
+    assert_eq!(before, after);
+}
+
+// ---------------------------------------------------------------- timeout rule
+
+#[test]
+fn timeout_rule_blocks_later_votes_in_the_round() {
+    let fx = Fx::new(4);
+    let (b1, _) = fx.block(1, 1, &fx.genesis_qc(), b"a");
+    let mut core = fx.core(0, MemStorage::default());
+    core.start(0);
+    let acts = core.handle_tick(core.next_deadline_ms());
+    let t = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Broadcast { msg: Message::Timeout(t) } => Some(t.clone()),
+            _ => None,
+        })
+        .expect("timer fired without a timeout");
+    assert_eq!(t.round, Round(1));
+    assert_eq!(t.high_qc.round, Round(0), "timeout carries high_qc");
+    let persisted = core.storage().load_safety().unwrap().unwrap();
+    assert_eq!(persisted.last_voted_round, Round(1));
+    assert_eq!(persisted.highest_timeout_round, Round(1));
+    let late = core.handle_message(v(1), fx.verified(fx.proposal(&b1, None)), 10_000);
+    assert!(votes_sent(&late).is_empty(), "voted after timing out");
+}
+
+#[test]
+fn timeouts_from_a_quorum_form_a_tc_and_advance_the_round() {
+    let fx = Fx::new(4);
+    let mut core = fx.core(0, MemStorage::default());
+    core.start(0);
+    core.handle_tick(core.next_deadline_ms());
+    for s in [1u16, 2] {
+        let d = TimeoutData { round: Round(1), high_qc_round: Round(0) };
+        let t = Timeout {
+            round: Round(1),
+            epoch: Epoch(1),
+            high_qc: fx.genesis_qc(),
+            last_tc: None,
+            voter: v(s),
+            signature: fx.keys[s as usize].sign(&d.digest(CHAIN, Epoch(1))),
+        };
+        core.handle_message(v(s), fx.verified(Message::Timeout(t)), 2000);
+    }
+    assert_eq!(core.round(), Round(2));
+    assert_eq!(core.stats().view_changes, 1);
+}
+
+#[test]
+fn pacemaker_backs_off_exponentially_up_to_the_cap() {
+    let fx = Fx::new(4);
+    let mut core = fx.core(0, MemStorage::default());
+    core.start(0);
+    let mut now = 0;
+    let mut gaps = vec![];
+    for _ in 0..8 {
+        let next = core.next_deadline_ms();
+        gaps.push(next - now);
+        now = next;
+        core.handle_tick(now);
+    }
+    assert_eq!(gaps[0], 1000);
+    assert!(gaps.windows(2).all(|w| w[1] >= w[0]), "{gaps:?}");
+    assert_eq!(*gaps.last().unwrap(), 8000, "{gaps:?}");
+}
+
+// ---------------------------------------------------------------- commit rule and leader
+
+#[test]
+fn commit_rule_table() {
+    let fx = Fx::new(4);
+    let g = fx.genesis_qc();
+    let (b1, id1) = fx.block(1, 1, &g, b"1");
+    let qc1 = fx.qc(&b1, id1, &[0, 1, 2]);
+    // Consecutive: b2 in round 2 on qc1; its QC commits b1.
+    let (b2, id2) = fx.block(2, 2, &qc1, b"2");
+    let qc2 = fx.qc(&b2, id2, &[1, 2, 3]);
+    // Non-consecutive: b3 in round 3 on qc1 (round 2 failed); its QC commits nothing.
+    let tc2 = fx.tc(2, &[(0, 1), (1, 1), (2, 1)]);
+    let (b3, id3) = fx.block(3, 3, &qc1, b"3");
+    let qc3 = fx.qc(&b3, id3, &[0, 2, 3]);
+    let (b4_on2, _) = fx.block(0, 4, &qc2, b"4");
+    let (b4_on3, _) = fx.block(0, 4, &qc3, b"4");
+    let table: Vec<(&str, Vec<Message>, Vec<Height>)> = vec![
+        (
+            "QC on a next-round child commits the parent",
+            vec![fx.proposal(&b1, None), fx.proposal(&b2, None), fx.proposal(&b4_on2, Some(fx.tc(3, &[(0, 2), (1, 2), (2, 2)])))],
+            vec![Height(1)],
+        ),
+        (
+            "QC on a child two rounds later commits nothing",
+            vec![fx.proposal(&b1, None), fx.proposal(&b3, Some(tc2)), fx.proposal(&b4_on3, None)],
+            vec![],
+        ),
+    ];
+    for (name, msgs, want) in table {
+        let mut core = fx.core(3, MemStorage::default());
+        core.start(0);
+        let mut got = vec![];
+        for (i, m) in msgs.into_iter().enumerate() {
+            got.extend(commits(&core.handle_message(v(0), fx.verified(m), i as u64 + 1)));
+        }
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn next_leader_aggregates_votes_into_a_qc_and_proposes() {
+    let fx = Fx::new(4);
+    let (b1, id1) = fx.block(1, 1, &fx.genesis_qc(), b"1");
+    // v2 leads round 2.
+    let mut core = fx.core(2, MemStorage::default());
+    core.start(0);
+    core.handle_message(v(1), fx.verified(fx.proposal(&b1, None)), 1);
+    let mut proposals = vec![];
+    for s in [0u16, 1, 3] {
+        let acts = core.handle_message(v(s), fx.verified(Message::Vote(fx.vote(s, &b1, id1))), 2);
+        proposals.extend(acts.into_iter().filter_map(|a| match a {
+            Action::Broadcast { msg: Message::Proposal(p) } => Some(p),
+            _ => None,
+        }));
+    }
+    assert_eq!(proposals.len(), 1, "exactly one proposal in round 2");
+    let p = &proposals[0];
+    assert_eq!(p.block.round, Round(2));
+    assert_eq!(p.block.parent_id, id1);
+    assert_eq!(fx.ctx.verify_qc(&p.block.parent_qc), Ok(()));
+}
+
+#[test]
+fn double_vote_is_evidence() {
+    let fx = Fx::new(4);
+    let (a, ida) = fx.block(1, 1, &fx.genesis_qc(), b"a");
+    let (b, idb) = fx.block(1, 1, &fx.genesis_qc(), b"b");
+    let mut core = fx.core(2, MemStorage::default());
+    core.start(0);
+    core.handle_message(v(3), fx.verified(Message::Vote(fx.vote(3, &a, ida))), 1);
+    let acts = core.handle_message(v(3), fx.verified(Message::Vote(fx.vote(3, &b, idb))), 2);
+    let ev = acts.iter().find_map(|a| match a {
+        Action::Evidence(e) => Some(e.clone()),
+        _ => None,
+    });
+    let ev = ev.expect("no evidence");
+    assert_eq!(ev.offender(), v(3));
+    // The evidence itself passes the border checks anywhere.
+    assert!(fx.ctx.prepare(Message::Evidence(ev)).unwrap().verify().is_ok());
+}

@@ -21,7 +21,7 @@ use crate::types::{BlockId, Epoch, Height, Round, Stake, TimeMs, ValidatorIndex}
 
 use super::checker::Checker;
 use super::sigcache::SigCache;
-use super::spec::{Byzantine, FaultClass, RunSpec, LIVENESS_BLOCKS};
+use super::spec::{liveness_rounds_max, Byzantine, FaultClass, RunSpec, LIVENESS_BLOCKS};
 
 /// The outcome of one run.
 #[derive(Clone, Debug, Serialize)]
@@ -772,10 +772,22 @@ impl Sim {
         self.report.commits_min = self.honest_heights().min().unwrap_or_default().0;
         let rounds = self.max_round();
         self.report.rounds = rounds.0;
-        self.report.liveness_failure = self.live_at_round.is_none();
         self.report.rounds_to_liveness = self
             .live_at_round
             .map(|r| r.0.saturating_sub(self.gst_round.0));
+        let bound = liveness_rounds_max(self.spec.n);
+        self.report.liveness_failure = match self.report.rounds_to_liveness {
+            None => true,
+            Some(r) => r > bound,
+        };
+        if self.report.liveness_failure && self.report.first_violation.is_none() {
+            self.report.first_violation = Some(format!(
+                "liveness: honest heights {:?} after GST height {:?}; rounds since GST {:?} (bound {bound})",
+                self.honest_heights().map(|h| h.0).collect::<Vec<_>>(),
+                self.gst_height.map(|h| h.0),
+                self.report.rounds_to_liveness
+            ));
+        }
         let honest = self.honest.len().max(1) as f64;
         self.report.messages_per_validator_per_round =
             self.report.honest_messages as f64 / honest / rounds.0.max(1) as f64;

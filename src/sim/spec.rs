@@ -186,6 +186,13 @@ pub struct RunSpec {
 /// Blocks every honest node must commit beyond the highest honest height at GST.
 pub const LIVENESS_BLOCKS: u64 = 3;
 
+/// Rounds after GST within which every honest node must have committed those blocks: with
+/// round-robin leaders, n rounds always contain three consecutive honest leaders (n > 3f), so two
+/// passes over the schedule plus slack for catching up is a bound no correct run exceeds.
+pub fn liveness_rounds_max(n: usize) -> u64 {
+    2 * n as u64 + 10
+}
+
 impl RunSpec {
     /// Draws a run for `n` validators with `f` Byzantine ones from `seed`.
     pub fn draw(n: usize, f: usize, seed: u64, broken_rule: Option<BrokenRule>) -> RunSpec {
