@@ -100,3 +100,19 @@ fn checker_catches_duplicate_signer_counted_twice() {
         "forged duplicate-signer certificates caused no detected disagreement"
     );
 }
+
+#[test]
+fn a_node_far_behind_catches_up_through_sync() {
+    let mut spec = RunSpec::draw(4, 0, 0, None);
+    assert_eq!(spec.class, FaultClass::Clean);
+    spec.crashes = vec![bpci::sim::spec::Crash {
+        node: bpci::types::ValidatorIndex(3),
+        at_ms: 100,
+        restart_ms: 12_000,
+    }];
+    spec.gst_ms = 12_000;
+    let r = run(spec);
+    assert!(r.ok(), "{:?}", r.first_violation);
+    assert!(r.sync_requests > 0, "the restarted node never asked for sync: {r:?}");
+    assert!(r.commits_min > 40, "the restarted node did not catch up: {r:?}");
+}

@@ -51,6 +51,10 @@ pub struct ClassSummary {
     pub evidence: u64,
     /// Frames and messages refused at the border.
     pub rejected: u64,
+    /// Block requests for missing ancestors.
+    pub block_requests: u64,
+    /// Sync requests of nodes far behind.
+    pub sync_requests: u64,
 }
 
 impl ClassSummary {
@@ -73,6 +77,8 @@ impl ClassSummary {
             .max(r.rounds_to_liveness.unwrap_or(0));
         self.evidence += r.evidence;
         self.rejected += r.rejected_frames + r.rejected_messages;
+        self.block_requests += r.block_requests;
+        self.sync_requests += r.sync_requests;
     }
 }
 

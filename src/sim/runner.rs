@@ -54,12 +54,22 @@ pub struct RunReport {
     pub messages_per_validator_per_round: f64,
     /// Equivocation evidence items raised by honest nodes.
     pub evidence: u64,
+    /// Block requests (missing ancestors) sent by honest nodes.
+    pub block_requests: u64,
+    /// Sync requests (far behind) sent by honest nodes.
+    pub sync_requests: u64,
     /// Frames refused by the decoder.
     pub rejected_frames: u64,
     /// Messages refused by structural or signature checks.
     pub rejected_messages: u64,
     /// Virtual time simulated (ms).
     pub virtual_ms: TimeMs,
+    /// Global stabilisation time of the run (ms).
+    pub gst_ms: TimeMs,
+    /// Crashes: (validator, crash ms, restart ms).
+    pub crashes: Vec<(u16, TimeMs, TimeMs)>,
+    /// Byzantine validators and their behaviour.
+    pub byzantine_nodes: Vec<(u16, Byzantine)>,
     /// The first violation, if any.
     pub first_violation: Option<String>,
 }
@@ -81,9 +91,14 @@ impl RunReport {
             honest_messages: 0,
             messages_per_validator_per_round: 0.0,
             evidence: 0,
+            block_requests: 0,
+            sync_requests: 0,
             rejected_frames: 0,
             rejected_messages: 0,
             virtual_ms: 0,
+            gst_ms: spec.gst_ms,
+            crashes: spec.crashes.iter().map(|c| (c.node.0, c.at_ms, c.restart_ms)).collect(),
+            byzantine_nodes: spec.byzantine.iter().map(|(v, k)| (v.0, *k)).collect(),
             first_violation: None,
         }
     }
@@ -505,8 +520,14 @@ impl Sim {
             msg,
             Message::Proposal(_) | Message::Vote(_) | Message::Timeout(_)
         );
-        if byz.is_none() && consensus_kind {
-            self.report.honest_messages += to.iter().filter(|t| **t != node).count() as u64;
+        if byz.is_none() {
+            let remote = to.iter().filter(|t| **t != node).count() as u64;
+            match &msg {
+                _ if consensus_kind => self.report.honest_messages += remote,
+                Message::BlockRequest(_) => self.report.block_requests += remote,
+                Message::SyncRequest(_) => self.report.sync_requests += remote,
+                _ => {}
+            }
         }
         match (byz, msg) {
             (Some(Byzantine::BadSignature), mut msg) => {

@@ -239,7 +239,13 @@ impl RunSpec {
             FaultClass::Lossy => lossy(&mut spec, &mut rng),
             FaultClass::Partition => spec.partitions = partitions(&mut rng, n, fault_phase_ms),
             FaultClass::CrashRestart => {
-                spec.crashes = crashes(&mut rng, &order[..f.max(1)], fault_phase_ms)
+                spec.crashes = crashes(&mut rng, &order[..f.max(1)], fault_phase_ms);
+                // Half the time one node stays down long enough to fall far behind and need sync.
+                if rng.gen_bool(0.5) {
+                    if let Some(c) = spec.crashes.first_mut() {
+                        c.restart_ms = c.at_ms + rng.gen_range(6_000..10_000);
+                    }
+                }
             }
             FaultClass::Mixed => {
                 lossy(&mut spec, &mut rng);
@@ -329,7 +335,7 @@ fn crashes(rng: &mut ChaCha8Rng, who: &[u16], phase_ms: TimeMs) -> Vec<Crash> {
             Crash {
                 node: ValidatorIndex(*i),
                 at_ms,
-                restart_ms: at_ms + rng.gen_range(50..2_500),
+                restart_ms: at_ms + rng.gen_range(50..6_000),
             }
         })
         .collect()
