@@ -12,4 +12,5 @@ pub mod codec;
 pub mod consensus;
 pub mod crypto;
 pub mod sim;
+pub mod store;
 pub mod types;

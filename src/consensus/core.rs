@@ -1,7 +1,7 @@
 //! The sans-IO consensus core: `handle_*(input, now) -> Vec<Action>`. See the module docs of
 //! [`crate::consensus`] for the rules; each rule's code below is marked `Rule "<name>"`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::certs::{EpochContext, Verified};
@@ -157,7 +157,7 @@ pub struct Core<S: Storage, A: App> {
     timeouts: BTreeMap<Round, TimeoutRound>,
     seen_votes: BTreeMap<(Round, ValidatorIndex), Vote>,
     seen_proposals: BTreeMap<Round, (ProposalData, crate::crypto::Signature)>,
-    evidence_seen: HashSet<(ValidatorIndex, Round, bool)>,
+    evidence_seen: BTreeSet<(Round, ValidatorIndex, bool)>,
     evidence_pool: Vec<Evidence>,
     waiting_proposal: Option<(BlockId, Proposal)>,
     pending_qcs: HashMap<BlockId, QuorumCert>,
@@ -221,7 +221,7 @@ impl<S: Storage, A: App> Core<S, A> {
             timeouts: BTreeMap::new(),
             seen_votes: BTreeMap::new(),
             seen_proposals: BTreeMap::new(),
-            evidence_seen: HashSet::new(),
+            evidence_seen: BTreeSet::new(),
             evidence_pool: Vec::new(),
             waiting_proposal: None,
             pending_qcs: HashMap::new(),
@@ -333,12 +333,11 @@ impl<S: Storage, A: App> Core<S, A> {
             if let Some(w) = self.wanted.get_mut(&id) {
                 w.attempts += 1;
                 w.since_ms = now_ms;
-                // Ask a different peer each time.
-                w.peer = ValidatorIndex(
-                    (w.peer.0 + 1 + u16::from(w.peer.0 + 1 == self.cfg.me.0)) % n.max(1),
-                );
+                // Ask a different peer each time, never this node.
+                let n = n.max(1);
+                w.peer = ValidatorIndex((w.peer.0 + 1) % n);
                 if w.peer == self.cfg.me {
-                    w.peer = ValidatorIndex((w.peer.0 + 1) % n.max(1));
+                    w.peer = ValidatorIndex((w.peer.0 + 1) % n);
                 }
                 let (peer, height) = (w.peer, w.height);
                 if w.attempts > 8 {
@@ -1060,14 +1059,17 @@ impl<S: Storage, A: App> Core<S, A> {
 
     fn add_evidence(&mut self, e: Evidence) {
         let key = (
-            e.offender(),
             e.round(),
+            e.offender(),
             matches!(e, Evidence::DoubleVote { .. }),
         );
-        if self.evidence_seen.contains(&key) || self.evidence_seen.len() >= 4 * MAX_EVIDENCE_POOL {
+        if !self.evidence_seen.insert(key) {
             return;
         }
-        self.evidence_seen.insert(key);
+        if self.evidence_seen.len() > 4 * MAX_EVIDENCE_POOL {
+            // Bounded: forget the oldest rounds first.
+            self.evidence_seen.pop_first();
+        }
         if self.evidence_pool.len() < MAX_EVIDENCE_POOL {
             self.evidence_pool.push(e.clone());
         }
