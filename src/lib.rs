@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::panic))]
 
 pub mod codec;
+pub mod config;
 pub mod consensus;
 pub mod crypto;
 pub mod sim;

@@ -1,0 +1,487 @@
+//! The node's YAML configuration: the spec's keys (`triple_consensus`, `validators`,
+//! `consensus_thresholds`, `logging`) plus this node's own `node` and `tuning` sections.
+//!
+//! Unknown keys are refused, and every check names the key it failed on, for example
+//! ``config key `triple_consensus.hotstuff.pipeline_depth`: must be between 1 and 64, got 0``.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::consensus::{Validator, ValidatorSet};
+use crate::crypto::PublicKey;
+use crate::types::{Epoch, Stake};
+
+/// Most pipeline depth accepted.
+pub const MAX_PIPELINE_DEPTH: u32 = 64;
+/// Default QUIC port when an endpoint names none (the spec's Dockerfile exposes 8081).
+pub const DEFAULT_P2P_PORT: u16 = 8081;
+
+/// A configuration error that names the key.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    /// The YAML does not parse or does not match the schema (unknown key, wrong type).
+    #[error("config does not parse: {0}")]
+    Parse(String),
+    /// A key holds a bad value.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong with its value.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// `triple_consensus.coordinator`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Coordinator {
+    /// Rounds kept in the active-round view of the API.
+    pub max_active_rounds: u32,
+    /// Seconds before an API-started round is reported as timed out.
+    pub round_timeout_seconds: u64,
+    /// Seconds without a frame before a validator is reported unreachable.
+    pub validator_timeout_seconds: u64,
+}
+
+/// `triple_consensus.ibft`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Ibft {
+    /// Fraction of stake that may be Byzantine (must be below 1/3).
+    pub byzantine_tolerance_ratio: f64,
+    /// Vote threshold; the protocol always requires strictly more than 2/3 of the stake.
+    pub required_vote_threshold: f64,
+    /// Base round timer in seconds (the pacemaker's `base`).
+    pub phase_timeout_seconds: f64,
+    /// Must be true: signatures are always verified.
+    pub signature_verification: bool,
+}
+
+/// `triple_consensus.hotstuff`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HotStuff {
+    /// Committed blocks that may wait for execution and persistence while ordering runs ahead.
+    pub pipeline_depth: u32,
+    /// Execute certified blocks before they commit.
+    pub optimistic_execution: bool,
+    /// Cap of the round timer, in seconds.
+    pub view_timeout_seconds: f64,
+    /// Must be true: leaders rotate by the stake-weighted schedule.
+    pub leader_rotation_enabled: bool,
+}
+
+/// `triple_consensus.auction`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Auction {
+    /// Seconds allowed for bid evaluation.
+    pub bid_evaluation_timeout_seconds: f64,
+    /// Sealed bids (commit-reveal) when true; clear bundles when false.
+    pub mev_protection_enabled: bool,
+    /// Weight of the priority score.
+    pub priority_weight: f64,
+    /// Weight of the normalised bid.
+    pub economic_weight: f64,
+}
+
+/// `triple_consensus`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TripleConsensus {
+    /// Coordinator settings.
+    pub coordinator: Coordinator,
+    /// IBFT (ordering) settings.
+    pub ibft: Ibft,
+    /// HotStuff (pipelining) settings.
+    pub hotstuff: HotStuff,
+    /// Auction settings.
+    pub auction: Auction,
+}
+
+/// One entry of `validators`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorEntry {
+    /// Unique name.
+    pub validator_id: String,
+    /// Stake (> 0).
+    pub stake: u64,
+    /// Where its QUIC endpoint listens: `host:port`, `quic://host:port` or `https://host[:port]`.
+    pub endpoint: String,
+    /// `ed25519:<64 hex>`.
+    pub public_key: String,
+    /// Inactive validators are not part of the set.
+    #[serde(default = "yes")]
+    pub is_active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `consensus_thresholds`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsensusThresholds {
+    /// Fewest active validators the node accepts.
+    pub minimum_validators: usize,
+    /// f: Byzantine validators tolerated; requires n > 3f.
+    pub byzantine_fault_tolerance: usize,
+    /// Least stake of an active validator.
+    pub stake_threshold: u64,
+}
+
+/// One `logging.outputs` entry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogOutput {
+    /// `file`, `stdout` or `elasticsearch`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// File path for `file`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// URL for `elasticsearch`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+/// `logging.consensus_logging`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsensusLogging {
+    /// Log consensus events.
+    pub enabled: bool,
+    /// `summary` or `detailed`.
+    pub level: String,
+    /// Log each vote.
+    #[serde(default)]
+    pub include_validator_votes: bool,
+    /// Log each bid.
+    #[serde(default)]
+    pub include_auction_bids: bool,
+}
+
+/// `logging`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// `json` or `text`.
+    pub format: String,
+    /// Where logs go.
+    #[serde(default)]
+    pub outputs: Vec<LogOutput>,
+    /// Consensus event logging.
+    #[serde(default)]
+    pub consensus_logging: Option<ConsensusLogging>,
+}
+
+/// `node`: this validator's own settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Which entry of `validators` this node is.
+    pub validator_id: String,
+    /// The secret key file written by `bpci keys generate`.
+    pub key_file: PathBuf,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// The chain's id, bound into every signature.
+    #[serde(default = "default_chain_id")]
+    pub chain_id: String,
+    /// Validator-to-validator QUIC address (defaults to this validator's endpoint).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Client QUIC endpoint (transactions, bundles).
+    #[serde(default)]
+    pub client_listen: Option<SocketAddr>,
+    /// REST API and metrics.
+    #[serde(default)]
+    pub http_listen: Option<SocketAddr>,
+}
+
+fn default_chain_id() -> String {
+    "bpci-local".into()
+}
+
+/// `tuning`: how the pipeline uses the machine.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tuning {
+    /// Pin each stage thread to a core (when there are enough cores).
+    #[serde(default)]
+    pub pin_threads: bool,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Consensus settings.
+    pub triple_consensus: TripleConsensus,
+    /// The validator set, in index order.
+    pub validators: Vec<ValidatorEntry>,
+    /// Set-level thresholds.
+    #[serde(default)]
+    pub consensus_thresholds: Option<ConsensusThresholds>,
+    /// Logging.
+    #[serde(default)]
+    pub logging: Option<Logging>,
+    /// This node.
+    pub node: NodeSection,
+    /// Tuning profile.
+    #[serde(default)]
+    pub tuning: Tuning,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file as written.
+    pub file: ConfigFile,
+    /// The active validator set (epoch 1).
+    pub validators: ValidatorSet,
+    /// Each active validator's QUIC address, by index.
+    pub endpoints: Vec<String>,
+    /// This node's index in the set.
+    pub me: u16,
+}
+
+/// Splits an endpoint into `host:port`.
+pub fn endpoint_host_port(endpoint: &str) -> Result<String, String> {
+    let rest = endpoint
+        .strip_prefix("quic://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .or_else(|| endpoint.strip_prefix("http://"))
+        .unwrap_or(endpoint)
+        .trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') {
+        return Err(format!("{endpoint:?} is not host:port"));
+    }
+    let has_port = rest
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && !h.ends_with(':') && p.parse::<u16>().is_ok());
+    if has_port {
+        Ok(rest.to_string())
+    } else if rest.contains(':') && !rest.starts_with('[') {
+        Err(format!("{endpoint:?} has a bad port"))
+    } else {
+        Ok(format!("{rest}:{DEFAULT_P2P_PORT}"))
+    }
+}
+
+impl Config {
+    /// Parses and validates YAML text.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let file: ConfigFile =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Self::validate(file)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Parse(format!("reading {}: {e}", path.display())))?;
+        Self::from_yaml(&text)
+    }
+
+    fn validate(file: ConfigFile) -> Result<Config, ConfigError> {
+        let tc = &file.triple_consensus;
+        let ibft = &tc.ibft;
+        if !(0.0..1.0 / 3.0 + 1e-3).contains(&ibft.byzantine_tolerance_ratio) {
+            return Err(invalid(
+                "triple_consensus.ibft.byzantine_tolerance_ratio",
+                format!(
+                    "must be in [0, 1/3), got {}",
+                    ibft.byzantine_tolerance_ratio
+                ),
+            ));
+        }
+        if !(0.66..=1.0).contains(&ibft.required_vote_threshold) {
+            return Err(invalid(
+                "triple_consensus.ibft.required_vote_threshold",
+                format!(
+                    "must be in [0.66, 1] (the protocol always requires more than 2/3 of the stake), got {}",
+                    ibft.required_vote_threshold
+                ),
+            ));
+        }
+        if !(ibft.phase_timeout_seconds > 0.0 && ibft.phase_timeout_seconds <= 3600.0) {
+            return Err(invalid(
+                "triple_consensus.ibft.phase_timeout_seconds",
+                format!("must be in (0, 3600], got {}", ibft.phase_timeout_seconds),
+            ));
+        }
+        if !ibft.signature_verification {
+            return Err(invalid(
+                "triple_consensus.ibft.signature_verification",
+                "must be true: a validator never accepts unverified signatures",
+            ));
+        }
+        let hs = &tc.hotstuff;
+        if !(1..=MAX_PIPELINE_DEPTH).contains(&hs.pipeline_depth) {
+            return Err(invalid(
+                "triple_consensus.hotstuff.pipeline_depth",
+                format!(
+                    "must be between 1 and {MAX_PIPELINE_DEPTH}, got {}",
+                    hs.pipeline_depth
+                ),
+            ));
+        }
+        if !(hs.view_timeout_seconds >= ibft.phase_timeout_seconds
+            && hs.view_timeout_seconds <= 3600.0)
+        {
+            return Err(invalid(
+                "triple_consensus.hotstuff.view_timeout_seconds",
+                format!(
+                    "must be at least ibft.phase_timeout_seconds ({}) and at most 3600, got {}",
+                    ibft.phase_timeout_seconds, hs.view_timeout_seconds
+                ),
+            ));
+        }
+        if !hs.leader_rotation_enabled {
+            return Err(invalid(
+                "triple_consensus.hotstuff.leader_rotation_enabled",
+                "must be true: a fixed leader cannot be replaced when it fails",
+            ));
+        }
+        let a = &tc.auction;
+        for (key, w) in [
+            (
+                "triple_consensus.auction.priority_weight",
+                a.priority_weight,
+            ),
+            (
+                "triple_consensus.auction.economic_weight",
+                a.economic_weight,
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&w) {
+                return Err(invalid(key, format!("must be in [0, 1], got {w}")));
+            }
+        }
+        if ((a.priority_weight + a.economic_weight) - 1.0).abs() > 1e-6 {
+            return Err(invalid(
+                "triple_consensus.auction",
+                format!(
+                    "priority_weight + economic_weight must be 1, got {}",
+                    a.priority_weight + a.economic_weight
+                ),
+            ));
+        }
+        if !(a.bid_evaluation_timeout_seconds > 0.0) {
+            return Err(invalid(
+                "triple_consensus.auction.bid_evaluation_timeout_seconds",
+                "must be positive",
+            ));
+        }
+
+        let mut validators = Vec::new();
+        let mut endpoints = Vec::new();
+        let mut ids = std::collections::HashSet::new();
+        let mut me = None;
+        for (i, v) in file.validators.iter().enumerate() {
+            let key = |field: &str| format!("validators[{i}].{field}");
+            if v.validator_id.is_empty() {
+                return Err(invalid(key("validator_id"), "must not be empty"));
+            }
+            if !ids.insert(v.validator_id.as_str()) {
+                return Err(invalid(
+                    key("validator_id"),
+                    format!("{:?} appears twice", v.validator_id),
+                ));
+            }
+            if !v.is_active {
+                continue;
+            }
+            if v.stake == 0 {
+                return Err(invalid(key("stake"), "must be positive"));
+            }
+            if let Some(t) = &file.consensus_thresholds {
+                if v.stake < t.stake_threshold {
+                    return Err(invalid(
+                        key("stake"),
+                        format!(
+                            "{} is below consensus_thresholds.stake_threshold {}",
+                            v.stake, t.stake_threshold
+                        ),
+                    ));
+                }
+            }
+            let pk = PublicKey::from_str(&v.public_key)
+                .map_err(|e| invalid(key("public_key"), e.to_string()))?;
+            let endpoint =
+                endpoint_host_port(&v.endpoint).map_err(|e| invalid(key("endpoint"), e))?;
+            if v.validator_id == file.node.validator_id {
+                me = Some(validators.len() as u16);
+            }
+            validators.push(Validator {
+                key: pk,
+                stake: Stake(v.stake),
+            });
+            endpoints.push(endpoint);
+        }
+        let n = validators.len();
+        if n == 0 {
+            return Err(invalid("validators", "no active validators"));
+        }
+        if let Some(t) = &file.consensus_thresholds {
+            if n < t.minimum_validators {
+                return Err(invalid(
+                    "consensus_thresholds.minimum_validators",
+                    format!(
+                        "{} required, {n} active validators configured",
+                        t.minimum_validators
+                    ),
+                ));
+            }
+            if n <= 3 * t.byzantine_fault_tolerance {
+                return Err(invalid(
+                    "consensus_thresholds.byzantine_fault_tolerance",
+                    format!(
+                        "f = {} needs more than 3f = {} validators, have {n}",
+                        t.byzantine_fault_tolerance,
+                        3 * t.byzantine_fault_tolerance
+                    ),
+                ));
+            }
+        }
+        let me = me.ok_or_else(|| {
+            invalid(
+                "node.validator_id",
+                format!(
+                    "{:?} is not an active entry of validators",
+                    file.node.validator_id
+                ),
+            )
+        })?;
+        if file.node.chain_id.is_empty() || file.node.chain_id.len() > 64 {
+            return Err(invalid("node.chain_id", "must be 1 to 64 characters"));
+        }
+        let validators = ValidatorSet::new(Epoch(1), validators)
+            .map_err(|e| invalid("validators", e.to_string()))?;
+        Ok(Config {
+            file,
+            validators,
+            endpoints,
+            me,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

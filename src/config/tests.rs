@@ -1,0 +1,199 @@
+use super::*;
+use crate::crypto::Keypair;
+
+fn yaml(extra_node: &str) -> String {
+    let keys: Vec<String> = (0..4)
+        .map(|i| Keypair::from_seed(&[i + 1; 32]).public().to_string())
+        .collect();
+    format!(
+        r#"
+triple_consensus:
+  coordinator:
+    max_active_rounds: 10
+    round_timeout_seconds: 30
+    validator_timeout_seconds: 10
+  ibft:
+    byzantine_tolerance_ratio: 0.33
+    required_vote_threshold: 0.67
+    phase_timeout_seconds: 5
+    signature_verification: true
+  hotstuff:
+    pipeline_depth: 3
+    optimistic_execution: true
+    view_timeout_seconds: 10
+    leader_rotation_enabled: true
+  auction:
+    bid_evaluation_timeout_seconds: 5
+    mev_protection_enabled: true
+    priority_weight: 0.3
+    economic_weight: 0.7
+validators:
+  - validator_id: "validator-001"
+    stake: 1000000
+    endpoint: "https://validator1.bpci.network"
+    public_key: "{}"
+    is_active: true
+  - validator_id: "validator-002"
+    stake: 800000
+    endpoint: "127.0.0.1:7002"
+    public_key: "{}"
+  - validator_id: "validator-003"
+    stake: 800000
+    endpoint: "quic://127.0.0.1:7003"
+    public_key: "{}"
+  - validator_id: "validator-004"
+    stake: 800000
+    endpoint: "127.0.0.1:7004"
+    public_key: "{}"
+consensus_thresholds:
+  minimum_validators: 4
+  byzantine_fault_tolerance: 1
+  stake_threshold: 500000
+logging:
+  level: "info"
+  format: "json"
+  outputs:
+    - type: "file"
+      path: "/var/log/bpci/consensus.log"
+    - type: "elasticsearch"
+      endpoint: "http://elasticsearch:9200"
+  consensus_logging:
+    enabled: true
+    level: "detailed"
+    include_validator_votes: true
+    include_auction_bids: true
+node:
+  validator_id: "validator-002"
+  key_file: "/etc/bpci/validator.key"
+  data_dir: "/var/lib/bpci"
+{extra_node}"#,
+        keys[0], keys[1], keys[2], keys[3]
+    )
+}
+
+#[test]
+fn the_spec_example_parses() {
+    let c = Config::from_yaml(&yaml("")).unwrap();
+    assert_eq!(c.me, 1);
+    assert_eq!(c.validators.len(), 4);
+    assert_eq!(c.endpoints[0], "validator1.bpci.network:8081");
+    assert_eq!(c.endpoints[2], "127.0.0.1:7003");
+    assert_eq!(c.file.triple_consensus.hotstuff.pipeline_depth, 3);
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let table: Vec<(&str, &str, &str)> = vec![
+        (
+            "pipeline_depth: 3",
+            "pipeline_depth: 0",
+            "triple_consensus.hotstuff.pipeline_depth",
+        ),
+        (
+            "required_vote_threshold: 0.67",
+            "required_vote_threshold: 0.5",
+            "triple_consensus.ibft.required_vote_threshold",
+        ),
+        (
+            "signature_verification: true",
+            "signature_verification: false",
+            "triple_consensus.ibft.signature_verification",
+        ),
+        (
+            "priority_weight: 0.3",
+            "priority_weight: 0.5",
+            "triple_consensus.auction",
+        ),
+        (
+            "view_timeout_seconds: 10",
+            "view_timeout_seconds: 1",
+            "triple_consensus.hotstuff.view_timeout_seconds",
+        ),
+        (
+            "stake: 800000\n    endpoint: \"127.0.0.1:7002\"",
+            "stake: 0\n    endpoint: \"127.0.0.1:7002\"",
+            "validators[1].stake",
+        ),
+        (
+            "endpoint: \"127.0.0.1:7004\"",
+            "endpoint: \"127.0.0.1:70000\"",
+            "validators[3].endpoint",
+        ),
+        (
+            "validator_id: \"validator-003\"",
+            "validator_id: \"validator-002\"",
+            "validators[2].validator_id",
+        ),
+        (
+            "byzantine_fault_tolerance: 1",
+            "byzantine_fault_tolerance: 2",
+            "consensus_thresholds.byzantine_fault_tolerance",
+        ),
+        (
+            "minimum_validators: 4",
+            "minimum_validators: 7",
+            "consensus_thresholds.minimum_validators",
+        ),
+        (
+            "  validator_id: \"validator-002\"\n  key_file",
+            "  validator_id: \"validator-009\"\n  key_file",
+            "node.validator_id",
+        ),
+    ];
+    for (from, to, key) in table {
+        let text = yaml("");
+        assert!(text.contains(from), "fixture lacks {from:?}");
+        let bad = text.replacen(from, to, 1);
+        match Config::from_yaml(&bad) {
+            Err(ConfigError::Invalid { key: k, message }) => assert_eq!(k, key, "{message}"),
+            other => panic!("{key}: expected an error naming the key, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn bad_keys_are_refused_with_the_reason() {
+    let text = yaml("");
+    let first_key = Keypair::from_seed(&[1; 32]).public().to_string();
+    let cases = [
+        (
+            first_key.clone(),
+            "ed25519:0100000000000000000000000000000000000000000000000000000000000000".to_string(),
+        ),
+        (first_key.clone(), first_key.replace("ed25519:", "")),
+        (first_key.clone(), format!("{}00", first_key)),
+    ];
+    for (from, to) in cases {
+        let bad = text.replacen(&from, &to, 1);
+        match Config::from_yaml(&bad) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "validators[0].public_key"),
+            other => panic!("{to}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn unknown_keys_and_bad_yaml_are_refused() {
+    let unknown = yaml("  listen_port: 5\n");
+    let err = Config::from_yaml(&unknown).unwrap_err();
+    assert!(err.to_string().contains("listen_port"), "{err}");
+    let err = Config::from_yaml("triple_consensus: [").unwrap_err();
+    assert!(matches!(err, ConfigError::Parse(_)));
+}
+
+#[test]
+fn endpoints() {
+    let table = [
+        ("127.0.0.1:9000", Ok("127.0.0.1:9000")),
+        ("quic://10.0.0.1:1", Ok("10.0.0.1:1")),
+        ("https://v.example", Ok("v.example:8081")),
+        ("https://v.example/", Ok("v.example:8081")),
+        ("https://v.example/path", Err(())),
+        ("host:notaport", Err(())),
+        ("", Err::<&str, ()>(())),
+    ];
+    for (input, want) in table {
+        let got = endpoint_host_port(input).ok();
+        assert_eq!(got.as_deref(), want.ok(), "{input}");
+    }
+}
