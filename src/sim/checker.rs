@@ -25,6 +25,8 @@ pub struct Checker {
     tips: HashMap<ValidatorIndex, (BlockId, Height)>,
     /// Votes signed by honest nodes: (voter, round) -> block.
     votes: HashMap<(ValidatorIndex, Round), BlockId>,
+    /// Proposals signed by honest leaders: (author, round) -> block.
+    proposals: HashMap<(ValidatorIndex, Round), BlockId>,
     /// Agreement violations.
     pub safety: Vec<Violation>,
     /// Honest double-signs.
@@ -53,6 +55,20 @@ impl Checker {
             Some(_) => {}
             None => {
                 self.votes.insert(key, vote.data.block_id);
+            }
+        }
+    }
+
+    /// An honest leader signed a proposal of block `id` in `round`.
+    pub fn on_proposal(&mut self, author: ValidatorIndex, round: Round, id: BlockId) {
+        match self.proposals.get(&(author, round)) {
+            Some(first) if *first != id => self.double_signs.push(Violation {
+                kind: "double_proposal",
+                detail: format!("{author:?} proposed {first:?} and {id:?} in round {round:?}"),
+            }),
+            Some(_) => {}
+            None => {
+                self.proposals.insert((author, round), id);
             }
         }
     }

@@ -97,7 +97,11 @@ impl RunReport {
             rejected_messages: 0,
             virtual_ms: 0,
             gst_ms: spec.gst_ms,
-            crashes: spec.crashes.iter().map(|c| (c.node.0, c.at_ms, c.restart_ms)).collect(),
+            crashes: spec
+                .crashes
+                .iter()
+                .map(|c| (c.node.0, c.at_ms, c.restart_ms))
+                .collect(),
             byzantine_nodes: spec.byzantine.iter().map(|(v, k)| (v.0, *k)).collect(),
             first_violation: None,
         }
@@ -490,6 +494,10 @@ impl Sim {
                     self.emit(node, vec![to], msg, now);
                 }
                 Action::Broadcast { msg } => {
+                    if let (None, Message::Proposal(p)) = (byz, &msg) {
+                        let id = p.block.id(&self.ctx.chain_id);
+                        self.checker.on_proposal(node, p.block.round, id);
+                    }
                     let to: Vec<ValidatorIndex> = (0..self.spec.n as u16)
                         .map(ValidatorIndex)
                         .filter(|j| *j != node)
