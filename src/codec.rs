@@ -147,7 +147,8 @@ mod tests {
     fn decode_refuses_each_kind_of_bad_input() {
         let good = encode(&Sample::B(vec![1, 2, 3])).unwrap_or_default();
         assert_eq!(decode::<Sample>(&good), Ok(Sample::B(vec![1, 2, 3])));
-        let cases: Vec<(&str, Vec<u8>, fn(&DecodeError) -> bool)> = vec![
+        type Case = (&'static str, Vec<u8>, fn(&DecodeError) -> bool);
+        let cases: Vec<Case> = vec![
             ("empty", vec![], |e| *e == DecodeError::Truncated),
             ("truncated", good[..good.len() - 1].to_vec(), |e| {
                 *e == DecodeError::Truncated

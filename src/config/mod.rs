@@ -383,7 +383,7 @@ impl Config {
                 ),
             ));
         }
-        if !(a.bid_evaluation_timeout_seconds > 0.0) {
+        if a.bid_evaluation_timeout_seconds.is_nan() || a.bid_evaluation_timeout_seconds <= 0.0 {
             return Err(invalid(
                 "triple_consensus.auction.bid_evaluation_timeout_seconds",
                 "must be positive",

@@ -33,7 +33,9 @@ fn v(i: u16) -> ValidatorIndex {
 
 impl Fx {
     fn new(n: usize) -> Self {
-        let keys: Vec<Keypair> = (0..n).map(|i| Keypair::from_seed(&[i as u8 + 7; 32])).collect();
+        let keys: Vec<Keypair> = (0..n)
+            .map(|i| Keypair::from_seed(&[i as u8 + 7; 32]))
+            .collect();
         let set = ValidatorSet::new(
             Epoch(1),
             keys.iter()
@@ -54,7 +56,13 @@ impl Fx {
         self.ctx.genesis_qc()
     }
 
-    fn block(&self, author: u16, round: u64, parent_qc: &QuorumCert, payload: &[u8]) -> (Block, BlockId) {
+    fn block(
+        &self,
+        author: u16,
+        round: u64,
+        parent_qc: &QuorumCert,
+        payload: &[u8],
+    ) -> (Block, BlockId) {
         let b = Block {
             parent_id: parent_qc.block_id,
             round: Round(round),
@@ -73,7 +81,10 @@ impl Fx {
 
     fn proposal(&self, b: &Block, tc: Option<TimeoutCert>) -> Message {
         let id = b.id(CHAIN);
-        let data = ProposalData { block_id: id, round: b.round };
+        let data = ProposalData {
+            block_id: id,
+            round: b.round,
+        };
         Message::Proposal(Proposal {
             block: b.clone(),
             tc_for_prev_round: tc,
@@ -82,7 +93,11 @@ impl Fx {
     }
 
     fn vote(&self, voter: u16, b: &Block, id: BlockId) -> Vote {
-        let data = VoteData { block_id: id, round: b.round, height: b.height };
+        let data = VoteData {
+            block_id: id,
+            round: b.round,
+            height: b.height,
+        };
         Vote {
             data,
             epoch: Epoch(1),
@@ -97,7 +112,10 @@ impl Fx {
             round: b.round,
             height: b.height,
             epoch: Epoch(1),
-            votes: signers.iter().map(|s| (v(*s), self.vote(*s, b, id).signature)).collect(),
+            votes: signers
+                .iter()
+                .map(|s| (v(*s), self.vote(*s, b, id).signature))
+                .collect(),
         }
     }
 
@@ -108,8 +126,15 @@ impl Fx {
             timeouts: entries
                 .iter()
                 .map(|(s, hq)| {
-                    let d = TimeoutData { round: Round(round), high_qc_round: Round(*hq) };
-                    (v(*s), Round(*hq), self.keys[*s as usize].sign(&d.digest(CHAIN, Epoch(1))))
+                    let d = TimeoutData {
+                        round: Round(round),
+                        high_qc_round: Round(*hq),
+                    };
+                    (
+                        v(*s),
+                        Round(*hq),
+                        self.keys[*s as usize].sign(&d.digest(CHAIN, Epoch(1))),
+                    )
                 })
                 .collect(),
         }
@@ -120,8 +145,20 @@ impl Fx {
     }
 
     fn core(&self, me: u16, store: MemStorage) -> Core<MemStorage, TestApp> {
-        let cfg = CoreConfig { me: v(me), round_timeout_ms_base: 1000, round_timeout_ms_max: 8000 };
-        Core::new(Arc::clone(&self.ctx), cfg, self.keys[me as usize].clone(), store, TestApp, 0).unwrap()
+        let cfg = CoreConfig {
+            me: v(me),
+            round_timeout_ms_base: 1000,
+            round_timeout_ms_max: 8000,
+        };
+        Core::new(
+            Arc::clone(&self.ctx),
+            cfg,
+            self.keys[me as usize].clone(),
+            store,
+            TestApp,
+            0,
+        )
+        .unwrap()
     }
 }
 
@@ -129,7 +166,10 @@ fn votes_sent(actions: &[Action]) -> Vec<(ValidatorIndex, Vote)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Send { to, msg: Message::Vote(v) } => Some((*to, v.clone())),
+            Action::Send {
+                to,
+                msg: Message::Vote(v),
+            } => Some((*to, v.clone())),
             _ => None,
         })
         .collect()
@@ -139,7 +179,9 @@ fn commits(actions: &[Action]) -> Vec<Height> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Committed(b) => Some(b.blocks.iter().map(|(_, b)| b.height).collect::<Vec<_>>()),
+            Action::Committed(b) => {
+                Some(b.blocks.iter().map(|(_, b)| b.height).collect::<Vec<_>>())
+            }
             _ => None,
         })
         .flatten()
@@ -164,10 +206,19 @@ fn certificate_checks() {
     let mut wrong_epoch = fx.qc(&b, id, &[0, 1, 2]);
     wrong_epoch.epoch = Epoch(2);
     let other_chain = {
-        let data = VoteData { block_id: id, round: b.round, height: b.height };
+        let data = VoteData {
+            block_id: id,
+            round: b.round,
+            height: b.height,
+        };
         QuorumCert {
             votes: (0..3u16)
-                .map(|s| (v(s), fx.keys[s as usize].sign(&data.digest("another-chain", Epoch(1)))))
+                .map(|s| {
+                    (
+                        v(s),
+                        fx.keys[s as usize].sign(&data.digest("another-chain", Epoch(1))),
+                    )
+                })
                 .collect(),
             ..good.clone()
         }
@@ -180,18 +231,40 @@ fn certificate_checks() {
     let table: Vec<(&str, QuorumCert, Result<(), CertError>)> = vec![
         ("valid quorum", good, Ok(())),
         ("genesis", g, Ok(())),
-        ("duplicate signer", dup, Err(CertError::DuplicateSigner(v(1)))),
+        (
+            "duplicate signer",
+            dup,
+            Err(CertError::DuplicateSigner(v(1))),
+        ),
         ("non-member", non_member, Err(CertError::NotMember(v(9)))),
         (
             "too little stake",
             little,
-            Err(CertError::InsufficientStake { have: Stake(20), total: Stake(40) }),
+            Err(CertError::InsufficientStake {
+                have: Stake(20),
+                total: Stake(40),
+            }),
         ),
         ("bad signature", bad_sig, Err(CertError::BadSignature(v(1)))),
-        ("wrong epoch", wrong_epoch, Err(CertError::WrongEpoch { expected: Epoch(1), got: Epoch(2) })),
-        ("signed for another chain", other_chain, Err(CertError::BadSignature(v(0)))),
+        (
+            "wrong epoch",
+            wrong_epoch,
+            Err(CertError::WrongEpoch {
+                expected: Epoch(1),
+                got: Epoch(2),
+            }),
+        ),
+        (
+            "signed for another chain",
+            other_chain,
+            Err(CertError::BadSignature(v(0))),
+        ),
         ("unsorted signers", unsorted, Err(CertError::Unsorted)),
-        ("round-0 that is not genesis", fake_genesis, Err(CertError::BadGenesis)),
+        (
+            "round-0 that is not genesis",
+            fake_genesis,
+            Err(CertError::BadGenesis),
+        ),
     ];
     for (name, qc, want) in table {
         assert_eq!(fx.ctx.verify_qc(&qc), want, "{name}");
@@ -211,17 +284,26 @@ fn border_checks_of_messages() {
     bad_sig_vote.signature = fx.vote(1, &b, id).signature;
     let mut skip_height = b.clone();
     skip_height.height = Height(5);
-    let table: Vec<(&str, Message, fn(&MessageError) -> bool)> = vec![
-        ("vote by non-member", Message::Vote(vote), |e| matches!(e, MessageError::NotMember { .. })),
-        ("vote of another epoch", Message::Vote(wrong_epoch_vote), |e| {
-            matches!(e, MessageError::WrongEpoch { .. })
+    type Case = (&'static str, Message, fn(&MessageError) -> bool);
+    let table: Vec<Case> = vec![
+        ("vote by non-member", Message::Vote(vote), |e| {
+            matches!(e, MessageError::NotMember { .. })
         }),
-        ("vote with another's signature", Message::Vote(bad_sig_vote), |e| {
-            matches!(e, MessageError::BadSignature { what: "vote" })
-        }),
-        ("block skipping heights", fx.proposal(&skip_height, None), |e| {
-            matches!(e, MessageError::Malformed { .. })
-        }),
+        (
+            "vote of another epoch",
+            Message::Vote(wrong_epoch_vote),
+            |e| matches!(e, MessageError::WrongEpoch { .. }),
+        ),
+        (
+            "vote with another's signature",
+            Message::Vote(bad_sig_vote),
+            |e| matches!(e, MessageError::BadSignature { what: "vote" }),
+        ),
+        (
+            "block skipping heights",
+            fx.proposal(&skip_height, None),
+            |e| matches!(e, MessageError::Malformed { .. }),
+        ),
     ];
     for (name, msg, want) in table {
         let got = fx.ctx.prepare(msg).and_then(|p| p.verify());
@@ -246,11 +328,31 @@ fn vote_rule_table() {
     let (b2_skip, _) = fx.block(2, 2, &g, b"ok");
     let tc_low = fx.tc(1, &[(0, 0), (1, 0), (3, 0)]);
     let table: Vec<(&str, Message, bool)> = vec![
-        ("leader's proposal extending the previous round's QC", fx.proposal(&b1, None), true),
-        ("proposal by a non-leader", fx.proposal(&b1_other, None), false),
-        ("payload refused by the application hook", fx.proposal(&b1_invalid, None), false),
-        ("round skipped without a TC", fx.proposal(&b2_skip, None), false),
-        ("round skipped with a TC whose high_qc rounds the QC covers", fx.proposal(&b2_skip, Some(tc_low)), true),
+        (
+            "leader's proposal extending the previous round's QC",
+            fx.proposal(&b1, None),
+            true,
+        ),
+        (
+            "proposal by a non-leader",
+            fx.proposal(&b1_other, None),
+            false,
+        ),
+        (
+            "payload refused by the application hook",
+            fx.proposal(&b1_invalid, None),
+            false,
+        ),
+        (
+            "round skipped without a TC",
+            fx.proposal(&b2_skip, None),
+            false,
+        ),
+        (
+            "round skipped with a TC whose high_qc rounds the QC covers",
+            fx.proposal(&b2_skip, Some(tc_low)),
+            true,
+        ),
     ];
     for (name, msg, expect_vote) in table {
         let mut core = fx.core(0, MemStorage::default());
@@ -259,9 +361,16 @@ fn vote_rule_table() {
         let votes = votes_sent(&acts);
         assert_eq!(!votes.is_empty(), expect_vote, "{name}: {acts:?}");
         if let Some((to, vote)) = votes.first() {
-            assert_eq!(*to, fx.ctx.validators.leader(vote.data.round.next()), "{name}: vote goes to the next leader");
+            assert_eq!(
+                *to,
+                fx.ctx.validators.leader(vote.data.round.next()),
+                "{name}: vote goes to the next leader"
+            );
             let persisted = core.storage().load_safety().unwrap().unwrap();
-            assert_eq!(persisted.last_voted_round, vote.data.round, "{name}: durable before sent");
+            assert_eq!(
+                persisted.last_voted_round, vote.data.round,
+                "{name}: durable before sent"
+            );
             assert_eq!(persisted.last_vote.as_ref(), Some(vote));
         }
     }
@@ -277,7 +386,10 @@ fn tc_justification_must_cover_highest_qc() {
     let tc = fx.tc(2, &[(0, 1), (1, 0), (2, 0)]);
     let (b3_low, _) = fx.block(3, 3, &g, b"low");
     let (b3_ok, _) = fx.block(3, 3, &qc1, b"ok");
-    for (name, b, want) in [("qc below tc high_qc", &b3_low, false), ("qc at tc high_qc", &b3_ok, true)] {
+    for (name, b, want) in [
+        ("qc below tc high_qc", &b3_low, false),
+        ("qc at tc high_qc", &b3_ok, true),
+    ] {
         let mut core = fx.core(0, MemStorage::default());
         core.start(0);
         core.handle_message(v(1), fx.verified(fx.proposal(&b1, None)), 1);
@@ -299,7 +411,9 @@ fn at_most_one_vote_per_round_and_equivocation_is_evidence() {
     let second = core.handle_message(v(1), fx.verified(fx.proposal(&b, None)), 2);
     assert!(votes_sent(&second).is_empty(), "voted twice in round 1");
     assert!(
-        second.iter().any(|a| matches!(a, Action::Evidence(Evidence::DoubleProposal { .. }))),
+        second
+            .iter()
+            .any(|a| matches!(a, Action::Evidence(Evidence::DoubleProposal { .. }))),
         "double proposal not reported"
     );
 }
@@ -329,7 +443,9 @@ fn restarted_node_resends_the_same_vote_never_another() {
     // After the crash, the other block of the same round gets no vote ...
     let mut core = fx.core(0, store.clone());
     core.start(5);
-    assert!(votes_sent(&core.handle_message(v(1), fx.verified(fx.proposal(&b, None)), 6)).is_empty());
+    assert!(
+        votes_sent(&core.handle_message(v(1), fx.verified(fx.proposal(&b, None)), 6)).is_empty()
+    );
     // ... and the same block gets exactly the same vote again.
     let mut core = fx.core(0, store);
     core.start(5);
@@ -349,7 +465,9 @@ fn timeout_rule_blocks_later_votes_in_the_round() {
     let t = acts
         .iter()
         .find_map(|a| match a {
-            Action::Broadcast { msg: Message::Timeout(t) } => Some(t.clone()),
+            Action::Broadcast {
+                msg: Message::Timeout(t),
+            } => Some(t.clone()),
             _ => None,
         })
         .expect("timer fired without a timeout");
@@ -369,7 +487,10 @@ fn timeouts_from_a_quorum_form_a_tc_and_advance_the_round() {
     core.start(0);
     core.handle_tick(core.next_deadline_ms());
     for s in [1u16, 2] {
-        let d = TimeoutData { round: Round(1), high_qc_round: Round(0) };
+        let d = TimeoutData {
+            round: Round(1),
+            high_qc_round: Round(0),
+        };
         let t = Timeout {
             round: Round(1),
             epoch: Epoch(1),
@@ -422,12 +543,20 @@ fn commit_rule_table() {
     let table: Vec<(&str, Vec<Message>, Vec<Height>)> = vec![
         (
             "QC on a next-round child commits the parent",
-            vec![fx.proposal(&b1, None), fx.proposal(&b2, None), fx.proposal(&b4_on2, Some(fx.tc(3, &[(0, 2), (1, 2), (2, 2)])))],
+            vec![
+                fx.proposal(&b1, None),
+                fx.proposal(&b2, None),
+                fx.proposal(&b4_on2, Some(fx.tc(3, &[(0, 2), (1, 2), (2, 2)]))),
+            ],
             vec![Height(1)],
         ),
         (
             "QC on a child two rounds later commits nothing",
-            vec![fx.proposal(&b1, None), fx.proposal(&b3, Some(tc2)), fx.proposal(&b4_on3, None)],
+            vec![
+                fx.proposal(&b1, None),
+                fx.proposal(&b3, Some(tc2)),
+                fx.proposal(&b4_on3, None),
+            ],
             vec![],
         ),
     ];
@@ -436,7 +565,11 @@ fn commit_rule_table() {
         core.start(0);
         let mut got = vec![];
         for (i, m) in msgs.into_iter().enumerate() {
-            got.extend(commits(&core.handle_message(v(0), fx.verified(m), i as u64 + 1)));
+            got.extend(commits(&core.handle_message(
+                v(0),
+                fx.verified(m),
+                i as u64 + 1,
+            )));
         }
         assert_eq!(got, want, "{name}");
     }
@@ -454,7 +587,9 @@ fn next_leader_aggregates_votes_into_a_qc_and_proposes() {
     for s in [0u16, 1, 3] {
         let acts = core.handle_message(v(s), fx.verified(Message::Vote(fx.vote(s, &b1, id1))), 2);
         proposals.extend(acts.into_iter().filter_map(|a| match a {
-            Action::Broadcast { msg: Message::Proposal(p) } => Some(p),
+            Action::Broadcast {
+                msg: Message::Proposal(p),
+            } => Some(p),
             _ => None,
         }));
     }
@@ -481,5 +616,10 @@ fn double_vote_is_evidence() {
     let ev = ev.expect("no evidence");
     assert_eq!(ev.offender(), v(3));
     // The evidence itself passes the border checks anywhere.
-    assert!(fx.ctx.prepare(Message::Evidence(ev)).unwrap().verify().is_ok());
+    assert!(fx
+        .ctx
+        .prepare(Message::Evidence(ev))
+        .unwrap()
+        .verify()
+        .is_ok());
 }

@@ -1,0 +1,518 @@
+//! A BLAKE3 Merkle tree over transactions, with inclusion proofs.
+//!
+//! # Hashing
+//! `H(x)` is BLAKE3 keyed with `K = BLAKE3-derive_key("bpci 2026-11 merkle v1", "")`, so no
+//! Merkle hash equals any other BLAKE3 hash in bpci. One tag byte separates the three uses:
+//!
+//! ```text
+//! leaf(data)        = H(0x00 ‖ data)
+//! node(left, right) = H(0x01 ‖ left ‖ right)
+//! root              = H(0x02 ‖ u64_le(leaf_count) ‖ top)     (leaf_count ≥ 1)
+//! root of no leaves = H(0x02 ‖ u64_le(0))                    (a fixed constant)
+//! ```
+//!
+//! The leaf tag means a leaf can never pass for an inner node or the reverse (second
+//! preimages). The root binds the leaf count, so a proof cannot claim a leaf sits in a tree of
+//! another size, and for a given size each index has its own left/right path, so the index is
+//! bound as well.
+//!
+//! # Shape: an odd node is promoted, never duplicated
+//! Each level pairs nodes left to right. When a level has an odd number of nodes the last one
+//! moves up to the next level unchanged. (Duplicating it, as Bitcoin does, lets two different
+//! leaf lists share a root: CVE-2012-2459.) With 5 leaves:
+//!
+//! ```text
+//! level 0:  L0   L1   L2   L3   L4
+//! level 1:  N(L0,L1)  N(L2,L3)  L4          L4 promoted
+//! level 2:  N(N01,N23)          L4          L4 promoted again
+//! level 3:  N(N0123, L4)                    top
+//! root   =  H(0x02 ‖ u64_le(5) ‖ top)
+//! ```
+//!
+//! A proof lists the siblings from the leaf up, skipping the levels where the node is promoted
+//! (it has no sibling there). A one-leaf tree's top is its leaf hash and its proofs have no
+//! siblings.
+
+use std::sync::LazyLock;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::digest::Digest32;
+
+/// The BLAKE3 derive_key context of the Merkle hashing key.
+pub const MERKLE_CONTEXT: &str = "bpci 2026-11 merkle v1";
+
+/// Levels (or leaf lists) with at least this many nodes are hashed on rayon threads.
+pub const PARALLEL_HASH_LEN_MIN: usize = 512;
+
+/// Tag byte of a leaf hash.
+const LEAF_TAG: u8 = 0x00;
+/// Tag byte of an inner node hash.
+const NODE_TAG: u8 = 0x01;
+/// Tag byte of the root (which binds the leaf count).
+const ROOT_TAG: u8 = 0x02;
+
+/// The hashing key `K`, derived once.
+static MERKLE_KEY: LazyLock<[u8; 32]> = LazyLock::new(|| blake3::derive_key(MERKLE_CONTEXT, b""));
+
+/// Why a Merkle proof was not produced or did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MerkleError {
+    /// The index is not that of a leaf (`index >= leaf_count`; every index is out of range in
+    /// an empty tree).
+    #[error("leaf index {index} out of range for {leaf_count} leaves")]
+    IndexOutOfRange {
+        /// The index asked for or claimed.
+        index: u64,
+        /// The number of leaves.
+        leaf_count: u64,
+    },
+    /// The proof does not have one sibling per non-promoted level of its claimed position.
+    #[error("proof has {found} siblings, its index and leaf count need {expected}")]
+    SiblingCount {
+        /// Siblings the position needs.
+        expected: usize,
+        /// Siblings in the proof.
+        found: usize,
+    },
+    /// The recomputed root differs from the expected root.
+    #[error("proof does not lead to the expected root")]
+    RootMismatch,
+}
+
+/// A Merkle tree kept whole, to produce proofs. Use [`merkle_root`] when only the root is needed.
+#[derive(Clone, Debug)]
+pub struct MerkleTree {
+    /// `levels[0]` holds the leaf hashes, each next level the one above; the last level holds
+    /// the single top node. Empty for a tree with no leaves.
+    levels: Vec<Vec<Digest32>>,
+    /// The root (binds the leaf count).
+    root: Digest32,
+}
+
+impl MerkleTree {
+    /// Builds the tree over `leaves` (in order).
+    pub fn new<T: AsRef<[u8]>>(leaves: &[T]) -> Self {
+        let mut levels = vec![leaf_hashes(leaves)];
+        while levels.last().is_some_and(|level| level.len() > 1) {
+            let above = levels
+                .last()
+                .map(|level| next_level(level))
+                .unwrap_or_default();
+            levels.push(above);
+        }
+        let top = levels.last().and_then(|level| level.first());
+        let root = root_hash(leaves.len() as u64, top);
+        if leaves.is_empty() {
+            levels.clear();
+        }
+        Self { levels, root }
+    }
+
+    /// The root.
+    pub fn root(&self) -> Digest32 {
+        self.root
+    }
+
+    /// The number of leaves.
+    pub fn leaf_count(&self) -> usize {
+        self.levels.first().map_or(0, Vec::len)
+    }
+
+    /// The inclusion proof of leaf `index`.
+    ///
+    /// # Errors
+    /// [`MerkleError::IndexOutOfRange`] when `index >= leaf_count`.
+    pub fn proof(&self, index: usize) -> Result<MerkleProof, MerkleError> {
+        let leaf_count = self.leaf_count();
+        if index >= leaf_count {
+            return Err(MerkleError::IndexOutOfRange {
+                index: index as u64,
+                leaf_count: leaf_count as u64,
+            });
+        }
+        let mut siblings = Vec::new();
+        let mut position = index;
+        for level in &self.levels {
+            let sibling = if position % 2 == 1 {
+                level.get(position - 1)
+            } else {
+                level.get(position + 1) // None: promoted
+            };
+            siblings.extend(sibling.copied());
+            position /= 2;
+        }
+        Ok(MerkleProof {
+            index: index as u64,
+            leaf_count: leaf_count as u64,
+            siblings,
+        })
+    }
+}
+
+/// The root over `leaves`, without keeping the tree. Leaves are hashed on rayon threads when
+/// there are at least [`PARALLEL_HASH_LEN_MIN`] of them.
+pub fn merkle_root<T: AsRef<[u8]>>(leaves: &[T]) -> Digest32 {
+    let mut level = leaf_hashes(leaves);
+    while level.len() > 1 {
+        level = next_level(&level);
+    }
+    root_hash(leaves.len() as u64, level.first())
+}
+
+/// An inclusion proof: leaf `index` of a tree of `leaf_count` leaves, with its siblings from
+/// the leaf up (none for the levels where the node is promoted).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MerkleProof {
+    /// The leaf's position, from 0.
+    pub index: u64,
+    /// The number of leaves in the tree.
+    pub leaf_count: u64,
+    /// Sibling hashes, bottom level first.
+    pub siblings: Vec<Digest32>,
+}
+
+impl MerkleProof {
+    /// Checks that `leaf` is leaf `index` of a tree of `leaf_count` leaves whose root is `root`.
+    ///
+    /// # Errors
+    /// [`MerkleError::IndexOutOfRange`], [`MerkleError::SiblingCount`] or
+    /// [`MerkleError::RootMismatch`].
+    pub fn verify(&self, root: &Digest32, leaf: &[u8]) -> Result<(), MerkleError> {
+        if self.index >= self.leaf_count {
+            return Err(MerkleError::IndexOutOfRange {
+                index: self.index,
+                leaf_count: self.leaf_count,
+            });
+        }
+        let expected = path_len(self.index, self.leaf_count);
+        if self.siblings.len() != expected {
+            return Err(MerkleError::SiblingCount {
+                expected,
+                found: self.siblings.len(),
+            });
+        }
+        let mut siblings = self.siblings.iter();
+        let mut node = leaf_hash(leaf);
+        let (mut position, mut width) = (self.index, self.leaf_count);
+        while width > 1 {
+            let has_sibling = position % 2 == 1 || position + 1 < width;
+            if has_sibling {
+                let sibling = siblings.next().ok_or(MerkleError::SiblingCount {
+                    expected,
+                    found: self.siblings.len(),
+                })?;
+                node = if position % 2 == 1 {
+                    node_hash(sibling, &node)
+                } else {
+                    node_hash(&node, sibling)
+                };
+            }
+            position /= 2;
+            width = width.div_ceil(2);
+        }
+        if root_hash(self.leaf_count, Some(&node)) == *root {
+            Ok(())
+        } else {
+            Err(MerkleError::RootMismatch)
+        }
+    }
+}
+
+/// Siblings on the path of leaf `index` in a tree of `leaf_count` leaves (`index < leaf_count`).
+fn path_len(index: u64, leaf_count: u64) -> usize {
+    let (mut position, mut width, mut len) = (index, leaf_count, 0);
+    while width > 1 {
+        if position % 2 == 1 || position + 1 < width {
+            len += 1;
+        }
+        position /= 2;
+        width = width.div_ceil(2);
+    }
+    len
+}
+
+/// A new hasher keyed with `K`, fed `tag`.
+fn tagged_hasher(tag: u8) -> blake3::Hasher {
+    let mut hasher = blake3::Hasher::new_keyed(&MERKLE_KEY);
+    hasher.update(&[tag]);
+    hasher
+}
+
+/// `H(0x00 ‖ data)`.
+fn leaf_hash(data: &[u8]) -> Digest32 {
+    let mut hasher = tagged_hasher(LEAF_TAG);
+    hasher.update(data);
+    *hasher.finalize().as_bytes()
+}
+
+/// `H(0x01 ‖ left ‖ right)`.
+fn node_hash(left: &Digest32, right: &Digest32) -> Digest32 {
+    let mut hasher = tagged_hasher(NODE_TAG);
+    hasher.update(left);
+    hasher.update(right);
+    *hasher.finalize().as_bytes()
+}
+
+/// `H(0x02 ‖ u64_le(leaf_count) ‖ top)`, `top` absent for the empty tree.
+fn root_hash(leaf_count: u64, top: Option<&Digest32>) -> Digest32 {
+    let mut hasher = tagged_hasher(ROOT_TAG);
+    hasher.update(&leaf_count.to_le_bytes());
+    if let Some(top) = top {
+        hasher.update(top);
+    }
+    *hasher.finalize().as_bytes()
+}
+
+/// Leaf hashes, in parallel for long lists.
+fn leaf_hashes<T: AsRef<[u8]>>(leaves: &[T]) -> Vec<Digest32> {
+    if leaves.len() < PARALLEL_HASH_LEN_MIN {
+        return leaves.iter().map(|l| leaf_hash(l.as_ref())).collect();
+    }
+    // Borrow as slices first: `T` itself need not be `Sync`.
+    let slices: Vec<&[u8]> = leaves.iter().map(AsRef::as_ref).collect();
+    slices.par_iter().map(|l| leaf_hash(l)).collect()
+}
+
+/// The level above `level`: pairs hashed, an odd last node promoted unchanged.
+fn next_level(level: &[Digest32]) -> Vec<Digest32> {
+    let pair = |chunk: &[Digest32]| match chunk {
+        [left, right] => node_hash(left, right),
+        // `chunks(2)` yields one or two nodes: a lone node is promoted unchanged.
+        lone => lone.first().copied().unwrap_or_default(),
+    };
+    if level.len() < PARALLEL_HASH_LEN_MIN {
+        level.chunks(2).map(pair).collect()
+    } else {
+        level.par_chunks(2).map(pair).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZES: [usize; 9] = [1, 2, 3, 4, 5, 7, 8, 13, 33];
+
+    fn leaves(n: usize) -> Vec<Vec<u8>> {
+        (0..n).map(|i| format!("tx {i}").into_bytes()).collect()
+    }
+
+    /// An independent model of the documented shape: pair left to right, promote a lone last
+    /// node, repeat.
+    fn reference_top(hashes: Vec<Digest32>) -> Digest32 {
+        let mut level = hashes;
+        while level.len() > 1 {
+            let mut above = Vec::new();
+            let mut i = 0;
+            while i < level.len() {
+                if i + 1 < level.len() {
+                    above.push(node_hash(&level[i], &level[i + 1]));
+                } else {
+                    above.push(level[i]);
+                }
+                i += 2;
+            }
+            level = above;
+        }
+        level[0]
+    }
+
+    #[test]
+    fn empty_tree() {
+        let none: [&[u8]; 0] = [];
+        let tree = MerkleTree::new(&none);
+        assert_eq!(tree.leaf_count(), 0);
+        assert_eq!(tree.root(), merkle_root(&none));
+        assert_eq!(tree.root(), root_hash(0, None));
+        let mut hasher = blake3::Hasher::new_keyed(&blake3::derive_key(MERKLE_CONTEXT, b""));
+        hasher.update(&[0x02, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(tree.root(), *hasher.finalize().as_bytes());
+        assert_eq!(
+            tree.proof(0),
+            Err(MerkleError::IndexOutOfRange {
+                index: 0,
+                leaf_count: 0
+            })
+        );
+        // The empty root differs from the root of one empty leaf.
+        assert_ne!(tree.root(), merkle_root(&[b""]));
+    }
+
+    #[test]
+    fn one_leaf() {
+        let tree = MerkleTree::new(&[b"only"]);
+        let proof = tree.proof(0).unwrap();
+        assert!(proof.siblings.is_empty());
+        assert_eq!(tree.root(), root_hash(1, Some(&leaf_hash(b"only"))));
+        assert_eq!(proof.verify(&tree.root(), b"only"), Ok(()));
+    }
+
+    #[test]
+    fn documented_shapes() {
+        let l: Vec<Digest32> = leaves(5).iter().map(|x| leaf_hash(x)).collect();
+        // 3 leaves: N(N(L0,L1), L2).
+        let three = node_hash(&node_hash(&l[0], &l[1]), &l[2]);
+        assert_eq!(merkle_root(&leaves(3)), root_hash(3, Some(&three)));
+        // 5 leaves: N(N(N(L0,L1), N(L2,L3)), L4), L4 promoted twice.
+        let n0123 = node_hash(&node_hash(&l[0], &l[1]), &node_hash(&l[2], &l[3]));
+        let five = node_hash(&n0123, &l[4]);
+        assert_eq!(merkle_root(&leaves(5)), root_hash(5, Some(&five)));
+    }
+
+    #[test]
+    fn no_duplication_collision() {
+        // With duplication, [a, b, c] and [a, b, c, c] would share a root (CVE-2012-2459).
+        let three = leaves(3);
+        let mut four = three.clone();
+        four.push(three[2].clone());
+        assert_ne!(merkle_root(&three), merkle_root(&four));
+    }
+
+    #[test]
+    fn every_proof_verifies() {
+        for n in SIZES {
+            let data = leaves(n);
+            let tree = MerkleTree::new(&data);
+            assert_eq!(tree.leaf_count(), n);
+            assert_eq!(tree.root(), merkle_root(&data), "n = {n}");
+            let hashes = data.iter().map(|x| leaf_hash(x)).collect();
+            assert_eq!(
+                tree.root(),
+                root_hash(n as u64, Some(&reference_top(hashes)))
+            );
+            for (i, leaf) in data.iter().enumerate() {
+                let proof = tree.proof(i).unwrap();
+                assert_eq!(proof.siblings.len(), path_len(i as u64, n as u64));
+                assert_eq!(proof.verify(&tree.root(), leaf), Ok(()), "n = {n}, i = {i}");
+                let decoded: MerkleProof =
+                    bcs::from_bytes(&bcs::to_bytes(&proof).unwrap()).unwrap();
+                assert_eq!(decoded, proof);
+            }
+            assert_eq!(
+                tree.proof(n),
+                Err(MerkleError::IndexOutOfRange {
+                    index: n as u64,
+                    leaf_count: n as u64
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn tampered_proofs_fail() {
+        for n in SIZES {
+            let data = leaves(n);
+            let tree = MerkleTree::new(&data);
+            let root = tree.root();
+            for (i, leaf) in data.iter().enumerate() {
+                let proof = tree.proof(i).unwrap();
+                assert!(proof.verify(&root, b"another leaf").is_err(), "wrong leaf");
+                let mut wrong_root = root;
+                wrong_root[0] ^= 1;
+                assert_eq!(
+                    proof.verify(&wrong_root, leaf),
+                    Err(MerkleError::RootMismatch)
+                );
+                for s in 0..proof.siblings.len() {
+                    let mut p = proof.clone();
+                    p.siblings[s][31] ^= 0x80;
+                    assert_eq!(p.verify(&root, leaf), Err(MerkleError::RootMismatch));
+                }
+                for other in 0..n as u64 + 2 {
+                    if other == i as u64 {
+                        continue;
+                    }
+                    let p = MerkleProof {
+                        index: other,
+                        ..proof.clone()
+                    };
+                    assert!(
+                        p.verify(&root, leaf).is_err(),
+                        "n {n} i {i} claimed {other}"
+                    );
+                }
+                for count in [0, 1, 2, 3, n as u64 - 1, n as u64 + 1, 2 * n as u64] {
+                    if count == n as u64 {
+                        continue;
+                    }
+                    let p = MerkleProof {
+                        leaf_count: count,
+                        ..proof.clone()
+                    };
+                    assert!(p.verify(&root, leaf).is_err(), "n {n} i {i} count {count}");
+                }
+                let mut longer = proof.clone();
+                longer.siblings.push([0; 32]);
+                assert!(matches!(
+                    longer.verify(&root, leaf),
+                    Err(MerkleError::SiblingCount { .. })
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn claimed_smaller_tree_fails() {
+        // Without the count in the root, leaf 2 of [a, b, c] would also "be" leaf 1 of a
+        // two-leaf tree whose left child is N(a, b).
+        let data = leaves(3);
+        let tree = MerkleTree::new(&data);
+        let l = |i: usize| leaf_hash(&data[i]);
+        let forged = MerkleProof {
+            index: 1,
+            leaf_count: 2,
+            siblings: vec![node_hash(&l(0), &l(1))],
+        };
+        assert_eq!(
+            forged.verify(&tree.root(), &data[2]),
+            Err(MerkleError::RootMismatch)
+        );
+    }
+
+    #[test]
+    fn inner_node_is_not_a_leaf() {
+        let data = leaves(4);
+        let tree = MerkleTree::new(&data);
+        let l: Vec<Digest32> = data.iter().map(|x| leaf_hash(x)).collect();
+        let (n01, n23) = (node_hash(&l[0], &l[1]), node_hash(&l[2], &l[3]));
+        let root = tree.root();
+        let concat = |a: &Digest32, b: &Digest32| [a.as_slice(), b.as_slice()].concat();
+        let tagged = |a: &Digest32, b: &Digest32| [&[NODE_TAG][..], a, b].concat();
+        let attempts = [
+            (concat(&n01, &n23), 0u64, 1u64, vec![]),
+            (concat(&n01, &n23), 0, 4, vec![]),
+            (concat(&l[0], &l[1]), 0, 2, vec![n23]),
+            (concat(&l[0], &l[1]), 0, 4, vec![n23]),
+            (tagged(&l[0], &l[1]), 0, 2, vec![n23]),
+            (concat(&l[2], &l[3]), 1, 2, vec![n01]),
+            (concat(&l[2], &l[3]), 1, 4, vec![n01]),
+        ];
+        for (leaf, index, leaf_count, siblings) in attempts {
+            let proof = MerkleProof {
+                index,
+                leaf_count,
+                siblings,
+            };
+            assert!(proof.verify(&root, &leaf).is_err(), "{proof:?}");
+        }
+    }
+
+    #[test]
+    fn parallel_threshold_gives_same_root() {
+        let data: Vec<Vec<u8>> = (0..PARALLEL_HASH_LEN_MIN * 2 + 3)
+            .map(|i| vec![(i % 251) as u8; 64])
+            .collect();
+        let sequential: Vec<Digest32> = data.iter().map(|x| leaf_hash(x)).collect();
+        let expected = root_hash(data.len() as u64, Some(&reference_top(sequential)));
+        assert_eq!(merkle_root(&data), expected);
+        let tree = MerkleTree::new(&data);
+        assert_eq!(tree.root(), expected);
+        let last = data.len() - 1;
+        assert_eq!(
+            tree.proof(last).unwrap().verify(&expected, &data[last]),
+            Ok(())
+        );
+    }
+}
