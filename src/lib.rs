@@ -12,6 +12,8 @@ pub mod codec;
 pub mod config;
 pub mod consensus;
 pub mod crypto;
+pub mod exec;
+pub mod mempool;
 pub mod sim;
 pub mod store;
 pub mod types;

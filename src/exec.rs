@@ -1,0 +1,330 @@
+//! Execution: a state-machine trait and the default ledger (accounts and balances, plus a log of
+//! opaque transactions).
+//!
+//! `execute(parent_state, block) -> (state_root, receipts)` is deterministic: every validator that
+//! executes the same block on the same parent state gets the same root, and a block carries the
+//! executed root of an ancestor so validators detect divergence.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, Bounded, DecodeError};
+use crate::crypto::Digest32;
+use crate::mempool::{tx_id, Payload, TxId};
+
+/// The digest of an executed state.
+pub type StateRoot = Digest32;
+
+/// Transactions starting with these bytes are ledger instructions; all others are logged.
+pub const LEDGER_TX_MAGIC: &[u8; 8] = b"bpcixfer";
+
+/// A ledger instruction (after [`LEDGER_TX_MAGIC`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LedgerTx {
+    /// Move `amount` from `from` to `to`.
+    Transfer {
+        /// Payer account.
+        from: [u8; 32],
+        /// Payee account.
+        to: [u8; 32],
+        /// Amount.
+        amount: u64,
+    },
+    /// Credit an account (test funding; a production chain gates this behind governance).
+    Mint {
+        /// Credited account.
+        to: [u8; 32],
+        /// Amount.
+        amount: u64,
+    },
+}
+
+impl Bounded for LedgerTx {
+    fn check_bounds(&self) -> Result<(), DecodeError> {
+        Ok(())
+    }
+}
+
+/// What happened to one transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReceiptStatus {
+    /// A ledger instruction that changed balances.
+    Applied,
+    /// An opaque transaction appended to the log.
+    Logged,
+    /// A ledger instruction refused (the reason).
+    Rejected(String),
+}
+
+/// One transaction's outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The transaction.
+    pub tx_id: TxId,
+    /// Its outcome.
+    pub status: ReceiptStatus,
+}
+
+/// A deterministic state machine over block payloads.
+pub trait StateMachine: Send {
+    /// Executes `payload` on the state whose root is `parent_state`; returns the new root and one
+    /// receipt per transaction. Fails if `parent_state` is not a state this machine holds.
+    fn execute(
+        &mut self,
+        parent_state: &StateRoot,
+        payload: &Payload,
+    ) -> Result<(StateRoot, Vec<Receipt>), ExecError>;
+    /// Forgets every state except `keep` (called when `keep` is committed).
+    fn prune(&mut self, keep: &StateRoot);
+    /// The genesis root.
+    fn genesis(&self) -> StateRoot;
+}
+
+/// Why a block could not execute.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExecError {
+    /// The parent state is unknown here (pruned, or never executed).
+    #[error("unknown parent state {0:02x?}")]
+    UnknownParent(StateRoot),
+    /// Too many speculative states are held.
+    #[error("speculative state limit of {0} reached")]
+    TooManyStates(usize),
+}
+
+/// Most speculative (optimistically executed, uncommitted) states held.
+pub const MAX_LEDGER_STATES: usize = 256;
+
+/// The ledger state: balances, a hash chain over the log, and counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerState {
+    balances: HashMap<[u8; 32], u64>,
+    /// XOR of H(account, balance) over accounts with a non-zero balance (updated per change).
+    balances_digest: [u8; 32],
+    log_head: Digest32,
+    log_len: u64,
+}
+
+impl LedgerState {
+    /// The root committing to balances and log.
+    pub fn root(&self) -> StateRoot {
+        let mut h = blake3::Hasher::new_derive_key("bpci 2026-11 ledger state v1");
+        h.update(&self.balances_digest);
+        h.update(&self.log_head);
+        h.update(&self.log_len.to_le_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    /// An account's balance.
+    pub fn balance(&self, account: &[u8; 32]) -> u64 {
+        self.balances.get(account).copied().unwrap_or(0)
+    }
+
+    /// Transactions logged so far.
+    pub fn log_len(&self) -> u64 {
+        self.log_len
+    }
+
+    fn entry_digest(account: &[u8; 32], balance: u64) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("bpci 2026-11 ledger balance v1");
+        h.update(account);
+        h.update(&balance.to_le_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    fn set_balance(&mut self, account: [u8; 32], balance: u64) {
+        let old = self.balance(&account);
+        if old != 0 {
+            xor(
+                &mut self.balances_digest,
+                &Self::entry_digest(&account, old),
+            );
+        }
+        if balance == 0 {
+            self.balances.remove(&account);
+        } else {
+            xor(
+                &mut self.balances_digest,
+                &Self::entry_digest(&account, balance),
+            );
+            self.balances.insert(account, balance);
+        }
+    }
+
+    fn apply(&mut self, tx: &[u8]) -> ReceiptStatus {
+        if let Some(body) = tx.strip_prefix(LEDGER_TX_MAGIC.as_slice()) {
+            let Ok(ltx) = decode::<LedgerTx>(body) else {
+                return ReceiptStatus::Rejected("malformed ledger instruction".into());
+            };
+            return match ltx {
+                LedgerTx::Mint { to, amount } => {
+                    let b = self.balance(&to);
+                    match b.checked_add(amount) {
+                        Some(v) => {
+                            self.set_balance(to, v);
+                            ReceiptStatus::Applied
+                        }
+                        None => ReceiptStatus::Rejected("balance overflow".into()),
+                    }
+                }
+                LedgerTx::Transfer { from, to, amount } => {
+                    let have = self.balance(&from);
+                    if have < amount {
+                        return ReceiptStatus::Rejected(format!(
+                            "insufficient balance {have} < {amount}"
+                        ));
+                    }
+                    let Some(new_to) = self.balance(&to).checked_add(amount) else {
+                        return ReceiptStatus::Rejected("balance overflow".into());
+                    };
+                    if from != to {
+                        self.set_balance(from, have - amount);
+                        self.set_balance(to, new_to);
+                    }
+                    ReceiptStatus::Applied
+                }
+            };
+        }
+        let mut h = blake3::Hasher::new_derive_key("bpci 2026-11 ledger log v1");
+        h.update(&self.log_head);
+        h.update(&tx_id(tx));
+        self.log_head = *h.finalize().as_bytes();
+        self.log_len += 1;
+        ReceiptStatus::Logged
+    }
+}
+
+fn xor(acc: &mut [u8; 32], x: &[u8; 32]) {
+    for (a, b) in acc.iter_mut().zip(x) {
+        *a ^= b;
+    }
+}
+
+/// The default state machine: the committed ledger state plus speculative states of blocks
+/// executed optimistically (before they commit), by root. A fork's states are dropped on prune.
+#[derive(Debug)]
+pub struct Ledger {
+    states: HashMap<StateRoot, LedgerState>,
+    genesis: StateRoot,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        let g = LedgerState::default();
+        let root = g.root();
+        Self {
+            states: HashMap::from([(root, g)]),
+            genesis: root,
+        }
+    }
+}
+
+impl Ledger {
+    /// The state with this root.
+    pub fn state(&self, root: &StateRoot) -> Option<&LedgerState> {
+        self.states.get(root)
+    }
+}
+
+impl StateMachine for Ledger {
+    fn execute(
+        &mut self,
+        parent_state: &StateRoot,
+        payload: &Payload,
+    ) -> Result<(StateRoot, Vec<Receipt>), ExecError> {
+        let parent = self
+            .states
+            .get(parent_state)
+            .ok_or(ExecError::UnknownParent(*parent_state))?;
+        if self.states.len() >= MAX_LEDGER_STATES {
+            return Err(ExecError::TooManyStates(MAX_LEDGER_STATES));
+        }
+        let mut state = parent.clone();
+        let receipts = payload
+            .txs
+            .iter()
+            .map(|tx| Receipt {
+                tx_id: tx_id(tx),
+                status: state.apply(tx),
+            })
+            .collect();
+        let root = state.root();
+        self.states.insert(root, state);
+        Ok((root, receipts))
+    }
+
+    fn prune(&mut self, keep: &StateRoot) {
+        self.states.retain(|root, _| root == keep);
+    }
+
+    fn genesis(&self) -> StateRoot {
+        self.genesis
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode_infallible;
+
+    fn ledger_tx(t: &LedgerTx) -> Vec<u8> {
+        [LEDGER_TX_MAGIC.as_slice(), &encode_infallible(t)].concat()
+    }
+
+    #[test]
+    fn deterministic_and_order_sensitive() {
+        let a = [1u8; 32];
+        let b = [2u8; 32];
+        let txs = vec![
+            ledger_tx(&LedgerTx::Mint { to: a, amount: 100 }),
+            ledger_tx(&LedgerTx::Transfer {
+                from: a,
+                to: b,
+                amount: 30,
+            }),
+            b"opaque".to_vec(),
+            ledger_tx(&LedgerTx::Transfer {
+                from: b,
+                to: a,
+                amount: 31,
+            }),
+            b"junk-with-magic-prefix? no".to_vec(),
+            [LEDGER_TX_MAGIC.as_slice(), b"garbage"].concat(),
+        ];
+        let mut l1 = Ledger::default();
+        let mut l2 = Ledger::default();
+        let g = l1.genesis();
+        let (r1, receipts) = l1.execute(&g, &Payload::new(txs.clone())).unwrap();
+        let (r2, _) = l2.execute(&g, &Payload::new(txs.clone())).unwrap();
+        assert_eq!(r1, r2, "same block, same root");
+        let statuses: Vec<_> = receipts.iter().map(|r| r.status.clone()).collect();
+        assert_eq!(statuses[0], ReceiptStatus::Applied);
+        assert_eq!(statuses[1], ReceiptStatus::Applied);
+        assert_eq!(statuses[2], ReceiptStatus::Logged);
+        assert!(matches!(statuses[3], ReceiptStatus::Rejected(_)));
+        assert!(matches!(statuses[5], ReceiptStatus::Rejected(_)));
+        let s = l1.state(&r1).unwrap();
+        assert_eq!((s.balance(&a), s.balance(&b), s.log_len()), (70, 30, 2));
+        let mut swapped = txs.clone();
+        swapped.swap(2, 4);
+        let (r3, _) = l2.execute(&g, &Payload::new(swapped)).unwrap();
+        assert_ne!(r1, r3, "log order is part of the state");
+    }
+
+    #[test]
+    fn forks_execute_from_their_parent_and_prune_keeps_the_committed_state() {
+        let mut l = Ledger::default();
+        let g = l.genesis();
+        let (a, _) = l.execute(&g, &Payload::new(vec![b"a".to_vec()])).unwrap();
+        let (b, _) = l.execute(&g, &Payload::new(vec![b"b".to_vec()])).unwrap();
+        assert_ne!(a, b);
+        let (a2, _) = l.execute(&a, &Payload::new(vec![b"c".to_vec()])).unwrap();
+        l.prune(&a2);
+        assert!(l.state(&b).is_none());
+        assert_eq!(
+            l.execute(&b, &Payload::new(vec![])),
+            Err(ExecError::UnknownParent(b))
+        );
+        assert!(l.execute(&a2, &Payload::new(vec![])).is_ok());
+    }
+}

@@ -1,0 +1,271 @@
+//! The mempool: client transactions (opaque, size-limited bytes), deduplicated by BLAKE3 id,
+//! bounded in count and bytes, handed out in arrival order to fill block payloads.
+//!
+//! When it is full, [`Mempool::insert`] answers [`MempoolError::Full`] and the client endpoint
+//! tells the client "busy": memory never grows without bound.
+
+use std::collections::{HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{check_len, Bounded, DecodeError};
+use crate::crypto::{merkle_root, signing_digest, Digest32, Domain};
+
+/// Largest transaction accepted, in bytes.
+pub const MAX_TX_BYTES: usize = 64 * 1024;
+/// Most transactions in one block payload.
+pub const MAX_TXS_PER_BLOCK: usize = 20_000;
+
+/// A transaction's id: the domain-separated BLAKE3 digest of its bytes.
+pub type TxId = Digest32;
+
+/// The id of transaction bytes.
+pub fn tx_id(tx: &[u8]) -> TxId {
+    signing_digest(Domain::Transaction, "", 0, tx)
+}
+
+/// Why a transaction was not taken.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MempoolError {
+    /// The pool holds its limit of transactions or bytes: try again later.
+    #[error("mempool full ({txs} transactions, {bytes} bytes): busy")]
+    Full {
+        /// Transactions held.
+        txs: usize,
+        /// Bytes held.
+        bytes: usize,
+    },
+    /// The same bytes are already pending.
+    #[error("duplicate transaction")]
+    Duplicate,
+    /// Larger than [`MAX_TX_BYTES`].
+    #[error("transaction of {len} bytes exceeds {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Zero bytes.
+    #[error("empty transaction")]
+    Empty,
+}
+
+/// Limits of a mempool.
+#[derive(Clone, Copy, Debug)]
+pub struct MempoolLimits {
+    /// Most pending transactions.
+    pub max_txs: usize,
+    /// Most pending bytes.
+    pub max_bytes: usize,
+}
+
+impl Default for MempoolLimits {
+    fn default() -> Self {
+        Self {
+            max_txs: 200_000,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Pending transactions.
+#[derive(Debug, Default)]
+pub struct Mempool {
+    limits: MempoolLimits,
+    queue: VecDeque<(TxId, Vec<u8>)>,
+    ids: HashSet<TxId>,
+    bytes: usize,
+}
+
+impl Mempool {
+    /// An empty pool with these limits.
+    pub fn new(limits: MempoolLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    /// Pending transactions.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Nothing pending.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Pending bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Adds a transaction, returning its id.
+    pub fn insert(&mut self, tx: Vec<u8>) -> Result<TxId, MempoolError> {
+        if tx.is_empty() {
+            return Err(MempoolError::Empty);
+        }
+        if tx.len() > MAX_TX_BYTES {
+            return Err(MempoolError::TooLarge {
+                len: tx.len(),
+                max: MAX_TX_BYTES,
+            });
+        }
+        if self.queue.len() >= self.limits.max_txs || self.bytes + tx.len() > self.limits.max_bytes
+        {
+            return Err(MempoolError::Full {
+                txs: self.queue.len(),
+                bytes: self.bytes,
+            });
+        }
+        let id = tx_id(&tx);
+        if !self.ids.insert(id) {
+            return Err(MempoolError::Duplicate);
+        }
+        self.bytes += tx.len();
+        self.queue.push_back((id, tx));
+        Ok(id)
+    }
+
+    /// Takes up to `max_count` transactions and `max_bytes` bytes, oldest first.
+    pub fn take(&mut self, max_count: usize, max_bytes: usize) -> Vec<(TxId, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while out.len() < max_count {
+            let Some((_, tx)) = self.queue.front() else {
+                break;
+            };
+            if bytes + tx.len() > max_bytes && !out.is_empty() {
+                break;
+            }
+            let Some((id, tx)) = self.queue.pop_front() else {
+                break;
+            };
+            bytes += tx.len();
+            self.bytes -= tx.len();
+            self.ids.remove(&id);
+            out.push((id, tx));
+        }
+        out
+    }
+
+    /// Puts back transactions whose block was abandoned (front of the queue, original order).
+    pub fn requeue(&mut self, txs: Vec<(TxId, Vec<u8>)>) {
+        for (id, tx) in txs.into_iter().rev() {
+            if self.ids.insert(id) {
+                self.bytes += tx.len();
+                self.queue.push_front((id, tx));
+            }
+        }
+    }
+}
+
+/// A block payload: transactions and their Merkle root (clients get inclusion proofs against it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// `merkle_root(txs)`.
+    pub tx_root: Digest32,
+    /// The transactions, in execution order.
+    pub txs: Vec<Vec<u8>>,
+}
+
+impl Payload {
+    /// A payload over `txs`.
+    pub fn new(txs: Vec<Vec<u8>>) -> Self {
+        Self {
+            tx_root: merkle_root(&txs),
+            txs,
+        }
+    }
+
+    /// Checks limits and that `tx_root` is the root of `txs`.
+    pub fn check(&self) -> Result<(), String> {
+        self.check_bounds().map_err(|e| e.to_string())?;
+        if let Some(big) = self
+            .txs
+            .iter()
+            .find(|t| t.len() > MAX_TX_BYTES || t.is_empty())
+        {
+            return Err(format!(
+                "transaction of {} bytes out of (0, {MAX_TX_BYTES}]",
+                big.len()
+            ));
+        }
+        if merkle_root(&self.txs) != self.tx_root {
+            return Err("tx_root is not the Merkle root of the transactions".into());
+        }
+        Ok(())
+    }
+}
+
+impl Bounded for Payload {
+    fn check_bounds(&self) -> Result<(), DecodeError> {
+        check_len("payload.txs", self.txs.len(), MAX_TXS_PER_BLOCK)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode_infallible};
+
+    #[test]
+    fn dedup_limits_and_order() {
+        let mut m = Mempool::new(MempoolLimits {
+            max_txs: 3,
+            max_bytes: 10,
+        });
+        assert!(m.insert(b"a".to_vec()).is_ok());
+        assert_eq!(m.insert(b"a".to_vec()), Err(MempoolError::Duplicate));
+        assert_eq!(m.insert(vec![]), Err(MempoolError::Empty));
+        assert!(m.insert(b"bbbb".to_vec()).is_ok());
+        assert!(matches!(
+            m.insert(vec![1; 6]),
+            Err(MempoolError::Full { .. })
+        ));
+        assert!(m.insert(b"c".to_vec()).is_ok());
+        assert!(matches!(
+            m.insert(b"d".to_vec()),
+            Err(MempoolError::Full { .. })
+        ));
+        assert!(matches!(
+            m.insert(vec![0; MAX_TX_BYTES + 1]),
+            Err(MempoolError::TooLarge { .. })
+        ));
+        let got = m.take(2, 100);
+        assert_eq!(
+            got.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(),
+            vec![b"a".to_vec(), b"bbbb".to_vec()]
+        );
+        assert_eq!(m.len(), 1);
+        // After being taken, the same bytes may be submitted again (the id set is only for pending).
+        assert!(m.insert(b"a".to_vec()).is_ok());
+        m.requeue(got);
+        let order: Vec<Vec<u8>> = m.take(10, 100).into_iter().map(|(_, t)| t).collect();
+        assert_eq!(order, vec![b"bbbb".to_vec(), b"c".to_vec(), b"a".to_vec()]);
+        assert_eq!(m.bytes(), 0);
+    }
+
+    #[test]
+    fn take_respects_byte_budget_but_always_makes_progress() {
+        let mut m = Mempool::new(MempoolLimits::default());
+        for i in 0..10u8 {
+            m.insert(vec![i; 100]).unwrap();
+        }
+        assert_eq!(m.take(100, 250).len(), 2);
+        assert_eq!(m.take(100, 10).len(), 1, "one oversize tx still goes");
+    }
+
+    #[test]
+    fn payload_roundtrip_and_root_check() {
+        let p = Payload::new(vec![b"x".to_vec(), b"y".to_vec(), b"z".to_vec()]);
+        assert_eq!(p.check(), Ok(()));
+        let back: Payload = decode(&encode_infallible(&p)).unwrap();
+        assert_eq!(back, p);
+        let mut bad = p.clone();
+        bad.txs.swap(0, 1);
+        assert!(bad.check().is_err());
+    }
+}
