@@ -14,6 +14,7 @@ pub mod consensus;
 pub mod crypto;
 pub mod exec;
 pub mod mempool;
+pub mod pipeline;
 pub mod sim;
 pub mod store;
 pub mod types;
