@@ -14,6 +14,7 @@ pub mod consensus;
 pub mod crypto;
 pub mod exec;
 pub mod mempool;
+pub mod node;
 pub mod pipeline;
 pub mod sim;
 pub mod store;
