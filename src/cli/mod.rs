@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod keys;
+pub mod node;
 mod sim;
 
 /// bpci: a BFT validator engine (pipelined 2-chain HotStuff, sealed-bid bundle auction, QUIC).
@@ -21,14 +22,27 @@ enum Command {
     /// Validator keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Run a validator.
+    Node(node::NodeArgs),
 }
 
 /// Parses arguments and runs the command; errors print with their cause and exit non-zero.
+#[allow(dead_code)] // the bpci-consensus-server binary enters through main_from
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    main_from(std::env::args_os())
+}
+
+/// Like [`main`] with explicit arguments.
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Sim(args) => sim::run(args),
         Command::Keys(cmd) => keys::run(cmd),
+        Command::Node(args) => node::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,380 @@
 //! A validator node: the consensus core inside a staged pipeline, the durable store, the mempool
 //! and execution, talking QUIC to its peers.
+//!
+//! ```text
+//! QUIC ingress ─> decode ─> verify (one ZIP-215 batch) ─> core ─> exec ─> persist (group fsync)
+//!                                                           └─> egress ─> QUIC
+//! ```
+//! Every arrow is a bounded queue; a full queue blocks the stage before it, back to QUIC flow
+//! control. Each stage reports queue depth, items and an hdrhistogram of time in stage; the node
+//! writes them with its other figures to `<data_dir>/stats.json` every 500 ms.
 
+pub mod app;
 pub mod keys;
+pub mod stages;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bpci_transport::{PeerConfig, Transport, TransportConfig};
+
+use crate::config::Config;
+use crate::consensus::{Core, CoreConfig, EpochContext, Storage};
+use crate::crypto::Keypair;
+use crate::exec::{Ledger, StateMachine};
+use crate::mempool::{Mempool, MempoolLimits, Payload};
+use crate::pipeline::{self, StageConfig, StageSnapshot, StageStats};
+use crate::store::{Durability, RedbStore};
+use crate::types::{Height, ValidatorIndex};
+
+use app::{BlockLimits, NodeApp, Progress};
+use stages::{
+    BorderStats, CoreSnapshot, CoreStage, ExecStage, Executed, Notify, Outbound, PersistStage,
+};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The key does not belong to the configured validator.
+    #[error(
+        "key file's public key {found} is not validator {validator_id}'s configured key {expected}"
+    )]
+    WrongKey {
+        /// Configured id.
+        validator_id: String,
+        /// Key in the file.
+        found: String,
+        /// Key in the config.
+        expected: String,
+    },
+    /// An endpoint does not resolve.
+    #[error("endpoint {0:?} does not resolve to an address")]
+    Endpoint(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] crate::consensus::StorageError),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] bpci_transport::TransportError),
+    /// A thread or directory could not be created.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Resolves `host:port`.
+pub fn resolve(endpoint: &str) -> Result<SocketAddr, NodeError> {
+    endpoint
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| NodeError::Endpoint(endpoint.to_string()))
+}
+
+/// Everything the node exposes while it runs.
+pub struct NodeHandle {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    transport: Option<Transport>,
+    /// The mempool (the client endpoint feeds it).
+    pub mempool: Arc<Mutex<Mempool>>,
+    /// Pipeline progress.
+    pub progress: Arc<Progress>,
+    /// Transactions executed.
+    pub txs_executed: Arc<AtomicU64>,
+    /// Commit notices: called by the persistence stage with each durable batch.
+    pub notices: Arc<Mutex<Vec<Notify>>>,
+}
+
+impl NodeHandle {
+    /// Stops every stage and the transport.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.transport.take() {
+            t.shutdown();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn stage(
+    name: &'static str,
+    capacity: usize,
+    batch_max: usize,
+    tick: Option<Duration>,
+    core: Option<usize>,
+) -> StageConfig {
+    StageConfig {
+        name,
+        queue_capacity: capacity,
+        batch_max,
+        core,
+        tick,
+    }
+}
+
+/// Starts a validator from a validated config and its key.
+pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
+    let me = ValidatorIndex(config.me);
+    let expected = config
+        .validators
+        .member(me)
+        .map(|v| v.key)
+        .ok_or_else(|| NodeError::Endpoint("validator index".into()))?;
+    if key.public() != expected {
+        return Err(NodeError::WrongKey {
+            validator_id: config.file.node.validator_id.clone(),
+            found: key.public().to_string(),
+            expected: expected.to_string(),
+        });
+    }
+    let node = &config.file.node;
+    std::fs::create_dir_all(&node.data_dir)?;
+    let ctx = Arc::new(EpochContext::new(
+        node.chain_id.clone(),
+        config.validators.clone(),
+    ));
+    let mut store = RedbStore::open(&node.data_dir.join("node.redb"))?;
+    store.set_commit_durability(Durability::None);
+    let db = store.database();
+
+    // Rebuild the executed state by replaying the committed chain.
+    let mut ledger = Ledger::default();
+    let mut last_root = ledger.genesis();
+    let tip = store.committed_tip().map(|(b, _)| b.height.0).unwrap_or(0);
+    for h in 1..=tip {
+        let Some(b) = store.committed_block(Height(h)) else {
+            break;
+        };
+        let payload: Payload =
+            crate::codec::decode(&b.payload).unwrap_or_else(|_| Payload::new(Vec::new()));
+        if let Ok((root, _)) = ledger.execute(&last_root, &payload) {
+            ledger.prune(&root);
+            last_root = root;
+        }
+    }
+    let progress = Arc::new(Progress {
+        committed: AtomicU64::new(tip),
+        durable: AtomicU64::new(tip),
+        exec_root: Mutex::new(last_root),
+    });
+
+    let hs = &config.file.triple_consensus.hotstuff;
+    let ibft = &config.file.triple_consensus.ibft;
+    let mempool = Arc::new(Mutex::new(Mempool::new(MempoolLimits::default())));
+    let app = NodeApp::new(
+        Arc::clone(&mempool),
+        Arc::clone(&progress),
+        u64::from(hs.pipeline_depth),
+        BlockLimits::default(),
+    );
+    let core_cfg = CoreConfig {
+        me,
+        round_timeout_ms_base: (ibft.phase_timeout_seconds * 1000.0) as u64,
+        round_timeout_ms_max: (hs.view_timeout_seconds * 1000.0) as u64,
+    };
+    let core = Core::new(
+        Arc::clone(&ctx),
+        core_cfg,
+        key.clone(),
+        store,
+        app,
+        stages::now_ms(),
+    )?;
+
+    // Transport.
+    let mut peers = Vec::new();
+    for (i, (_, v)) in config.validators.iter().enumerate() {
+        let endpoint = &config.endpoints[i];
+        peers.push(PeerConfig {
+            index: i as u16,
+            addr: resolve(endpoint)?,
+            public_key: v.key.to_bytes(),
+        });
+    }
+    let listen = match node.listen {
+        Some(a) => a,
+        None => resolve(&config.endpoints[me.as_usize()])?,
+    };
+    let tcfg = TransportConfig::new(me.0, listen, key.seed(), peers);
+    let (transport, handle, mut inbound) = Transport::start(tcfg)?;
+
+    let pin = config.file.tuning.pin_threads && pipeline::core_count() >= 6;
+    let core_of = move |i: usize| if pin { Some(i) } else { None };
+    let border = Arc::new(BorderStats::default());
+    let dropped = Arc::new(AtomicU64::new(0));
+    let txs_executed = Arc::new(AtomicU64::new(0));
+    let notices: Arc<Mutex<Vec<Notify>>> = Arc::new(Mutex::new(Vec::new()));
+
+    let notices_for_persist = Arc::clone(&notices);
+    let mut persist = PersistStage {
+        db,
+        progress: Arc::clone(&progress),
+        notify: Box::new(move |executed: &[Executed]| {
+            if let Ok(mut list) = notices_for_persist.lock() {
+                for n in list.iter_mut() {
+                    n(executed);
+                }
+            }
+        }),
+    };
+    let (persist_in, persist_stage) = pipeline::spawn(
+        stage("pipeline.persist", 1024, 256, None, core_of(5)),
+        move |b| persist.on_batch(b),
+    )?;
+    let mut exec = ExecStage {
+        ledger,
+        last_root,
+        persist: persist_in,
+        txs: Arc::clone(&txs_executed),
+    };
+    let (exec_in, exec_stage) = pipeline::spawn(
+        stage("pipeline.exec", 1024, 64, None, core_of(4)),
+        move |b| exec.on_batch(b),
+    )?;
+    let egress_handle = handle.clone();
+    let egress_dropped = Arc::clone(&dropped);
+    let (egress_in, egress_stage) = pipeline::spawn(
+        stage("pipeline.egress", 8192, 512, None, core_of(3)),
+        move |b: Vec<Outbound>| stages::egress(b, &egress_handle, &egress_dropped),
+    )?;
+    let snapshot = Arc::new(Mutex::new(CoreSnapshot::default()));
+    let mut core_stage = CoreStage::new(
+        core,
+        Arc::clone(&ctx),
+        egress_in,
+        exec_in,
+        Arc::clone(&progress),
+        Arc::clone(&snapshot),
+    );
+    core_stage.start();
+    let (core_in, core_stage_handle) = pipeline::spawn(
+        stage(
+            "pipeline.consensus",
+            8192,
+            1024,
+            Some(Duration::from_millis(2)),
+            core_of(2),
+        ),
+        move |b| core_stage.on_batch(b),
+    )?;
+    let verify_border = Arc::clone(&border);
+    let (verify_in, verify_stage) = pipeline::spawn(
+        stage("pipeline.verify", 8192, 512, None, core_of(1)),
+        move |b| {
+            for v in stages::verify(b, &verify_border) {
+                if core_in.send(v).is_err() {
+                    break;
+                }
+            }
+        },
+    )?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let ingress_ctx = Arc::clone(&ctx);
+    let ingress_border = Arc::clone(&border);
+    let ingress_stats = Arc::new(IngressCounter::default());
+    let ingress_count = Arc::clone(&ingress_stats);
+    threads.push(
+        std::thread::Builder::new()
+            .name("pipeline.ingress".into())
+            .spawn(move || {
+                if let Some(c) = core_of(0) {
+                    pipeline::pin_to(c);
+                }
+                while let Some(inb) = inbound.blocking_recv() {
+                    ingress_count.frames.fetch_add(1, Ordering::Relaxed);
+                    if let Some(p) =
+                        stages::ingress(&ingress_ctx, inb.from, &inb.frame, &ingress_border)
+                    {
+                        if verify_in.send(p).is_err() {
+                            break;
+                        }
+                    }
+                }
+            })?,
+    );
+
+    // Stats writer.
+    let stats_path: PathBuf = node.data_dir.join("stats.json");
+    let stage_stats: Vec<Arc<StageStats>> = [
+        &verify_stage,
+        &core_stage_handle,
+        &egress_stage,
+        &exec_stage,
+        &persist_stage,
+    ]
+    .iter()
+    .map(|s| Arc::clone(&s.stats))
+    .collect();
+    let stats_stop = Arc::clone(&stop);
+    let stats_mempool = Arc::clone(&mempool);
+    let stats_progress = Arc::clone(&progress);
+    let stats_txs = Arc::clone(&txs_executed);
+    let stats_transport = handle.clone();
+    threads.push(
+        std::thread::Builder::new()
+            .name("node.stats".into())
+            .spawn(move || {
+                while !stats_stop.load(Ordering::Acquire) {
+                    let stages: Vec<StageSnapshot> =
+                        stage_stats.iter().map(|s| s.snapshot()).collect();
+                    let core = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+                    let t = stats_transport.stats();
+                    let doc = serde_json::json!({
+                        "time_ms": stages::now_ms(),
+                        "core": core,
+                        "durable_height": stats_progress.durable.load(Ordering::Relaxed),
+                        "txs_executed": stats_txs.load(Ordering::Relaxed),
+                        "mempool_txs": stats_mempool.lock().map(|m| m.len()).unwrap_or(0),
+                        "ingress_frames": ingress_stats.frames.load(Ordering::Relaxed),
+                        "border": {
+                            "undecodable": border.undecodable.load(Ordering::Relaxed),
+                            "malformed": border.malformed.load(Ordering::Relaxed),
+                            "bad_signature": border.bad_signature.load(Ordering::Relaxed),
+                        },
+                        "egress_dropped": dropped.load(Ordering::Relaxed),
+                        "transport": {
+                            "connected_peers": stats_transport.connected_peers().len(),
+                            "handshake_failures": t.handshake_failures,
+                            "reconnects": t.reconnects,
+                        },
+                        "stages": stages,
+                    });
+                    let tmp = stats_path.with_extension("json.tmp");
+                    if std::fs::write(&tmp, doc.to_string()).is_ok() {
+                        let _ = std::fs::rename(&tmp, &stats_path);
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            })?,
+    );
+    // Keep the stage handles alive in a joiner thread: they end when their inputs close.
+    threads.push(std::thread::spawn(move || {
+        verify_stage.join();
+        core_stage_handle.join();
+        egress_stage.join();
+        exec_stage.join();
+        persist_stage.join();
+    }));
+    Ok(NodeHandle {
+        stop,
+        threads,
+        transport: Some(transport),
+        mempool,
+        progress,
+        txs_executed,
+        notices,
+    })
+}
+
+#[derive(Debug, Default)]
+struct IngressCounter {
+    frames: AtomicU64,
+}

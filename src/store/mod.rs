@@ -8,7 +8,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+pub use redb::Durability;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::codec::{decode, encode_infallible, Bounded, DecodeError};
 use crate::consensus::{Block, CommitProof, SafetyState, Storage, StorageError};
@@ -33,8 +34,9 @@ impl Bounded for CommitProof {
 
 /// A redb-backed [`Storage`].
 pub struct RedbStore {
-    db: Database,
+    db: Arc<Database>,
     tip: Option<(Arc<Block>, CommitProof)>,
+    commit_durability: Durability,
 }
 
 fn backend(e: impl std::fmt::Display) -> StorageError {
@@ -54,9 +56,26 @@ impl RedbStore {
             txn.open_table(PROOFS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
-        let mut store = Self { db, tip: None };
+        let mut store = Self {
+            db: Arc::new(db),
+            tip: None,
+            commit_durability: Durability::Immediate,
+        };
         store.tip = store.read_tip()?;
         Ok(store)
+    }
+
+    /// Commits of blocks use `durability` (the safety state always uses `Immediate`). A node
+    /// whose persistence stage group-commits passes `Durability::None`: committed blocks then
+    /// become durable with the next immediate commit (the next vote, or the stage's flush), and a
+    /// crash before that loses only blocks the node re-fetches from its peers.
+    pub fn set_commit_durability(&mut self, durability: Durability) {
+        self.commit_durability = durability;
+    }
+
+    /// The database, shared with the persistence stage (redb serialises writers).
+    pub fn database(&self) -> Arc<Database> {
+        Arc::clone(&self.db)
     }
 
     fn read_tip(&self) -> Result<Option<(Arc<Block>, CommitProof)>, StorageError> {
@@ -137,7 +156,8 @@ impl Storage for RedbStore {
             return Ok(());
         };
         let mut txn = self.db.begin_write().map_err(backend)?;
-        txn.set_durability(Durability::Immediate).map_err(backend)?;
+        txn.set_durability(self.commit_durability)
+            .map_err(backend)?;
         {
             let mut table = txn.open_table(BLOCKS).map_err(backend)?;
             for b in blocks {

@@ -1,0 +1,22 @@
+//! Building blocks for tools and tests that speak the wire protocol directly with quinn,
+//! for example to send malformed frames on an authenticated stream. A node does not need them.
+
+use crate::error::TransportError;
+
+pub use crate::tls::{public_key_from_spki, spki_from_public_key};
+pub use crate::wire::{
+    decode_hello, encode_hello, CloseCode, HelloError, ALPN, HELLO_BYTES, HELLO_MAGIC,
+    LEN_PREFIX_BYTES, PROTOCOL_VERSION, SERVER_NAME,
+};
+
+/// A quinn client config that authenticates as the validator with `seed` and accepts only a
+/// server presenting `server_key`: exactly what a transport uses to dial that validator.
+/// Connect with `endpoint.connect_with(cfg, addr, SERVER_NAME)`.
+pub fn client_config(
+    seed: &[u8; 32],
+    server_key: &[u8; 32],
+) -> Result<quinn::ClientConfig, TransportError> {
+    Ok(quinn::ClientConfig::new(crate::tls::client_crypto(
+        seed, server_key,
+    )?))
+}
