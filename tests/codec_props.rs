@@ -21,33 +21,51 @@ fn id() -> impl Strategy<Value = BlockId> {
 }
 
 fn qc() -> impl Strategy<Value = QuorumCert> {
-    (id(), any::<u64>(), any::<u64>(), any::<u64>(), vec((any::<u16>(), sig()), 0..8)).prop_map(
-        |(block_id, r, h, e, votes)| QuorumCert {
+    (
+        id(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        vec((any::<u16>(), sig()), 0..8),
+    )
+        .prop_map(|(block_id, r, h, e, votes)| QuorumCert {
             block_id,
             round: Round(r),
             height: Height(h),
             epoch: Epoch(e),
-            votes: votes.into_iter().map(|(v, s)| (ValidatorIndex(v), s)).collect(),
-        },
-    )
+            votes: votes
+                .into_iter()
+                .map(|(v, s)| (ValidatorIndex(v), s))
+                .collect(),
+        })
 }
 
 fn tc() -> impl Strategy<Value = TimeoutCert> {
-    (any::<u64>(), any::<u64>(), vec((any::<u16>(), any::<u64>(), sig()), 0..8)).prop_map(
-        |(r, e, t)| TimeoutCert {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        vec((any::<u16>(), any::<u64>(), sig()), 0..8),
+    )
+        .prop_map(|(r, e, t)| TimeoutCert {
             round: Round(r),
             epoch: Epoch(e),
             timeouts: t
                 .into_iter()
                 .map(|(v, hr, s)| (ValidatorIndex(v), Round(hr), s))
                 .collect(),
-        },
-    )
+        })
 }
 
 fn vote() -> impl Strategy<Value = Vote> {
-    (id(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u16>(), sig()).prop_map(
-        |(block_id, r, h, e, voter, signature)| Vote {
+    (
+        id(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u16>(),
+        sig(),
+    )
+        .prop_map(|(block_id, r, h, e, voter, signature)| Vote {
             data: VoteData {
                 block_id,
                 round: Round(r),
@@ -56,21 +74,39 @@ fn vote() -> impl Strategy<Value = Vote> {
             epoch: Epoch(e),
             voter: ValidatorIndex(voter),
             signature,
-        },
-    )
+        })
 }
 
 fn evidence() -> impl Strategy<Value = Evidence> {
     prop_oneof![
         (vote(), vote()).prop_map(|(a, b)| Evidence::DoubleVote { a, b }),
-        (any::<u16>(), any::<u64>(), id(), id(), any::<u64>(), sig(), sig()).prop_map(
-            |(author, e, x, y, r, s1, s2)| Evidence::DoubleProposal {
+        (
+            any::<u16>(),
+            any::<u64>(),
+            id(),
+            id(),
+            any::<u64>(),
+            sig(),
+            sig()
+        )
+            .prop_map(|(author, e, x, y, r, s1, s2)| Evidence::DoubleProposal {
                 author: ValidatorIndex(author),
                 epoch: Epoch(e),
-                a: (ProposalData { block_id: x, round: Round(r) }, s1),
-                b: (ProposalData { block_id: y, round: Round(r) }, s2),
-            }
-        ),
+                a: (
+                    ProposalData {
+                        block_id: x,
+                        round: Round(r)
+                    },
+                    s1
+                ),
+                b: (
+                    ProposalData {
+                        block_id: y,
+                        round: Round(r)
+                    },
+                    s2
+                ),
+            }),
     ]
 }
 
@@ -84,18 +120,20 @@ fn block() -> impl Strategy<Value = Block> {
         any::<[u8; 32]>(),
         vec(evidence(), 0..3),
     )
-        .prop_map(|(parent_id, (r, h, e, a), payload, parent_qc, ts, exec_root, evidence)| Block {
-            parent_id,
-            round: Round(r),
-            height: Height(h),
-            epoch: Epoch(e),
-            author: ValidatorIndex(a),
-            payload,
-            parent_qc,
-            timestamp_ms: ts,
-            exec_root,
-            evidence,
-        })
+        .prop_map(
+            |(parent_id, (r, h, e, a), payload, parent_qc, ts, exec_root, evidence)| Block {
+                parent_id,
+                round: Round(r),
+                height: Height(h),
+                epoch: Epoch(e),
+                author: ValidatorIndex(a),
+                payload,
+                parent_qc,
+                timestamp_ms: ts,
+                exec_root,
+                evidence,
+            },
+        )
 }
 
 fn message() -> impl Strategy<Value = Message> {
@@ -108,19 +146,30 @@ fn message() -> impl Strategy<Value = Message> {
             })
         }),
         vote().prop_map(Message::Vote),
-        (any::<u64>(), any::<u64>(), qc(), proptest::option::of(tc()), any::<u16>(), sig()).prop_map(
-            |(r, e, high_qc, last_tc, voter, signature)| Message::Timeout(Timeout {
-                round: Round(r),
-                epoch: Epoch(e),
-                high_qc,
-                last_tc,
-                voter: ValidatorIndex(voter),
-                signature,
-            })
-        ),
-        (id(), any::<u16>()).prop_map(|(id, count)| Message::BlockRequest(BlockRequest { id, count })),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            qc(),
+            proptest::option::of(tc()),
+            any::<u16>(),
+            sig()
+        )
+            .prop_map(
+                |(r, e, high_qc, last_tc, voter, signature)| Message::Timeout(Timeout {
+                    round: Round(r),
+                    epoch: Epoch(e),
+                    high_qc,
+                    last_tc,
+                    voter: ValidatorIndex(voter),
+                    signature,
+                })
+            ),
+        (id(), any::<u16>())
+            .prop_map(|(id, count)| Message::BlockRequest(BlockRequest { id, count })),
         vec(block(), 0..3).prop_map(|blocks| Message::BlockResponse(BlockResponse { blocks })),
-        any::<u64>().prop_map(|h| Message::SyncRequest(SyncRequest { from_height: Height(h) })),
+        any::<u64>().prop_map(|h| Message::SyncRequest(SyncRequest {
+            from_height: Height(h)
+        })),
         (vec(block(), 0..3), block(), qc()).prop_map(|(blocks, child, child_qc)| {
             Message::SyncResponse(SyncResponse {
                 blocks,
@@ -166,7 +215,10 @@ proptest! {
 #[test]
 fn unknown_tag_and_named_limits() {
     // Message has 8 variants: tag 8 is unknown.
-    assert!(matches!(decode::<Message>(&[8]), Err(DecodeError::UnknownTag(_))));
+    assert!(matches!(
+        decode::<Message>(&[8]),
+        Err(DecodeError::UnknownTag(_))
+    ));
     let big = Message::Proposal(Proposal {
         block: Block {
             payload: vec![0; MAX_PAYLOAD_BYTES + 1],
@@ -177,13 +229,19 @@ fn unknown_tag_and_named_limits() {
     });
     assert!(matches!(
         decode::<Message>(&encode(&big).unwrap()),
-        Err(DecodeError::LimitExceeded { field: "block.payload", .. })
+        Err(DecodeError::LimitExceeded {
+            field: "block.payload",
+            ..
+        })
     ));
     let many = Message::BlockResponse(BlockResponse {
         blocks: vec![Block::genesis(Epoch(1)); MAX_BLOCKS_PER_RESPONSE + 1],
     });
     assert!(matches!(
         decode::<Message>(&encode(&many).unwrap()),
-        Err(DecodeError::LimitExceeded { field: "block_response.blocks", .. })
+        Err(DecodeError::LimitExceeded {
+            field: "block_response.blocks",
+            ..
+        })
     ));
 }
