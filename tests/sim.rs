@@ -21,7 +21,11 @@ fn assert_clean(s: &Summary) {
     assert_eq!(s.liveness_failures, 0);
     for class in FaultClass::ALL {
         let c = s.classes.get(class.name());
-        assert!(c.is_some_and(|c| c.runs > 0), "class {} never ran", class.name());
+        assert!(
+            c.is_some_and(|c| c.runs > 0),
+            "class {} never ran",
+            class.name()
+        );
     }
 }
 
@@ -80,7 +84,10 @@ fn caught(rule: BrokenRule) -> Summary {
 #[test]
 fn checker_catches_skipped_last_voted_round_check() {
     let s = caught(BrokenRule::SkipLastVotedRoundCheck);
-    assert!(s.double_signs > 0, "a node voting twice in a round went unnoticed");
+    assert!(
+        s.double_signs > 0,
+        "a node voting twice in a round went unnoticed"
+    );
 }
 
 #[test]
@@ -113,6 +120,12 @@ fn a_node_far_behind_catches_up_through_sync() {
     spec.gst_ms = 12_000;
     let r = run(spec);
     assert!(r.ok(), "{:?}", r.first_violation);
-    assert!(r.sync_requests > 0, "the restarted node never asked for sync: {r:?}");
-    assert!(r.commits_min > 40, "the restarted node did not catch up: {r:?}");
+    assert!(
+        r.sync_requests > 0,
+        "the restarted node never asked for sync: {r:?}"
+    );
+    assert!(
+        r.commits_min > 40,
+        "the restarted node did not catch up: {r:?}"
+    );
 }
