@@ -8,14 +8,18 @@
 //! - [`sim`]: the deterministic simulator that attacks the core in virtual time.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::panic))]
 
+pub mod client_proto;
 pub mod codec;
 pub mod config;
 pub mod consensus;
 pub mod crypto;
 pub mod exec;
+#[path = "../bench/loadgen/mod.rs"]
+pub mod loadgen;
 pub mod mempool;
 pub mod node;
 pub mod pipeline;
 pub mod sim;
 pub mod store;
+pub mod testnet;
 pub mod types;

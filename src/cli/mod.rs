@@ -6,6 +6,7 @@ use std::process::ExitCode;
 mod keys;
 pub mod node;
 mod sim;
+mod testnet;
 
 /// bpci: a BFT validator engine (pipelined 2-chain HotStuff, sealed-bid bundle auction, QUIC).
 #[derive(Parser)]
@@ -24,6 +25,17 @@ enum Command {
     Keys(keys::KeysCommand),
     /// Run a validator.
     Node(node::NodeArgs),
+    /// A local QUIC testnet under load: starts validators, offers load, prints a summary.
+    Testnet(testnet::TestnetArgs),
+    /// Benchmarks against running validators.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Open-loop load against validators that are already running.
+    Load(testnet::LoadArgs),
 }
 
 /// Parses arguments and runs the command; errors print with their cause and exit non-zero.
@@ -43,6 +55,8 @@ where
         Command::Sim(args) => sim::run(args),
         Command::Keys(cmd) => keys::run(cmd),
         Command::Node(args) => node::run(args),
+        Command::Testnet(args) => testnet::run(args),
+        Command::Bench(BenchCommand::Load(args)) => testnet::run_load(args),
     };
     match result {
         Ok(code) => code,

@@ -10,6 +10,7 @@
 //! writes them with its other figures to `<data_dir>/stats.json` every 500 ms.
 
 pub mod app;
+pub mod clients;
 pub mod keys;
 pub mod stages;
 
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bpci_transport::{PeerConfig, Transport, TransportConfig};
+use bpci_transport::{ClientServer, ClientServerConfig, PeerConfig, Transport, TransportConfig};
 
 use crate::config::Config;
 use crate::consensus::{Core, CoreConfig, EpochContext, Storage};
@@ -79,6 +80,7 @@ pub struct NodeHandle {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     transport: Option<Transport>,
+    client_server: Option<ClientServer>,
     /// The mempool (the client endpoint feeds it).
     pub mempool: Arc<Mutex<Mempool>>,
     /// Pipeline progress.
@@ -93,6 +95,9 @@ impl NodeHandle {
     /// Stops every stage and the transport.
     pub fn shutdown(mut self) {
         self.stop.store(true, Ordering::Release);
+        if let Some(c) = self.client_server.take() {
+            c.shutdown();
+        }
         if let Some(t) = self.transport.take() {
             t.shutdown();
         }
@@ -204,6 +209,24 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let tcfg = TransportConfig::new(me.0, listen, key.seed(), peers);
     let (transport, handle, mut inbound) = Transport::start(tcfg)?;
 
+    // The client endpoint: transactions in, "busy" when the mempool is full, commit notices out.
+    let mut client_server = None;
+    let mut gateway = None;
+    let mut threads = Vec::new();
+    if let Some(addr) = node.client_listen {
+        let (server, server_handle, frames) =
+            ClientServer::start(ClientServerConfig::new(addr, key.seed()))?;
+        let g = Arc::new(clients::Gateway::new(Arc::clone(&mempool), server_handle));
+        let reader = Arc::clone(&g);
+        threads.push(
+            std::thread::Builder::new()
+                .name("node.clients".into())
+                .spawn(move || reader.serve(frames))?,
+        );
+        gateway = Some(g);
+        client_server = Some(server);
+    }
+
     let pin = config.file.tuning.pin_threads && pipeline::core_count() >= 6;
     let core_of = move |i: usize| if pin { Some(i) } else { None };
     let border = Arc::new(BorderStats::default());
@@ -211,6 +234,11 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let txs_executed = Arc::new(AtomicU64::new(0));
     let notices: Arc<Mutex<Vec<Notify>>> = Arc::new(Mutex::new(Vec::new()));
 
+    if let Some(g) = gateway {
+        if let Ok(mut list) = notices.lock() {
+            list.push(Box::new(move |executed: &[Executed]| g.notify(executed)));
+        }
+    }
     let notices_for_persist = Arc::clone(&notices);
     let mut persist = PersistStage {
         db,
@@ -276,7 +304,6 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     )?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::new();
     let ingress_ctx = Arc::clone(&ctx);
     let ingress_border = Arc::clone(&border);
     let ingress_stats = Arc::new(IngressCounter::default());
@@ -367,6 +394,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         stop,
         threads,
         transport: Some(transport),
+        client_server,
         mempool,
         progress,
         txs_executed,

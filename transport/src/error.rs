@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 
-/// Why [`crate::TransportHandle::send`] did not queue a frame. Sending never blocks.
+/// Why [`crate::TransportHandle::send`] (or a client endpoint's `send`) did not queue a frame.
+/// Sending never blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
     /// The send queue to `to` for this class already holds `send_queue_frames` frames. The frame
@@ -27,6 +28,14 @@ pub enum SendError {
     /// The transport has been shut down.
     #[error("transport is shut down")]
     Closed,
+    /// Client endpoint ([`crate::ClientServerHandle::send`]): no open client connection has
+    /// this id (it never existed, or it has closed).
+    #[error("client connection {0} is not open")]
+    UnknownConnection(u64),
+    /// Client endpoint ([`crate::ClientServerHandle::send`], [`crate::ClientSender::send`]): the
+    /// connection's bounded send queue is full. The frame was NOT queued.
+    #[error("send queue of the client connection is full")]
+    QueueFull,
 }
 
 /// Why the transport could not start.
@@ -72,7 +81,7 @@ pub enum TransportError {
     /// A numeric config value is out of range.
     #[error("invalid transport config: {field} {reason}")]
     InvalidConfig {
-        /// The offending field of `TransportConfig`.
+        /// The offending field of `TransportConfig` (or `ClientServerConfig`).
         field: &'static str,
         /// What is wrong with it.
         reason: &'static str,
@@ -83,6 +92,15 @@ pub enum TransportError {
     /// The tokio runtime could not be created.
     #[error("cannot start the transport runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// A client could not connect to a validator's client endpoint (unreachable, wrong pinned
+    /// key, refused, or no answer within the connect timeout).
+    #[error("cannot connect to the client endpoint at {addr}: {reason}")]
+    Connect {
+        /// The server address.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
     /// quinn could not create the endpoint on the bound socket.
     #[error("cannot create the QUIC endpoint: {0}")]
     Endpoint(#[source] std::io::Error),

@@ -21,6 +21,11 @@
 //! * **Threads.** [`Transport`] owns a small tokio runtime; the node's threads only call the
 //!   handle and read the inbound [`tokio::sync::mpsc::Receiver`] with `blocking_recv`.
 //!
+//! * **Client endpoint.** A separate QUIC endpoint ([`ClientServer`], ALPN `bpci-client/1`)
+//!   where clients without a validator key submit transactions over one stream of the same
+//!   frames; the validator's key is the pinned server identity. Clients connect through a
+//!   shared [`ClientRuntime`]. See the `client` module docs on [`ClientServer`].
+//!
 //! Delivery is at most once and in order per (peer, class, connection): frames in flight
 //! when a connection breaks may be lost; the protocol above recovers by retransmission/sync.
 
@@ -31,6 +36,7 @@
 #![warn(missing_docs)]
 
 mod backoff;
+mod client;
 mod config;
 mod error;
 mod frame;
@@ -43,6 +49,12 @@ mod tls;
 mod transport;
 mod wire;
 
+pub use client::{
+    ClientFrame, ClientRuntime, ClientSender, ClientServer, ClientServerConfig, ClientServerHandle,
+    CLIENT_CONNECT_TIMEOUT, CLIENT_INBOUND_QUEUE_FRAMES_DEFAULT, CLIENT_MAX_CONNECTIONS_DEFAULT,
+    CLIENT_MAX_FRAME_BYTES_DEFAULT, CLIENT_OUTBOUND_QUEUE_FRAMES_DEFAULT,
+    CLIENT_WORKER_THREADS_DEFAULT,
+};
 pub use config::{
     PeerConfig, TransportConfig, IDLE_TIMEOUT_DEFAULT, INBOUND_QUEUE_FRAMES_DEFAULT,
     KEEP_ALIVE_INTERVAL_DEFAULT, MAX_FRAME_BYTES_DEFAULT, RECONNECT_MAX_DEFAULT,

@@ -25,7 +25,7 @@ use rustls::{
 
 use crate::error::TransportError;
 use crate::public_key_from_seed;
-use crate::wire::ALPN;
+use crate::wire::{ALPN, CLIENT_ALPN};
 
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410 §4); the 32 key bytes follow.
 const ED25519_SPKI_PREFIX: [u8; 12] = [
@@ -280,6 +280,51 @@ pub(crate) fn client_crypto(
         .map_err(|_| TransportError::Tls(Error::General("no QUIC initial cipher suite".into())))
 }
 
+/// The quinn server crypto of the client endpoint: our validator key as the server identity,
+/// no client authentication, ALPN [`CLIENT_ALPN`] only.
+pub(crate) fn client_endpoint_server_crypto(
+    seed: &[u8; 32],
+) -> Result<Arc<QuicServerConfig>, TransportError> {
+    let provider = provider();
+    let identity = certified_key(&provider, seed)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(
+            rustls::server::AlwaysResolvesServerRawPublicKeys::new(identity),
+        ));
+    tls.alpn_protocols = vec![CLIENT_ALPN.to_vec()];
+    tls.send_tls13_tickets = 0;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.max_early_data_size = 0;
+    QuicServerConfig::try_from(tls)
+        .map(Arc::new)
+        .map_err(|_| TransportError::Tls(Error::General("no QUIC initial cipher suite".into())))
+}
+
+/// The quinn client crypto of a client (no key of its own) connecting to the client endpoint
+/// of the validator whose key is `server_key`, ALPN [`CLIENT_ALPN`] only.
+pub(crate) fn client_endpoint_client_crypto(
+    server_key: &[u8; 32],
+) -> Result<Arc<QuicClientConfig>, TransportError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedServerKey {
+        spki: spki_from_public_key(server_key),
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![CLIENT_ALPN.to_vec()];
+    tls.resumption = rustls::client::Resumption::disabled();
+    tls.enable_early_data = false;
+    QuicClientConfig::try_from(tls)
+        .map(Arc::new)
+        .map_err(|_| TransportError::Tls(Error::General("no QUIC initial cipher suite".into())))
+}
+
 /// SHA-256 of a domain separator and the seed: a secret that is stable across restarts.
 fn derived_secret(domain: &[u8], seed: &[u8; 32]) -> ring::digest::Digest {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
@@ -308,6 +353,19 @@ pub(crate) fn connection_id_key(seed: &[u8; 32]) -> u64 {
     let mut key = [0u8; 8];
     key.copy_from_slice(&secret.as_ref()[..8]);
     u64::from_le_bytes(key)
+}
+
+/// Stateless-reset key and connection-ID generator key of the client endpoint: derived from
+/// the seed like the validator endpoint's, under other domain separators.
+pub(crate) fn client_endpoint_keys(seed: &[u8; 32]) -> (ring::hmac::Key, u64) {
+    let reset = derived_secret(b"bpci-transport/client-stateless-reset-key/v1", seed);
+    let cid = derived_secret(b"bpci-transport/client-connection-id-key/v1", seed);
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&cid.as_ref()[..8]);
+    (
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref()),
+        u64::from_le_bytes(key),
+    )
 }
 
 #[cfg(test)]
@@ -340,5 +398,7 @@ mod tests {
         );
         assert!(server_crypto(&[5; 32], &[public_key_from_seed(&[6; 32])]).is_ok());
         assert!(client_crypto(&[5; 32], &public_key_from_seed(&[6; 32])).is_ok());
+        assert!(client_endpoint_server_crypto(&[5; 32]).is_ok());
+        assert!(client_endpoint_client_crypto(&public_key_from_seed(&[6; 32])).is_ok());
     }
 }

@@ -301,7 +301,7 @@ impl TransportHandle {
 }
 
 /// Larger UDP buffers: fewer drops under bursts. Best effort.
-fn tune_socket(socket: &UdpSocket) {
+pub(crate) fn tune_socket(socket: &UdpSocket) {
     let sock = socket2::SockRef::from(socket);
     if let Err(e) = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
         tracing::debug!(error = %e, "cannot enlarge UDP receive buffer");

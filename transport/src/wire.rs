@@ -20,6 +20,10 @@ use quinn::VarInt;
 /// ALPN protocol id; both ends insist on it.
 pub const ALPN: &[u8] = b"bpci/1";
 
+/// ALPN protocol id of the client endpoint (clients and load generators → a validator).
+/// Distinct from [`ALPN`]: neither endpoint completes a handshake offering the other's id.
+pub const CLIENT_ALPN: &[u8] = b"bpci-client/1";
+
 /// TLS server name the dialer presents. The verifiers ignore it: the pinned key is the identity.
 pub const SERVER_NAME: &str = "bpci-validator";
 
@@ -46,7 +50,7 @@ pub enum Class {
 }
 
 impl Class {
-    /// Both classes, in the order of [`Class::slot`].
+    /// Both classes, in the order of `Class::slot`.
     pub const ALL: [Class; 2] = [Class::Consensus, Class::Bulk];
 
     /// Dense index (0 or 1) for per-class arrays.

@@ -1,0 +1,321 @@
+//! `bpci testnet` and `bpci bench load`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bpci::loadgen::{self, LoadConfig, LoadReport, Target};
+use bpci::testnet::{self, Testnet, TestnetConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+/// Parses `30s`, `500ms`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+    };
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!("{s:?} must be between 1ms and 24h"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Arguments of `bpci testnet`.
+#[derive(clap::Args)]
+pub struct TestnetArgs {
+    /// Validators (4..=31).
+    #[arg(long, default_value_t = 4)]
+    validators: usize,
+    /// How long to offer load.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Offered transactions per second.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+    /// Bytes per transaction.
+    #[arg(long, default_value_t = 512)]
+    tx_size: usize,
+    /// `hotstuff.pipeline_depth` of every validator.
+    #[arg(long, default_value_t = 3)]
+    pipeline_depth: u32,
+    /// Where keys, configs, data, logs, results.json and the latency plot go.
+    #[arg(long, default_value = "target/testnet")]
+    dir: PathBuf,
+    /// Print results.json's object instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
+    if !(4..=31).contains(&args.validators) {
+        bail!(
+            "--validators must be between 4 and 31, got {}",
+            args.validators
+        );
+    }
+    if !(16..=64 * 1024).contains(&args.tx_size) {
+        bail!(
+            "--tx-size must be between 16 and 65536 bytes, got {}",
+            args.tx_size
+        );
+    }
+    if args.rate == 0 {
+        bail!("--rate must be positive");
+    }
+    if !(1..=64).contains(&args.pipeline_depth) {
+        bail!("--pipeline-depth must be between 1 and 64");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let mut cfg = TestnetConfig::new(args.validators, args.dir.clone());
+    cfg.pipeline_depth = args.pipeline_depth;
+    let nodes = testnet::write(&cfg)?;
+    let exe = std::env::current_exe().context("locating the bpci binary")?;
+    let mut net = Testnet::start(&exe, nodes)?;
+    if !args.json {
+        eprintln!(
+            "started {} validators in {}",
+            args.validators,
+            args.dir.display()
+        );
+    }
+    net.wait_ready(Duration::from_secs(30))?;
+    let before: Vec<serde_json::Value> =
+        (0..args.validators).filter_map(|i| net.stats(i)).collect();
+    let targets = net
+        .nodes
+        .iter()
+        .map(|n| Target {
+            addr: n.client_addr,
+            key: n.key,
+        })
+        .collect();
+    let load = LoadConfig {
+        targets,
+        rate_tps: args.rate,
+        tx_bytes: args.tx_size,
+        duration: args.duration,
+        drain: Duration::from_secs(5),
+    };
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.duration.as_secs())
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let report = loadgen::run(&load, &stop, |t| {
+        bar.set_position(t.second.min(args.duration.as_secs()));
+        bar.set_message(format!(
+            "{} tx/s committed, p99 {:.1} ms",
+            t.committed_tps, t.p99_ms
+        ));
+    })?;
+    bar.finish_and_clear();
+    let wall = started.elapsed().as_secs_f64();
+    let after: Vec<serde_json::Value> = (0..args.validators).filter_map(|i| net.stats(i)).collect();
+    let rss: Vec<f64> = (0..args.validators)
+        .map(|i| net.peak_rss_mb(i).unwrap_or(0.0))
+        .collect();
+    let results = summarise(&args, &report, &before, &after, &rss, wall);
+    net.stop();
+    let path = args.dir.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    let svg = args.dir.join("latency.svg");
+    let title = format!(
+        "bpci testnet: {} validators, {} tx/s offered, {} B tx",
+        args.validators, args.rate, args.tx_size
+    );
+    if let Err(e) = loadgen::plot::latency_svg(&svg, &title, &report.latency_curve) {
+        eprintln!("latency plot not written: {e}");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print_summary(&results, &path, &svg);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn delta(
+    before: &[serde_json::Value],
+    after: &[serde_json::Value],
+    f: impl Fn(&serde_json::Value) -> u64,
+) -> Vec<u64> {
+    after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| f(a).saturating_sub(f(b)))
+        .collect()
+}
+
+fn summarise(
+    args: &TestnetArgs,
+    r: &LoadReport,
+    before: &[serde_json::Value],
+    after: &[serde_json::Value],
+    rss: &[f64],
+    wall: f64,
+) -> serde_json::Value {
+    let secs = args.duration.as_secs_f64();
+    let blocks = delta(before, after, |s| {
+        s["core"]["committed_height"].as_u64().unwrap_or(0)
+    });
+    let view_changes = delta(before, after, |s| {
+        s["core"]["view_changes"].as_u64().unwrap_or(0)
+    });
+    let mut stage_p99 = serde_json::Map::new();
+    for s in after {
+        if let Some(stages) = s["stages"].as_array() {
+            for st in stages {
+                let name = st["name"].as_str().unwrap_or("?").to_string();
+                let v = st["latency_us_p99"].as_u64().unwrap_or(0);
+                let cur = stage_p99.get(&name).and_then(|x| x.as_u64()).unwrap_or(0);
+                stage_p99.insert(name, json!(cur.max(v)));
+            }
+        }
+    }
+    json!({
+        "validators": args.validators,
+        "duration_s": secs,
+        "wall_s": wall,
+        "tx_size": args.tx_size,
+        "pipeline_depth": args.pipeline_depth,
+        "offered_tps": r.offered_tps,
+        "committed_tps": r.committed_tps,
+        "sent": r.sent,
+        "committed": r.committed,
+        "busy": r.busy,
+        "lost": r.lost,
+        "blocks_per_s": blocks.iter().copied().max().unwrap_or(0) as f64 / secs,
+        "latency_ms": r.latency_ms,
+        "stage_latency_us_p99": stage_p99,
+        "view_changes": view_changes.iter().copied().max().unwrap_or(0),
+        "peak_rss_mb": rss.iter().copied().fold(0.0, f64::max),
+        "peak_rss_mb_per_validator": rss,
+        "per_second": r.ticks,
+    })
+}
+
+fn print_summary(v: &serde_json::Value, path: &std::path::Path, svg: &std::path::Path) {
+    let l = &v["latency_ms"];
+    println!(
+        "bpci testnet: {} validators, {} s, {} B transactions, pipeline depth {}",
+        v["validators"], v["duration_s"], v["tx_size"], v["pipeline_depth"]
+    );
+    println!(
+        "  offered      {:>10.0} tx/s",
+        v["offered_tps"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  committed    {:>10.0} tx/s   ({} committed, {} busy, {} lost)",
+        v["committed_tps"].as_f64().unwrap_or(0.0),
+        v["committed"],
+        v["busy"],
+        v["lost"]
+    );
+    println!(
+        "  blocks       {:>10.1} /s",
+        v["blocks_per_s"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  latency ms   p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        l["p50"].as_f64().unwrap_or(0.0),
+        l["p90"].as_f64().unwrap_or(0.0),
+        l["p99"].as_f64().unwrap_or(0.0),
+        l["p999"].as_f64().unwrap_or(0.0),
+        l["max"].as_f64().unwrap_or(0.0)
+    );
+    if let Some(stages) = v["stage_latency_us_p99"].as_object() {
+        let s: Vec<String> = stages
+            .iter()
+            .map(|(k, x)| format!("{} {}µs", k.trim_start_matches("pipeline."), x))
+            .collect();
+        println!("  stage p99    {}", s.join(", "));
+    }
+    println!("  view changes {}", v["view_changes"]);
+    println!(
+        "  peak RSS     {:.1} MiB per validator (max)",
+        v["peak_rss_mb"].as_f64().unwrap_or(0.0)
+    );
+    println!("  results      {}  plot {}", path.display(), svg.display());
+}
+
+/// Arguments of `bpci bench load`.
+#[derive(clap::Args)]
+pub struct LoadArgs {
+    /// Client endpoints with their validator keys: `127.0.0.1:9001=ed25519:<hex>` (repeat).
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
+    /// Offered transactions per second.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Bytes per transaction.
+    #[arg(long, default_value_t = 512)]
+    tx_size: usize,
+    /// How long to offer load.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    let mut targets = Vec::new();
+    for t in &args.targets {
+        let (addr, key) = t
+            .split_once('=')
+            .with_context(|| format!("--target {t:?} must be ADDR=ed25519:<hex>"))?;
+        let addr = addr
+            .parse()
+            .with_context(|| format!("--target {t:?}: bad address"))?;
+        let key: bpci::crypto::PublicKey = key
+            .parse()
+            .with_context(|| format!("--target {t:?}: bad key"))?;
+        targets.push(Target {
+            addr,
+            key: key.to_bytes(),
+        });
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
+    let cfg = LoadConfig {
+        targets,
+        rate_tps: args.rate,
+        tx_bytes: args.tx_size,
+        duration: args.duration,
+        drain: Duration::from_secs(5),
+    };
+    let report = loadgen::run(&cfg, &stop, |t| {
+        if !args.json {
+            eprintln!(
+                "{:>4}s {:>8} tx/s committed, p99 {:.1} ms",
+                t.second, t.committed_tps, t.p99_ms
+            );
+        }
+    })?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,95 @@
+//! The client gateway: transactions from the client endpoint into the mempool ("busy" when it is
+//! full), and commit notices back to the client that submitted them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bpci_transport::{ClientFrame, ClientServerHandle, Receiver};
+use bytes::Bytes;
+
+use crate::client_proto::{ClientRequest, ClientResponse, TxStatus};
+use crate::codec::{decode, encode_infallible};
+use crate::mempool::{Mempool, MempoolError, TxId};
+
+use super::stages::Executed;
+
+/// Most transactions whose submitter is remembered for a commit notice.
+pub const MAX_TRACKED_TXS: usize = 1 << 20;
+
+/// Shared by the client reader thread and the persistence stage.
+pub struct Gateway {
+    mempool: Arc<Mutex<Mempool>>,
+    server: ClientServerHandle,
+    owners: Mutex<HashMap<TxId, u64>>,
+}
+
+impl Gateway {
+    /// A gateway over the node's mempool and client endpoint.
+    pub fn new(mempool: Arc<Mutex<Mempool>>, server: ClientServerHandle) -> Self {
+        Self {
+            mempool,
+            server,
+            owners: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reads client frames until the endpoint shuts down.
+    pub fn serve(&self, mut frames: Receiver<ClientFrame>) {
+        while let Some(f) = frames.blocking_recv() {
+            let reply = match decode::<ClientRequest>(&f.frame) {
+                Ok(ClientRequest::Submit(txs)) => ClientResponse::Ack(self.submit(f.conn, txs)),
+                Err(e) => ClientResponse::Error(e.to_string()),
+            };
+            let _ = self
+                .server
+                .send(f.conn, Bytes::from(encode_infallible(&reply)));
+        }
+    }
+
+    fn submit(&self, conn: u64, txs: Vec<Vec<u8>>) -> Vec<TxStatus> {
+        let mut accepted = Vec::with_capacity(txs.len());
+        let statuses = match self.mempool.lock() {
+            Ok(mut pool) => txs
+                .into_iter()
+                .map(|tx| match pool.insert(tx) {
+                    Ok(id) => {
+                        accepted.push(id);
+                        TxStatus::Accepted
+                    }
+                    Err(MempoolError::Full { .. }) => TxStatus::Busy,
+                    Err(MempoolError::Duplicate) => TxStatus::Duplicate,
+                    Err(_) => TxStatus::Invalid,
+                })
+                .collect(),
+            Err(_) => vec![TxStatus::Busy; txs.len()],
+        };
+        if let Ok(mut owners) = self.owners.lock() {
+            for id in accepted {
+                if owners.len() < MAX_TRACKED_TXS {
+                    owners.insert(id, conn);
+                }
+            }
+        }
+        statuses
+    }
+
+    /// Sends commit notices for durable blocks (called by the persistence stage).
+    pub fn notify(&self, executed: &[Executed]) {
+        let mut per_conn: HashMap<u64, (u64, Vec<TxId>)> = HashMap::new();
+        if let Ok(mut owners) = self.owners.lock() {
+            for e in executed {
+                for id in &e.tx_ids {
+                    if let Some(conn) = owners.remove(id) {
+                        let entry = per_conn.entry(conn).or_insert((e.height, Vec::new()));
+                        entry.0 = e.height;
+                        entry.1.push(*id);
+                    }
+                }
+            }
+        }
+        for (conn, (height, tx_ids)) in per_conn {
+            let msg = ClientResponse::Committed { height, tx_ids };
+            let _ = self.server.send(conn, Bytes::from(encode_infallible(&msg)));
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! A local multi-process testnet: keys, configs and `bpci node` processes on 127.0.0.1.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::crypto::Keypair;
+
+/// Settings of a local testnet.
+#[derive(Clone, Debug)]
+pub struct TestnetConfig {
+    /// Validators.
+    pub validators: usize,
+    /// Where keys, configs, data and logs go.
+    pub dir: PathBuf,
+    /// `hotstuff.pipeline_depth`.
+    pub pipeline_depth: u32,
+    /// `ibft.phase_timeout_seconds` (round timer base).
+    pub phase_timeout_seconds: f64,
+    /// `hotstuff.view_timeout_seconds` (round timer cap).
+    pub view_timeout_seconds: f64,
+}
+
+impl TestnetConfig {
+    /// Defaults for `n` validators in `dir`.
+    pub fn new(validators: usize, dir: PathBuf) -> Self {
+        Self {
+            validators,
+            dir,
+            pipeline_depth: 3,
+            phase_timeout_seconds: 1.0,
+            view_timeout_seconds: 8.0,
+        }
+    }
+}
+
+/// One validator of the testnet.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its client endpoint.
+    pub client_addr: SocketAddr,
+    /// Its public key.
+    pub key: [u8; 32],
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// Why the testnet could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TestnetError {
+    /// File or process I/O.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Keys.
+    #[error(transparent)]
+    Key(#[from] crate::node::keys::KeyFileError),
+    /// Nodes did not connect in time.
+    #[error("validators not ready after {0:?}: {1}")]
+    NotReady(Duration, String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestnetError {
+    let what = what.into();
+    move |source| TestnetError::Io { what, source }
+}
+
+fn free_port() -> Result<u16, TestnetError> {
+    let s = UdpSocket::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+    Ok(s.local_addr().map_err(io("finding a free port"))?.port())
+}
+
+/// Writes keys and configs for a fresh testnet (the directory is emptied first).
+pub fn write(cfg: &TestnetConfig) -> Result<Vec<NodeInfo>, TestnetError> {
+    if cfg.dir.exists() {
+        std::fs::remove_dir_all(&cfg.dir).map_err(io(format!("clearing {}", cfg.dir.display())))?;
+    }
+    std::fs::create_dir_all(&cfg.dir).map_err(io(format!("creating {}", cfg.dir.display())))?;
+    let dir = std::fs::canonicalize(&cfg.dir).map_err(io("resolving the directory"))?;
+    let mut keys = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..cfg.validators {
+        let key = Keypair::generate(&mut rand::rngs::OsRng);
+        crate::node::keys::write(&dir.join(format!("validator-{i}.key")), &key)?;
+        keys.push(key);
+        ports.push((free_port()?, free_port()?));
+    }
+    let validators: String = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            format!(
+                "  - validator_id: \"validator-{i:03}\"\n    stake: 1000000\n    endpoint: \"127.0.0.1:{}\"\n    public_key: \"{}\"\n    is_active: true\n",
+                ports[i].0,
+                k.public()
+            )
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let data_dir = dir.join(format!("data-{i}"));
+        let config = dir.join(format!("validator-{i}.yaml"));
+        let f = (cfg.validators - 1) / 3;
+        let text = format!(
+            r#"triple_consensus:
+  coordinator:
+    max_active_rounds: 10
+    round_timeout_seconds: 30
+    validator_timeout_seconds: 10
+  ibft:
+    byzantine_tolerance_ratio: 0.33
+    required_vote_threshold: 0.67
+    phase_timeout_seconds: {phase}
+    signature_verification: true
+  hotstuff:
+    pipeline_depth: {depth}
+    optimistic_execution: true
+    view_timeout_seconds: {view}
+    leader_rotation_enabled: true
+  auction:
+    bid_evaluation_timeout_seconds: 5
+    mev_protection_enabled: true
+    priority_weight: 0.3
+    economic_weight: 0.7
+validators:
+{validators}consensus_thresholds:
+  minimum_validators: {n}
+  byzantine_fault_tolerance: {f}
+  stake_threshold: 500000
+logging:
+  level: "info"
+  format: "json"
+node:
+  validator_id: "validator-{i:03}"
+  key_file: "{key}"
+  data_dir: "{data}"
+  chain_id: "bpci-testnet"
+  client_listen: "127.0.0.1:{client}"
+"#,
+            phase = cfg.phase_timeout_seconds,
+            depth = cfg.pipeline_depth,
+            view = cfg.view_timeout_seconds,
+            n = cfg.validators,
+            key = dir.join(format!("validator-{i}.key")).display(),
+            data = data_dir.display(),
+            client = ports[i].1,
+        );
+        std::fs::write(&config, text).map_err(io(format!("writing {}", config.display())))?;
+        nodes.push(NodeInfo {
+            config,
+            data_dir,
+            client_addr: SocketAddr::from(([127, 0, 0, 1], ports[i].1)),
+            key: k.public().to_bytes(),
+            log: dir.join(format!("validator-{i}.log")),
+        });
+    }
+    Ok(nodes)
+}
+
+/// Running validator processes; stopped on drop.
+pub struct Testnet {
+    exe: PathBuf,
+    /// The validators.
+    pub nodes: Vec<NodeInfo>,
+    procs: Vec<Option<Child>>,
+}
+
+impl Testnet {
+    /// Starts every validator as `exe node --config ...`.
+    pub fn start(exe: &Path, nodes: Vec<NodeInfo>) -> Result<Self, TestnetError> {
+        let mut t = Self {
+            exe: exe.to_path_buf(),
+            procs: nodes.iter().map(|_| None).collect(),
+            nodes,
+        };
+        for i in 0..t.nodes.len() {
+            t.spawn(i)?;
+        }
+        Ok(t)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), TestnetError> {
+        let node = &self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .map_err(io(format!("opening {}", node.log.display())))?;
+        let err = log.try_clone().map_err(io("duplicating the log handle"))?;
+        let child = Command::new(&self.exe)
+            .arg("node")
+            .arg("--config")
+            .arg(&node.config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(io(format!("starting {}", self.exe.display())))?;
+        self.procs[i] = Some(child);
+        Ok(())
+    }
+
+    /// The process id of validator `i`, if running.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.procs.get(i).and_then(|p| p.as_ref()).map(|c| c.id())
+    }
+
+    /// `kill -9` validator `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs.get_mut(i).and_then(|p| p.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts validator `i` from its data directory.
+    pub fn restart(&mut self, i: usize) -> Result<(), TestnetError> {
+        self.kill(i);
+        self.spawn(i)
+    }
+
+    /// The latest `stats.json` of validator `i`.
+    pub fn stats(&self, i: usize) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.nodes[i].data_dir.join("stats.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Committed height of validator `i` (0 if unknown).
+    pub fn height(&self, i: usize) -> u64 {
+        self.stats(i)
+            .and_then(|s| s["core"]["committed_height"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Peak resident set of validator `i` in MiB (Linux `VmHWM`).
+    pub fn peak_rss_mb(&self, i: usize) -> Option<f64> {
+        let pid = self.pid(i)?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    }
+
+    /// Waits until every running validator is connected to all others and committing.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), TestnetError> {
+        let deadline = Instant::now() + timeout;
+        let n = self.nodes.len() as u64;
+        loop {
+            let ready = (0..self.nodes.len()).all(|i| {
+                self.stats(i).is_some_and(|s| {
+                    s["transport"]["connected_peers"].as_u64() == Some(n - 1)
+                        && s["core"]["committed_height"].as_u64().unwrap_or(0) > 0
+                })
+            });
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+                        let tail: Vec<&str> = text.lines().rev().take(3).collect();
+                        format!("{}: {}", n.log.display(), tail.join(" | "))
+                    })
+                    .collect();
+                return Err(TestnetError::NotReady(timeout, logs.join("; ")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops every validator: SIGTERM, then SIGKILL after a grace period.
+    pub fn stop(&mut self) {
+        for c in self.procs.iter_mut().flatten() {
+            // SAFETY-free: `kill` via the command line keeps this crate free of libc; fall back to
+            // SIGKILL below.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for p in self.procs.iter_mut() {
+            if let Some(c) = p.as_mut() {
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = c.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            *p = None;
+        }
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
