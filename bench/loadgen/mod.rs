@@ -299,7 +299,7 @@ pub fn run(
         let _ = t.join();
     }
     let (latency_ms, latency_curve) = match total.lock().ok().and_then(|g| g.clone()) {
-        Some(h) if h.len() > 0 => {
+        Some(h) if !h.is_empty() => {
             let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
             let curve = [0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999]
                 .iter()
