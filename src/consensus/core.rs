@@ -159,7 +159,8 @@ pub struct Core<S: Storage, A: App> {
     seen_proposals: BTreeMap<Round, (ProposalData, crate::crypto::Signature)>,
     evidence_seen: BTreeSet<(Round, ValidatorIndex, bool)>,
     evidence_pool: Vec<Evidence>,
-    waiting_proposal: Option<(BlockId, Proposal)>,
+    waiting_proposal: Option<(BlockId, Arc<Block>, Option<TimeoutCert>)>,
+    safety_dirty: bool,
     pending_qcs: HashMap<BlockId, QuorumCert>,
     wanted: BTreeMap<BlockId, Wanted>,
     sync_requested_ms: Option<TimeMs>,
@@ -224,6 +225,7 @@ impl<S: Storage, A: App> Core<S, A> {
             evidence_seen: BTreeSet::new(),
             evidence_pool: Vec::new(),
             waiting_proposal: None,
+            safety_dirty: false,
             pending_qcs: HashMap::new(),
             wanted: BTreeMap::new(),
             sync_requested_ms: None,
@@ -393,7 +395,10 @@ impl<S: Storage, A: App> Core<S, A> {
 
     fn persist(&mut self) -> bool {
         match self.store.persist_safety(&self.safety) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.safety_dirty = false;
+                true
+            }
             Err(e) => {
                 self.stats.storage_failures += 1;
                 tracing::error!(target: "consensus.storage", error = %e, "safety state not durable; not sending");
@@ -405,9 +410,14 @@ impl<S: Storage, A: App> Core<S, A> {
     // ---- proposals (IBFT pre-prepare) ----
 
     fn on_proposal(&mut self, from: ValidatorIndex, p: Proposal, id: BlockId) {
-        let r = p.block.round;
+        let Proposal {
+            block,
+            tc_for_prev_round: tc,
+            signature,
+        } = p;
+        let r = block.round;
         // Rule "leader": only the round's leader proposes.
-        if p.block.author != self.leader(r) {
+        if block.author != self.leader(r) {
             return self.drop_msg("proposal not from the round's leader");
         }
         // Rule "equivocation": two proposals by one leader for one round.
@@ -418,34 +428,35 @@ impl<S: Storage, A: App> Core<S, A> {
         match self.seen_proposals.get(&r) {
             Some((first, sig)) if first.block_id != id => {
                 let e = Evidence::DoubleProposal {
-                    author: p.block.author,
-                    epoch: p.block.epoch,
+                    author: block.author,
+                    epoch: block.epoch,
                     a: (*first, *sig),
-                    b: (data, p.signature),
+                    b: (data, signature),
                 };
                 self.add_evidence(e);
             }
             Some(_) => {}
             None => {
                 if r.0 + EQUIVOCATION_WINDOW_ROUNDS >= self.round.0 {
-                    self.seen_proposals.insert(r, (data, p.signature));
+                    self.seen_proposals.insert(r, (data, signature));
                 }
             }
         }
-        self.process_qc(&p.block.parent_qc);
-        if let Some(tc) = &p.tc_for_prev_round {
+        self.process_qc(&block.parent_qc);
+        if let Some(tc) = &tc {
             self.process_tc(tc);
         }
-        let block = Arc::new(p.block.clone());
+        let block = Arc::new(block);
         match self.tree.insert(id, Arc::clone(&block)) {
             Insert::Added(added) => {
-                self.waiting_proposal = Some((id, p));
+                self.waiting_proposal = Some((id, block, tc));
                 self.on_blocks_added(&added);
             }
             Insert::Orphan => {
-                self.waiting_proposal = Some((id, p));
                 let parent_height = Height(block.height.0.saturating_sub(1));
-                self.fetch(block.parent_id, from, parent_height);
+                let parent_id = block.parent_id;
+                self.waiting_proposal = Some((id, block, tc));
+                self.fetch(parent_id, from, parent_height);
             }
             Insert::Known => {
                 // A re-sent proposal: re-send our vote if it was for this block.
@@ -473,8 +484,7 @@ impl<S: Storage, A: App> Core<S, A> {
     /// `r > max(last_voted_round, qc.round)`, and either `r == qc.round + 1` or the proposal carries a
     /// TC for r-1 with `qc.round >= max(tc.high_qc_rounds)`. Then `last_voted_round = r`, persisted
     /// before the vote leaves.
-    fn try_vote(&mut self, id: BlockId, p: &Proposal) {
-        let b = &p.block;
+    fn try_vote(&mut self, id: BlockId, b: &Block, tc: Option<&TimeoutCert>) {
         let r = b.round;
         let qc = &b.parent_qc;
         if r != self.round {
@@ -495,10 +505,8 @@ impl<S: Storage, A: App> Core<S, A> {
             return self.drop_msg("vote rule: round not above the QC round");
         }
         let direct = r == qc.round.next();
-        let via_tc = p
-            .tc_for_prev_round
-            .as_ref()
-            .is_some_and(|tc| tc.round.next() == r && qc.round >= tc.max_high_qc_round());
+        let via_tc =
+            tc.is_some_and(|tc| tc.round.next() == r && qc.round >= tc.max_high_qc_round());
         if !(direct || via_tc) {
             return self.drop_msg("vote rule: neither a direct QC nor a justifying TC");
         }
@@ -623,7 +631,7 @@ impl<S: Storage, A: App> Core<S, A> {
         if self
             .waiting_proposal
             .as_ref()
-            .is_some_and(|(_, p)| p.block.round < round)
+            .is_some_and(|(_, b, _)| b.round < round)
         {
             self.waiting_proposal = None;
         }
@@ -646,12 +654,12 @@ impl<S: Storage, A: App> Core<S, A> {
             }
             return;
         };
-        let proof = CommitProof {
+        let proof = || CommitProof {
             child: (*b1).clone(),
             child_qc: qc.clone(),
         };
         if self.broken(BrokenRule::OneChainCommit) {
-            return self.commit_up_to(qc.block_id, proof);
+            return self.commit_up_to(qc.block_id, proof());
         }
         if b1.parent_id == root.id {
             return; // the parent is committed already
@@ -660,7 +668,7 @@ impl<S: Storage, A: App> Core<S, A> {
             return;
         };
         if b1.round == b0.round.next() {
-            self.commit_up_to(b1.parent_id, proof);
+            self.commit_up_to(b1.parent_id, proof());
         }
     }
 
@@ -718,11 +726,11 @@ impl<S: Storage, A: App> Core<S, A> {
             if let Some(qc) = self.pending_qcs.remove(id) {
                 self.try_commit(&qc);
             }
-            if let Some((wid, p)) = self.waiting_proposal.take() {
+            if let Some((wid, b, tc)) = self.waiting_proposal.take() {
                 if wid == *id {
-                    self.try_vote(wid, &p);
+                    self.try_vote(wid, &b, tc.as_ref());
                 } else {
-                    self.waiting_proposal = Some((wid, p));
+                    self.waiting_proposal = Some((wid, b, tc));
                 }
             }
         }
@@ -774,21 +782,24 @@ impl<S: Storage, A: App> Core<S, A> {
         let signature = self
             .key
             .sign(&data.digest(&self.ctx.chain_id, self.ctx.epoch()));
+        // The proposal leaves only after `last_proposed_round` is durable. Our own vote on it
+        // (processed first) persists the safety state once for both; if we do not vote, persist
+        // here.
         self.safety.last_proposed_round = round;
-        if !self.persist() {
-            return;
-        }
-        self.stats.proposals += 1;
+        self.safety_dirty = true;
         let proposal = Proposal {
             block,
             tc_for_prev_round: tc,
             signature,
         };
-        self.out.push(Action::Broadcast {
-            msg: Message::Proposal(proposal.clone()),
-        });
+        let msg = Message::Proposal(proposal.clone());
         let me = self.cfg.me;
         self.on_proposal(me, proposal, id);
+        if self.safety_dirty && !self.persist() {
+            return;
+        }
+        self.stats.proposals += 1;
+        self.out.push(Action::Broadcast { msg });
     }
 
     // ---- timeouts (view change) ----

@@ -144,7 +144,10 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         node.chain_id.clone(),
         config.validators.clone(),
     ));
-    let mut store = RedbStore::open(&node.data_dir.join("node.redb"))?;
+    let mut store = RedbStore::open_split(
+        &node.data_dir.join("node.redb"),
+        &node.data_dir.join("safety.redb"),
+    )?;
     store.set_commit_durability(Durability::None);
     let db = store.database();
 

@@ -35,6 +35,9 @@ impl Bounded for CommitProof {
 /// A redb-backed [`Storage`].
 pub struct RedbStore {
     db: Arc<Database>,
+    /// The safety state's database: the chain's own, or a small separate file so that its
+    /// per-vote fsync never has to flush block data.
+    safety_db: Arc<Database>,
     tip: Option<(Arc<Block>, CommitProof)>,
     commit_durability: Durability,
 }
@@ -46,6 +49,18 @@ fn backend(e: impl std::fmt::Display) -> StorageError {
 impl RedbStore {
     /// Opens (or creates) the store at `path`, creating its tables.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let db = Arc::new(Self::create(path)?);
+        Self::from_parts(Arc::clone(&db), db)
+    }
+
+    /// Opens the chain at `chain_path` and the safety state in its own file at `safety_path`.
+    pub fn open_split(chain_path: &Path, safety_path: &Path) -> Result<Self, StorageError> {
+        let db = Arc::new(Self::create(chain_path)?);
+        let safety = Arc::new(Self::create(safety_path)?);
+        Self::from_parts(db, safety)
+    }
+
+    fn create(path: &Path) -> Result<Database, StorageError> {
         let db = Database::create(path)
             .map_err(|e| StorageError::Backend(format!("opening {}: {e}", path.display())))?;
         let mut txn = db.begin_write().map_err(backend)?;
@@ -56,8 +71,13 @@ impl RedbStore {
             txn.open_table(PROOFS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
+        Ok(db)
+    }
+
+    fn from_parts(db: Arc<Database>, safety_db: Arc<Database>) -> Result<Self, StorageError> {
         let mut store = Self {
-            db: Arc::new(db),
+            db,
+            safety_db,
             tip: None,
             commit_durability: Durability::Immediate,
         };
@@ -128,7 +148,7 @@ impl RedbStore {
 
 impl Storage for RedbStore {
     fn load_safety(&self) -> Result<Option<SafetyState>, StorageError> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let txn = self.safety_db.begin_read().map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
         match meta.get(SAFETY_KEY).map_err(backend)? {
             Some(bytes) => Ok(Some(decode(bytes.value()).map_err(backend)?)),
@@ -138,7 +158,7 @@ impl Storage for RedbStore {
 
     fn persist_safety(&mut self, state: &SafetyState) -> Result<(), StorageError> {
         let bytes = encode_infallible(state);
-        let mut txn = self.db.begin_write().map_err(backend)?;
+        let mut txn = self.safety_db.begin_write().map_err(backend)?;
         txn.set_durability(Durability::Immediate).map_err(backend)?;
         {
             let mut meta = txn.open_table(META).map_err(backend)?;
