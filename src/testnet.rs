@@ -62,6 +62,9 @@ pub enum TestnetError {
         #[source]
         source: std::io::Error,
     },
+    /// The directory holds something other than an earlier testnet.
+    #[error("{0} is not empty and is not a bpci testnet directory: refusing to clear it")]
+    DirNotEmpty(String),
     /// Keys.
     #[error(transparent)]
     Key(#[from] crate::node::keys::KeyFileError),
@@ -80,12 +83,26 @@ fn free_port() -> Result<u16, TestnetError> {
     Ok(s.local_addr().map_err(io("finding a free port"))?.port())
 }
 
-/// Writes keys and configs for a fresh testnet (the directory is emptied first).
+/// Writes keys and configs for a fresh testnet. A directory of an earlier testnet is cleared
+/// first; any other non-empty directory is refused.
 pub fn write(cfg: &TestnetConfig) -> Result<Vec<NodeInfo>, TestnetError> {
+    const MARKER: &str = ".bpci-testnet";
     if cfg.dir.exists() {
+        let empty = std::fs::read_dir(&cfg.dir)
+            .map_err(io(format!("reading {}", cfg.dir.display())))?
+            .next()
+            .is_none();
+        if !empty && !cfg.dir.join(MARKER).exists() {
+            return Err(TestnetError::DirNotEmpty(cfg.dir.display().to_string()));
+        }
         std::fs::remove_dir_all(&cfg.dir).map_err(io(format!("clearing {}", cfg.dir.display())))?;
     }
     std::fs::create_dir_all(&cfg.dir).map_err(io(format!("creating {}", cfg.dir.display())))?;
+    std::fs::write(
+        cfg.dir.join(MARKER),
+        "written by bpci testnet; the directory is cleared on the next run\n",
+    )
+    .map_err(io("writing the testnet marker"))?;
     let dir = std::fs::canonicalize(&cfg.dir).map_err(io("resolving the directory"))?;
     let mut keys = Vec::new();
     let mut ports = Vec::new();
