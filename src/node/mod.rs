@@ -29,7 +29,7 @@ use crate::crypto::Keypair;
 use crate::exec::{Ledger, StateMachine};
 use crate::mempool::{Mempool, MempoolLimits, Payload};
 use crate::pipeline::{self, StageConfig, StageSnapshot, StageStats};
-use crate::store::{Durability, RedbStore};
+use crate::store::RedbStore;
 use crate::types::{Height, ValidatorIndex};
 
 use app::{BlockLimits, NodeApp, Progress};
@@ -148,7 +148,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         &node.data_dir.join("node.redb"),
         &node.data_dir.join("safety.redb"),
     )?;
-    store.set_commit_durability(Durability::None);
+    store.set_defer_commits(true);
     let db = store.database();
 
     // Rebuild the executed state by replaying the committed chain.

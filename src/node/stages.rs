@@ -313,6 +313,10 @@ pub struct Executed {
     pub tx_ids: Vec<crate::mempool::TxId>,
     /// When it was committed (ms), for latency accounting.
     pub committed_ms: TimeMs,
+    /// The block itself (written by the persistence stage).
+    pub block: Arc<crate::consensus::Block>,
+    /// For the last block of a committed batch: the proof that commits it.
+    pub proof: Option<crate::consensus::CommitProof>,
 }
 
 /// The execution stage: runs committed blocks on the ledger in height order.
@@ -333,7 +337,9 @@ impl ExecStage {
         let now = now_ms();
         let mut out = Vec::new();
         for committed in batch {
-            for (_, block) in committed.blocks {
+            let last = committed.blocks.len().saturating_sub(1);
+            let mut proof = Some(committed.proof);
+            for (i, (_, block)) in committed.blocks.into_iter().enumerate() {
                 let payload: Payload = match decode(&block.payload) {
                     Ok(p) => p,
                     Err(_) => Payload::new(Vec::new()),
@@ -353,6 +359,8 @@ impl ExecStage {
                     root,
                     tx_ids: receipts.into_iter().map(|r| r.tx_id).collect(),
                     committed_ms: now,
+                    block,
+                    proof: if i == last { proof.take() } else { None },
                 });
             }
         }
@@ -389,6 +397,15 @@ impl PersistStage {
                 for e in &executed {
                     t.insert(e.height, e.root.as_slice())
                         .map_err(|e| e.to_string())?;
+                }
+            }
+            // The committed blocks themselves (the core defers them to this group commit).
+            let mut blocks = Vec::new();
+            for e in &executed {
+                blocks.push(Arc::clone(&e.block));
+                if let Some(proof) = &e.proof {
+                    RedbStore::write_commit(&txn, &blocks, proof).map_err(|e| e.to_string())?;
+                    blocks.clear();
                 }
             }
             txn.commit().map_err(|e| e.to_string())

@@ -40,6 +40,7 @@ pub struct RedbStore {
     safety_db: Arc<Database>,
     tip: Option<(Arc<Block>, CommitProof)>,
     commit_durability: Durability,
+    defer_commits: bool,
 }
 
 fn backend(e: impl std::fmt::Display) -> StorageError {
@@ -80,6 +81,7 @@ impl RedbStore {
             safety_db,
             tip: None,
             commit_durability: Durability::Immediate,
+            defer_commits: false,
         };
         store.tip = store.read_tip()?;
         Ok(store)
@@ -91,6 +93,36 @@ impl RedbStore {
     /// crash before that loses only blocks the node re-fetches from its peers.
     pub fn set_commit_durability(&mut self, durability: Durability) {
         self.commit_durability = durability;
+    }
+
+    /// Leaves writing committed blocks to the node's persistence stage (which calls
+    /// [`RedbStore::write_commit`] inside its own group commit): `persist_commit` then only moves
+    /// the in-memory tip, and the consensus thread never waits on block writes or their fsync. Reads
+    /// (`committed_block`, sync serving) see blocks once that stage has made them durable.
+    pub fn set_defer_commits(&mut self, defer: bool) {
+        self.defer_commits = defer;
+    }
+
+    /// Writes committed blocks and the proof of the last one inside `txn`.
+    pub fn write_commit(
+        txn: &redb::WriteTransaction,
+        blocks: &[Arc<Block>],
+        proof: &CommitProof,
+    ) -> Result<(), StorageError> {
+        let Some(last) = blocks.last() else {
+            return Ok(());
+        };
+        let mut table = txn.open_table(BLOCKS).map_err(backend)?;
+        for b in blocks {
+            table
+                .insert(b.height.0, encode_infallible(b.as_ref()).as_slice())
+                .map_err(backend)?;
+        }
+        let mut proofs = txn.open_table(PROOFS).map_err(backend)?;
+        proofs
+            .insert(last.height.0, encode_infallible(proof).as_slice())
+            .map_err(backend)?;
+        Ok(())
     }
 
     /// The database, shared with the persistence stage (redb serialises writers).
@@ -175,22 +207,13 @@ impl Storage for RedbStore {
         let Some(last) = blocks.last() else {
             return Ok(());
         };
-        let mut txn = self.db.begin_write().map_err(backend)?;
-        txn.set_durability(self.commit_durability)
-            .map_err(backend)?;
-        {
-            let mut table = txn.open_table(BLOCKS).map_err(backend)?;
-            for b in blocks {
-                table
-                    .insert(b.height.0, encode_infallible(b.as_ref()).as_slice())
-                    .map_err(backend)?;
-            }
-            let mut proofs = txn.open_table(PROOFS).map_err(backend)?;
-            proofs
-                .insert(last.height.0, encode_infallible(proof).as_slice())
+        if !self.defer_commits {
+            let mut txn = self.db.begin_write().map_err(backend)?;
+            txn.set_durability(self.commit_durability)
                 .map_err(backend)?;
+            Self::write_commit(&txn, blocks, proof)?;
+            txn.commit().map_err(backend)?;
         }
-        txn.commit().map_err(backend)?;
         self.tip = Some((Arc::clone(last), proof.clone()));
         Ok(())
     }
