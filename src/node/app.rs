@@ -18,7 +18,7 @@ pub struct Progress {
     pub committed: AtomicU64,
     /// Highest height executed and durable (set by the persistence stage).
     pub durable: AtomicU64,
-    /// Executed state root of `durable`, first 8 bytes (for the block's `exec_root`).
+    /// Executed state root of `durable` (carried as the block's `exec_root`).
     pub exec_root: Mutex<Digest32>,
 }
 

@@ -52,6 +52,9 @@ pub enum NodeError {
         /// Key in the config.
         expected: String,
     },
+    /// This node's index is not in the validator set.
+    #[error("validator index {0} is not in the validator set")]
+    NotMember(u16),
     /// An endpoint does not resolve.
     #[error("endpoint {0:?} does not resolve to an address")]
     Endpoint(String),
@@ -130,7 +133,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         .validators
         .member(me)
         .map(|v| v.key)
-        .ok_or_else(|| NodeError::Endpoint("validator index".into()))?;
+        .ok_or(NodeError::NotMember(config.me))?;
     if key.public() != expected {
         return Err(NodeError::WrongKey {
             validator_id: config.file.node.validator_id.clone(),
@@ -309,8 +312,8 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let stop = Arc::new(AtomicBool::new(false));
     let ingress_ctx = Arc::clone(&ctx);
     let ingress_border = Arc::clone(&border);
-    let ingress_stats = Arc::new(IngressCounter::default());
-    let ingress_count = Arc::clone(&ingress_stats);
+    let ingress_frames = Arc::new(AtomicU64::new(0));
+    let ingress_count = Arc::clone(&ingress_frames);
     threads.push(
         std::thread::Builder::new()
             .name("pipeline.ingress".into())
@@ -319,7 +322,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                     pipeline::pin_to(c);
                 }
                 while let Some(inb) = inbound.blocking_recv() {
-                    ingress_count.frames.fetch_add(1, Ordering::Relaxed);
+                    ingress_count.fetch_add(1, Ordering::Relaxed);
                     if let Some(p) =
                         stages::ingress(&ingress_ctx, inb.from, &inb.frame, &ingress_border)
                     {
@@ -363,7 +366,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                         "durable_height": stats_progress.durable.load(Ordering::Relaxed),
                         "txs_executed": stats_txs.load(Ordering::Relaxed),
                         "mempool_txs": stats_mempool.lock().map(|m| m.len()).unwrap_or(0),
-                        "ingress_frames": ingress_stats.frames.load(Ordering::Relaxed),
+                        "ingress_frames": ingress_frames.load(Ordering::Relaxed),
                         "border": {
                             "undecodable": border.undecodable.load(Ordering::Relaxed),
                             "malformed": border.malformed.load(Ordering::Relaxed),
@@ -403,9 +406,4 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         txs_executed,
         notices,
     })
-}
-
-#[derive(Debug, Default)]
-struct IngressCounter {
-    frames: AtomicU64,
 }

@@ -311,8 +311,6 @@ pub struct Executed {
     pub root: StateRoot,
     /// Its transactions' ids.
     pub tx_ids: Vec<crate::mempool::TxId>,
-    /// When it was committed (ms), for latency accounting.
-    pub committed_ms: TimeMs,
     /// The block itself (written by the persistence stage).
     pub block: Arc<crate::consensus::Block>,
     /// For the last block of a committed batch: the proof that commits it.
@@ -334,7 +332,6 @@ pub struct ExecStage {
 impl ExecStage {
     /// Executes every block of every batch.
     pub fn on_batch(&mut self, batch: Vec<CommittedBatch>) {
-        let now = now_ms();
         let mut out = Vec::new();
         for committed in batch {
             let last = committed.blocks.len().saturating_sub(1);
@@ -358,7 +355,6 @@ impl ExecStage {
                     height: block.height.0,
                     root,
                     tx_ids: receipts.into_iter().map(|r| r.tx_id).collect(),
-                    committed_ms: now,
                     block,
                     proof: if i == last { proof.take() } else { None },
                 });

@@ -39,7 +39,6 @@ pub struct RedbStore {
     /// per-vote fsync never has to flush block data.
     safety_db: Arc<Database>,
     tip: Option<(Arc<Block>, CommitProof)>,
-    commit_durability: Durability,
     defer_commits: bool,
 }
 
@@ -80,19 +79,10 @@ impl RedbStore {
             db,
             safety_db,
             tip: None,
-            commit_durability: Durability::Immediate,
             defer_commits: false,
         };
         store.tip = store.read_tip()?;
         Ok(store)
-    }
-
-    /// Commits of blocks use `durability` (the safety state always uses `Immediate`). A node
-    /// whose persistence stage group-commits passes `Durability::None`: committed blocks then
-    /// become durable with the next immediate commit (the next vote, or the stage's flush), and a
-    /// crash before that loses only blocks the node re-fetches from its peers.
-    pub fn set_commit_durability(&mut self, durability: Durability) {
-        self.commit_durability = durability;
     }
 
     /// Leaves writing committed blocks to the node's persistence stage (which calls
@@ -209,8 +199,7 @@ impl Storage for RedbStore {
         };
         if !self.defer_commits {
             let mut txn = self.db.begin_write().map_err(backend)?;
-            txn.set_durability(self.commit_durability)
-                .map_err(backend)?;
+            txn.set_durability(Durability::Immediate).map_err(backend)?;
             Self::write_commit(&txn, blocks, proof)?;
             txn.commit().map_err(backend)?;
         }
