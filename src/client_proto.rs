@@ -17,8 +17,8 @@ pub const MAX_SUBMIT_TXS: usize = 4096;
 /// Client → validator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
-    /// Transactions to include.
-    Submit(Vec<Vec<u8>>),
+    /// Transactions to include (each encoded as one byte string).
+    Submit(Vec<serde_bytes::ByteBuf>),
 }
 
 /// What happened to one submitted transaction.

@@ -11,7 +11,7 @@
 //! Memory is bounded by construction: every element costs at least one input byte, so a decoded value
 //! is never larger than a small multiple of the input, and the input is bounded.
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Hard upper bound on one encoded message (a frame), in bytes: 16 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -95,6 +95,11 @@ pub fn encode_infallible<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 /// Decodes exactly one value from `bytes`, refusing oversize, truncated, trailing, unknown-tag and
 /// non-canonical input, then checks the value's named limits.
 pub fn decode<T: DeserializeOwned + Bounded>(bytes: &[u8]) -> Result<T, DecodeError> {
+    decode_borrowed(bytes)
+}
+
+/// [`decode`] for values that borrow from `bytes` (byte strings left in place, not copied).
+pub fn decode_borrowed<'a, T: Deserialize<'a> + Bounded>(bytes: &'a [u8]) -> Result<T, DecodeError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
@@ -126,7 +131,6 @@ fn map_bcs_error(e: bcs::Error) -> DecodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Deserialize;
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     enum Sample {

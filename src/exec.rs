@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, Bounded, DecodeError};
 use crate::crypto::Digest32;
-use crate::mempool::{tx_id, Payload, TxId};
+use crate::mempool::TxId;
 
 /// The digest of an executed state.
 pub type StateRoot = Digest32;
@@ -66,17 +66,36 @@ pub struct Receipt {
     pub status: ReceiptStatus,
 }
 
-/// A deterministic state machine over block payloads.
+/// What execution sees of a block: its transactions in order, with their ids.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockTxs<'a> {
+    /// The transactions.
+    pub txs: &'a [&'a [u8]],
+    /// `ids[i]` is `tx_id(txs[i])` (computed once, when the payload was checked).
+    pub ids: &'a [TxId],
+}
+
+impl<'a> BlockTxs<'a> {
+    /// Transactions with their ids (the same length: checked in debug builds; in release the
+    /// longer list's extra items are ignored).
+    pub fn new(txs: &'a [&'a [u8]], ids: &'a [TxId]) -> Self {
+        debug_assert_eq!(txs.len(), ids.len());
+        Self { txs, ids }
+    }
+}
+
+/// A deterministic state machine over blocks.
 pub trait StateMachine: Send {
-    /// Executes `payload` on the state whose root is `parent_state`; returns the new root and one
+    /// Executes `block` on the state whose root is `parent_state`; returns the new root and one
     /// receipt per transaction. Fails if `parent_state` is not a state this machine holds.
     fn execute(
         &mut self,
         parent_state: &StateRoot,
-        payload: &Payload,
+        block: BlockTxs<'_>,
     ) -> Result<(StateRoot, Vec<Receipt>), ExecError>;
-    /// Forgets every state except `keep` (called when `keep` is committed).
-    fn prune(&mut self, keep: &StateRoot);
+    /// Forgets every state except those in `keep` (the committed state and the speculative states
+    /// still in use).
+    fn prune(&mut self, keep: &[StateRoot]);
     /// The genesis root.
     fn genesis(&self) -> StateRoot;
 }
@@ -151,7 +170,7 @@ impl LedgerState {
         }
     }
 
-    fn apply(&mut self, tx: &[u8]) -> ReceiptStatus {
+    fn apply(&mut self, tx: &[u8], id: &TxId) -> ReceiptStatus {
         if let Some(body) = tx.strip_prefix(LEDGER_TX_MAGIC.as_slice()) {
             let Ok(ltx) = decode::<LedgerTx>(body) else {
                 return ReceiptStatus::Rejected("malformed ledger instruction".into());
@@ -187,7 +206,7 @@ impl LedgerState {
         }
         let mut h = blake3::Hasher::new_derive_key("bpci 2026-11 ledger log v1");
         h.update(&self.log_head);
-        h.update(&tx_id(tx));
+        h.update(id);
         self.log_head = *h.finalize().as_bytes();
         self.log_len += 1;
         ReceiptStatus::Logged
@@ -230,7 +249,7 @@ impl StateMachine for Ledger {
     fn execute(
         &mut self,
         parent_state: &StateRoot,
-        payload: &Payload,
+        block: BlockTxs<'_>,
     ) -> Result<(StateRoot, Vec<Receipt>), ExecError> {
         let parent = self
             .states
@@ -240,12 +259,13 @@ impl StateMachine for Ledger {
             return Err(ExecError::TooManyStates(MAX_LEDGER_STATES));
         }
         let mut state = parent.clone();
-        let receipts = payload
+        let receipts = block
             .txs
             .iter()
-            .map(|tx| Receipt {
-                tx_id: tx_id(tx),
-                status: state.apply(tx),
+            .zip(block.ids)
+            .map(|(tx, id)| Receipt {
+                tx_id: *id,
+                status: state.apply(tx, id),
             })
             .collect();
         let root = state.root();
@@ -253,8 +273,8 @@ impl StateMachine for Ledger {
         Ok((root, receipts))
     }
 
-    fn prune(&mut self, keep: &StateRoot) {
-        self.states.retain(|root, _| root == keep);
+    fn prune(&mut self, keep: &[StateRoot]) {
+        self.states.retain(|root, _| keep.contains(root));
     }
 
     fn genesis(&self) -> StateRoot {
@@ -266,6 +286,18 @@ impl StateMachine for Ledger {
 mod tests {
     use super::*;
     use crate::codec::encode_infallible;
+    use crate::mempool::tx_id;
+
+    /// Executes `txs` on `parent`.
+    fn run(
+        l: &mut Ledger,
+        parent: &StateRoot,
+        txs: &[Vec<u8>],
+    ) -> Result<(StateRoot, Vec<Receipt>), ExecError> {
+        let slices: Vec<&[u8]> = txs.iter().map(Vec::as_slice).collect();
+        let ids: Vec<TxId> = txs.iter().map(|t| tx_id(t)).collect();
+        l.execute(parent, BlockTxs::new(&slices, &ids))
+    }
 
     fn ledger_tx(t: &LedgerTx) -> Vec<u8> {
         [LEDGER_TX_MAGIC.as_slice(), &encode_infallible(t)].concat()
@@ -294,8 +326,8 @@ mod tests {
         let mut l1 = Ledger::default();
         let mut l2 = Ledger::default();
         let g = l1.genesis();
-        let (r1, receipts) = l1.execute(&g, &Payload::new(txs.clone())).unwrap();
-        let (r2, _) = l2.execute(&g, &Payload::new(txs.clone())).unwrap();
+        let (r1, receipts) = run(&mut l1, &g, &txs).unwrap();
+        let (r2, _) = run(&mut l2, &g, &txs).unwrap();
         assert_eq!(r1, r2, "same block, same root");
         let statuses: Vec<_> = receipts.iter().map(|r| r.status.clone()).collect();
         assert_eq!(statuses[0], ReceiptStatus::Applied);
@@ -307,7 +339,7 @@ mod tests {
         assert_eq!((s.balance(&a), s.balance(&b), s.log_len()), (70, 30, 2));
         let mut swapped = txs.clone();
         swapped.swap(2, 4);
-        let (r3, _) = l2.execute(&g, &Payload::new(swapped)).unwrap();
+        let (r3, _) = run(&mut l2, &g, &swapped).unwrap();
         assert_ne!(r1, r3, "log order is part of the state");
     }
 
@@ -315,16 +347,17 @@ mod tests {
     fn forks_execute_from_their_parent_and_prune_keeps_the_committed_state() {
         let mut l = Ledger::default();
         let g = l.genesis();
-        let (a, _) = l.execute(&g, &Payload::new(vec![b"a".to_vec()])).unwrap();
-        let (b, _) = l.execute(&g, &Payload::new(vec![b"b".to_vec()])).unwrap();
+        let (a, _) = run(&mut l, &g, &[b"a".to_vec()]).unwrap();
+        let (b, _) = run(&mut l, &g, &[b"b".to_vec()]).unwrap();
         assert_ne!(a, b);
-        let (a2, _) = l.execute(&a, &Payload::new(vec![b"c".to_vec()])).unwrap();
-        l.prune(&a2);
+        let (a2, _) = run(&mut l, &a, &[b"c".to_vec()]).unwrap();
+        // A speculative child of a2 survives the prune that commits a2.
+        let (a3, _) = run(&mut l, &a2, &[b"d".to_vec()]).unwrap();
+        l.prune(&[a2, a3]);
         assert!(l.state(&b).is_none());
-        assert_eq!(
-            l.execute(&b, &Payload::new(vec![])),
-            Err(ExecError::UnknownParent(b))
-        );
-        assert!(l.execute(&a2, &Payload::new(vec![])).is_ok());
+        assert!(l.state(&a).is_none());
+        assert_eq!(run(&mut l, &b, &[]), Err(ExecError::UnknownParent(b)));
+        assert!(run(&mut l, &a2, &[]).is_ok());
+        assert!(run(&mut l, &a3, &[b"e".to_vec()]).is_ok());
     }
 }

@@ -8,20 +8,22 @@ use std::collections::{HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{check_len, Bounded, DecodeError};
-use crate::crypto::{merkle_root, signing_digest, Digest32, Domain};
+use crate::codec::{check_len, decode_borrowed, encode_infallible, Bounded, DecodeError};
+use crate::crypto::{leaf_hash, leaf_hashes, merkle_root_of_leaf_hashes, Digest32};
 
 /// Largest transaction accepted, in bytes.
 pub const MAX_TX_BYTES: usize = 64 * 1024;
 /// Most transactions in one block payload.
 pub const MAX_TXS_PER_BLOCK: usize = 20_000;
 
-/// A transaction's id: the domain-separated BLAKE3 digest of its bytes.
+/// A transaction's id: its Merkle leaf hash (keyed, domain-separated BLAKE3; see
+/// [`crate::crypto::merkle`]), so a block's leaf hashes are its transactions' ids and one hash
+/// per transaction serves both.
 pub type TxId = Digest32;
 
 /// The id of transaction bytes.
 pub fn tx_id(tx: &[u8]) -> TxId {
-    signing_digest(Domain::Transaction, "", 0, tx)
+    leaf_hash(tx)
 }
 
 /// Why a transaction was not taken.
@@ -162,45 +164,76 @@ impl Mempool {
     }
 }
 
-/// A block payload: transactions and their Merkle root (clients get inclusion proofs against it).
+/// A block payload as it travels and is stored: the transactions' Merkle root and the
+/// transactions, in execution order. Decoding borrows the transactions from the encoded bytes
+/// (one allocation for the list, none per transaction); each is encoded as one byte string.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payload {
-    /// `merkle_root(txs)`.
+pub struct Payload<'a> {
+    /// The Merkle root over the transactions (leaf hashes are the transaction ids).
     pub tx_root: Digest32,
-    /// The transactions, in execution order.
-    pub txs: Vec<Vec<u8>>,
+    #[serde(borrow)]
+    txs: Vec<&'a serde_bytes::Bytes>,
 }
 
-impl Payload {
-    /// A payload over `txs`.
-    pub fn new(txs: Vec<Vec<u8>>) -> Self {
+impl<'a> Payload<'a> {
+    /// A payload over `txs` whose ids (leaf hashes) are already known: no hashing of the
+    /// transactions, only of the tree above them.
+    pub fn with_ids(txs: impl IntoIterator<Item = &'a [u8]>, ids: &[TxId]) -> Self {
         Self {
-            tx_root: merkle_root(&txs),
-            txs,
+            tx_root: merkle_root_of_leaf_hashes(ids),
+            txs: txs.into_iter().map(serde_bytes::Bytes::new).collect(),
         }
     }
 
-    /// Checks limits and that `tx_root` is the root of `txs`.
-    pub fn check(&self) -> Result<(), String> {
-        self.check_bounds().map_err(|e| e.to_string())?;
-        if let Some(big) = self
-            .txs
-            .iter()
-            .find(|t| t.len() > MAX_TX_BYTES || t.is_empty())
-        {
+    /// A payload over `txs`, hashing each.
+    pub fn new(txs: &'a [impl AsRef<[u8]>]) -> Self {
+        let ids = leaf_hashes(txs);
+        Self::with_ids(txs.iter().map(AsRef::as_ref), &ids)
+    }
+
+    /// Decodes an encoded payload, borrowing its transactions from `bytes`.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        decode_borrowed(bytes)
+    }
+
+    /// The encoding carried in a block.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_infallible(self)
+    }
+
+    /// The transactions.
+    pub fn txs(&self) -> impl ExactSizeIterator<Item = &'a [u8]> + '_ {
+        self.txs.iter().map(|t| &***t)
+    }
+
+    /// Number of transactions.
+    pub fn len(&self) -> usize {
+        self.txs.len()
+    }
+
+    /// No transactions.
+    pub fn is_empty(&self) -> bool {
+        self.txs.is_empty()
+    }
+
+    /// Checks each transaction's size and that `tx_root` is the root of the transactions;
+    /// returns their ids (the leaf hashes, computed once for both purposes).
+    pub fn check(&self) -> Result<Vec<TxId>, String> {
+        if let Some(bad) = self.txs().find(|t| t.len() > MAX_TX_BYTES || t.is_empty()) {
             return Err(format!(
                 "transaction of {} bytes out of (0, {MAX_TX_BYTES}]",
-                big.len()
+                bad.len()
             ));
         }
-        if merkle_root(&self.txs) != self.tx_root {
+        let ids = leaf_hashes(&self.txs);
+        if merkle_root_of_leaf_hashes(&ids) != self.tx_root {
             return Err("tx_root is not the Merkle root of the transactions".into());
         }
-        Ok(())
+        Ok(ids)
     }
 }
 
-impl Bounded for Payload {
+impl Bounded for Payload<'_> {
     fn check_bounds(&self) -> Result<(), DecodeError> {
         check_len("payload.txs", self.txs.len(), MAX_TXS_PER_BLOCK)
     }
@@ -209,7 +242,6 @@ impl Bounded for Payload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{decode, encode_infallible};
 
     #[test]
     fn dedup_limits_and_order() {
@@ -260,12 +292,23 @@ mod tests {
 
     #[test]
     fn payload_roundtrip_and_root_check() {
-        let p = Payload::new(vec![b"x".to_vec(), b"y".to_vec(), b"z".to_vec()]);
-        assert_eq!(p.check(), Ok(()));
-        let back: Payload = decode(&encode_infallible(&p)).unwrap();
+        let txs = vec![b"x".to_vec(), b"y".to_vec(), b"z".to_vec()];
+        let p = Payload::new(&txs);
+        assert_eq!(p.tx_root, crate::crypto::merkle_root(&txs));
+        let ids: Vec<TxId> = txs.iter().map(|t| tx_id(t)).collect();
+        assert_eq!(p.check(), Ok(ids.clone()));
+        assert_eq!(Payload::with_ids(txs.iter().map(|t| t.as_slice()), &ids), p);
+        let bytes = p.encode();
+        let back = Payload::decode(&bytes).unwrap();
         assert_eq!(back, p);
+        assert_eq!(back.txs().collect::<Vec<_>>(), vec![&b"x"[..], b"y", b"z"]);
+        // Each transaction is one length-prefixed byte string: root, count, (len, bytes)*.
+        assert_eq!(bytes.len(), 32 + 1 + 3 * 2);
         let mut bad = p.clone();
         bad.txs.swap(0, 1);
         assert!(bad.check().is_err());
+        let empty_tx: Vec<Vec<u8>> = vec![vec![]];
+        assert!(Payload::new(&empty_tx).check().is_err());
+        assert!(Payload::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 }

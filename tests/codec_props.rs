@@ -116,12 +116,12 @@ fn block() -> impl Strategy<Value = Block> {
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<u16>()),
         vec(any::<u8>(), 0..300),
         qc(),
-        any::<u64>(),
+        (any::<u64>(), any::<u64>()),
         any::<[u8; 32]>(),
         vec(evidence(), 0..3),
     )
         .prop_map(
-            |(parent_id, (r, h, e, a), payload, parent_qc, ts, exec_root, evidence)| Block {
+            |(parent_id, (r, h, e, a), payload, parent_qc, (ts, xh), exec_root, evidence)| Block {
                 parent_id,
                 round: Round(r),
                 height: Height(h),
@@ -130,6 +130,7 @@ fn block() -> impl Strategy<Value = Block> {
                 payload,
                 parent_qc,
                 timestamp_ms: ts,
+                exec_height: Height(xh),
                 exec_root,
                 evidence,
             },

@@ -2,7 +2,7 @@
 //! and batch verification naming exactly the invalid items.
 
 use bpci::crypto::{
-    merkle_root, signing_digest, verify_key_bytes, BatchFailure, BatchVerifier, Domain, Keypair,
+    leaf_hashes, merkle_root, merkle_root_of_leaf_hashes, signing_digest, verify_key_bytes, BatchFailure, BatchVerifier, Domain, Keypair,
     MerkleTree, PublicKey, Signature,
 };
 use proptest::prelude::*;
@@ -47,6 +47,7 @@ proptest! {
     fn merkle_proofs(leaves in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..24), 0..40)) {
         let tree = MerkleTree::new(&leaves);
         prop_assert_eq!(tree.root(), merkle_root(&leaves));
+        prop_assert_eq!(tree.root(), merkle_root_of_leaf_hashes(&leaf_hashes(&leaves)));
         prop_assert_eq!(tree.leaf_count(), leaves.len());
         for (i, leaf) in leaves.iter().enumerate() {
             let proof = tree.proof(i).unwrap();

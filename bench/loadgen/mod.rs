@@ -369,7 +369,7 @@ fn send_loop(
                 let id = tx_id(&tx);
                 ids.push(id);
                 scheduled.push((seq as f64 / rate * 1e6) as u64);
-                txs.push(tx);
+                txs.push(serde_bytes::ByteBuf::from(tx));
             }
             if let Ok(mut p) = conn.pending.lock() {
                 for (id, t) in ids.iter().zip(&scheduled) {

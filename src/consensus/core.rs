@@ -44,9 +44,9 @@ pub trait App {
     fn can_propose(&self) -> bool {
         true
     }
-    /// The executed state root this node's next block carries.
-    fn exec_root(&self) -> Digest32 {
-        [0; 32]
+    /// The committed height and its executed state root that this node's next block carries.
+    fn exec_root(&self) -> (Height, Digest32) {
+        (Height(0), [0; 32])
     }
 }
 
@@ -87,6 +87,11 @@ pub enum Action {
     },
     /// Blocks are final (already handed to storage).
     Committed(CommittedBatch),
+    /// A block is certified (a QC for it is this node's new highest QC): the uncommitted blocks
+    /// from just above the committed root up to it, oldest first, with their ids. Not final: the
+    /// application may execute them optimistically and must be ready to drop that work if another
+    /// branch commits.
+    Certified(Vec<(BlockId, Arc<Block>)>),
     /// New equivocation evidence.
     Evidence(Evidence),
 }
@@ -595,11 +600,16 @@ impl<S: Storage, A: App> Core<S, A> {
     // ---- certificates ----
 
     fn process_qc(&mut self, qc: &QuorumCert) {
-        if qc.round > self.safety.high_qc.round {
+        let higher = qc.round > self.safety.high_qc.round;
+        if higher {
             self.safety.high_qc = qc.clone();
             self.safety.one_chain_round = qc.round;
         }
         self.try_commit(qc);
+        if higher {
+            // After the commit, so the announced path starts above the new committed root.
+            self.announce_certified(qc.block_id);
+        }
         if qc.round >= self.round {
             self.last_tc = None;
             self.advance_round(qc.round.next());
@@ -612,6 +622,20 @@ impl<S: Storage, A: App> Core<S, A> {
             self.stats.view_changes += 1;
             self.advance_round(tc.round.next());
         }
+    }
+
+    /// Emits [`Action::Certified`] for `id` with its uncommitted ancestors, when the tree holds them.
+    fn announce_certified(&mut self, id: BlockId) {
+        let Some(path) = self.tree.path_from_root(&id) else {
+            return;
+        };
+        if path.is_empty() {
+            return;
+        }
+        let mut ids: Vec<BlockId> = path.iter().skip(1).map(|b| b.parent_id).collect();
+        ids.push(id);
+        self.out
+            .push(Action::Certified(ids.into_iter().zip(path).collect()));
     }
 
     /// Rule "advance": enter round r+1 on a QC or TC for round r.
@@ -762,6 +786,7 @@ impl<S: Storage, A: App> Core<S, A> {
             .take(MAX_EVIDENCE_PER_BLOCK)
             .cloned()
             .collect();
+        let (exec_height, exec_root) = self.app.exec_root();
         let block = Block {
             parent_id: qc.block_id,
             round,
@@ -771,7 +796,8 @@ impl<S: Storage, A: App> Core<S, A> {
             payload: self.app.make_payload(height, round),
             parent_qc: qc,
             timestamp_ms: self.now_ms,
-            exec_root: self.app.exec_root(),
+            exec_height,
+            exec_root,
             evidence,
         };
         let id = block.id(&self.ctx.chain_id);

@@ -3,7 +3,7 @@
 //! can be replayed across chains, epochs or message kinds.
 
 use crate::codec::{check_len, encode_infallible, Bounded, DecodeError};
-use crate::crypto::{signing_digest, Digest32, Domain, Signature};
+use crate::crypto::{signing_digest, signing_hasher, Digest32, Domain, Signature};
 use crate::types::{BlockId, Epoch, Height, Round, TimeMs, ValidatorIndex};
 use serde::{Deserialize, Serialize};
 
@@ -29,13 +29,18 @@ pub struct Block {
     pub epoch: Epoch,
     /// The proposer (leader of `round`).
     pub author: ValidatorIndex,
-    /// Opaque to the core; checked by the application's validation hook.
+    /// Opaque to the core; checked by the application's validation hook. Encoded as one byte
+    /// string (a length and a single copy), not a sequence of single bytes.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// The certificate of the parent: the IBFT "prepare" quorum of the parent.
     pub parent_qc: QuorumCert,
     /// Proposer's wall clock at proposal time.
     pub timestamp_ms: TimeMs,
-    /// The executed state root of an ancestor, so validators detect divergence.
+    /// The height of the committed ancestor whose executed state root is `exec_root`.
+    pub exec_height: Height,
+    /// The state root after executing the committed block at `exec_height` (the proposer's latest
+    /// durable execution), so validators detect divergence.
     pub exec_root: Digest32,
     /// Equivocation evidence, slashed at execution.
     pub evidence: Vec<Evidence>,
@@ -59,19 +64,22 @@ impl Block {
                 votes: Vec::new(),
             },
             timestamp_ms: 0,
+            exec_height: Height(0),
             exec_root: [0; 32],
             evidence: Vec::new(),
         }
     }
 
     /// This block's id under `chain_id`.
+    ///
+    /// The canonical encoding is serialized straight into the hasher: no copy of the payload.
     pub fn id(&self, chain_id: &str) -> BlockId {
-        BlockId(signing_digest(
-            Domain::Block,
-            chain_id,
-            self.epoch.0,
-            &encode_infallible(self),
-        ))
+        let mut hasher = signing_hasher(Domain::Block, chain_id, self.epoch.0);
+        if let Err(e) = bcs::serialize_into(&mut hasher, self) {
+            // As in `encode_infallible`: our types always encode; a failure is a bug.
+            debug_assert!(false, "encoding a block failed: {e}");
+        }
+        BlockId(*hasher.finalize().as_bytes())
     }
 }
 

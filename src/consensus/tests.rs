@@ -72,6 +72,7 @@ impl Fx {
             payload: payload.to_vec(),
             parent_qc: parent_qc.clone(),
             timestamp_ms: 0,
+            exec_height: Height(0),
             exec_root: [0; 32],
             evidence: vec![],
         };
@@ -573,6 +574,46 @@ fn commit_rule_table() {
         }
         assert_eq!(got, want, "{name}");
     }
+}
+
+/// Each new highest QC announces its block with the uncommitted ancestors (oldest first, ids
+/// matching), and a commit drops the committed ones from later announcements.
+#[test]
+fn certified_blocks_are_announced_with_their_uncommitted_path() {
+    let fx = Fx::new(4);
+    let g = fx.genesis_qc();
+    let (b1, id1) = fx.block(1, 1, &g, b"1");
+    let qc1 = fx.qc(&b1, id1, &[0, 1, 2]);
+    let (b2, id2) = fx.block(2, 2, &qc1, b"2");
+    let qc2 = fx.qc(&b2, id2, &[1, 2, 3]);
+    let (b3, _) = fx.block(3, 3, &qc2, b"3");
+    let certified = |acts: Vec<Action>| -> Vec<Vec<(BlockId, Height)>> {
+        acts.into_iter()
+            .filter_map(|a| match a {
+                Action::Certified(path) => Some(
+                    path.iter()
+                        .map(|(id, b)| {
+                            assert_eq!(*id, b.id(CHAIN), "announced id is the block's id");
+                            (*id, b.height)
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut core = fx.core(3, MemStorage::default());
+    core.start(0);
+    // b1 carries the genesis QC: nothing new is certified.
+    let a1 = core.handle_message(v(1), fx.verified(fx.proposal(&b1, None)), 1);
+    assert!(certified(a1).is_empty());
+    // b2 carries qc1: b1 is certified, nothing is committed yet.
+    let a2 = core.handle_message(v(2), fx.verified(fx.proposal(&b2, None)), 2);
+    assert_eq!(certified(a2), vec![vec![(id1, Height(1))]]);
+    // b3 carries qc2: b2 is certified and b1 commits (2-chain), so only b2 is uncommitted.
+    let a3 = core.handle_message(v(3), fx.verified(fx.proposal(&b3, None)), 3);
+    assert_eq!(commits(&a3), vec![Height(1)]);
+    assert_eq!(certified(a3), vec![vec![(id2, Height(2))]]);
 }
 
 #[test]

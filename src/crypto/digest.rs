@@ -72,13 +72,21 @@ pub fn signing_digest(
     epoch: u64,
     canonical_bytes: &[u8],
 ) -> Digest32 {
+    let mut hasher = signing_hasher(domain, chain_id, epoch);
+    hasher.update(canonical_bytes);
+    *hasher.finalize().as_bytes()
+}
+
+/// A hasher already fed the domain, `chain_id` and `epoch` of [`signing_digest`]: feeding it the
+/// canonical bytes (for instance by serializing straight into it, without an intermediate
+/// buffer) and finalizing gives the same digest.
+pub fn signing_hasher(domain: Domain, chain_id: &str, epoch: u64) -> blake3::Hasher {
     let chain_id_len = u32::try_from(chain_id.len()).unwrap_or(u32::MAX);
     let mut hasher = blake3::Hasher::new_derive_key(domain.context());
     hasher.update(&chain_id_len.to_le_bytes());
     hasher.update(chain_id.as_bytes());
     hasher.update(&epoch.to_le_bytes());
-    hasher.update(canonical_bytes);
-    *hasher.finalize().as_bytes()
+    hasher
 }
 
 #[cfg(test)]

@@ -154,11 +154,20 @@ impl MerkleTree {
 /// The root over `leaves`, without keeping the tree. Leaves are hashed on rayon threads when
 /// there are at least [`PARALLEL_HASH_LEN_MIN`] of them.
 pub fn merkle_root<T: AsRef<[u8]>>(leaves: &[T]) -> Digest32 {
-    let mut level = leaf_hashes(leaves);
+    merkle_root_of_leaf_hashes(&leaf_hashes(leaves))
+}
+
+/// The root of the tree whose leaf hashes are `leaf_hashes` (from [`leaf_hash`]): the same value
+/// as [`merkle_root`] over the leaves themselves, without hashing them again.
+pub fn merkle_root_of_leaf_hashes(leaf_hashes: &[Digest32]) -> Digest32 {
+    if leaf_hashes.len() <= 1 {
+        return root_hash(leaf_hashes.len() as u64, leaf_hashes.first());
+    }
+    let mut level = next_level(leaf_hashes);
     while level.len() > 1 {
         level = next_level(&level);
     }
-    root_hash(leaves.len() as u64, level.first())
+    root_hash(leaf_hashes.len() as u64, level.first())
 }
 
 /// An inclusion proof: leaf `index` of a tree of `leaf_count` leaves, with its siblings from
@@ -240,8 +249,8 @@ fn tagged_hasher(tag: u8) -> blake3::Hasher {
     hasher
 }
 
-/// `H(0x00 ‖ data)`.
-fn leaf_hash(data: &[u8]) -> Digest32 {
+/// `H(0x00 ‖ data)`: the hash of one leaf (a transaction's id is its leaf hash).
+pub fn leaf_hash(data: &[u8]) -> Digest32 {
     let mut hasher = tagged_hasher(LEAF_TAG);
     hasher.update(data);
     *hasher.finalize().as_bytes()
@@ -266,7 +275,7 @@ fn root_hash(leaf_count: u64, top: Option<&Digest32>) -> Digest32 {
 }
 
 /// Leaf hashes, in parallel for long lists.
-fn leaf_hashes<T: AsRef<[u8]>>(leaves: &[T]) -> Vec<Digest32> {
+pub fn leaf_hashes<T: AsRef<[u8]>>(leaves: &[T]) -> Vec<Digest32> {
     if leaves.len() < PARALLEL_HASH_LEN_MIN {
         return leaves.iter().map(|l| leaf_hash(l.as_ref())).collect();
     }

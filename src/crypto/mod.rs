@@ -38,8 +38,11 @@ pub mod signature;
 pub mod verify;
 
 pub use batch::{BatchFailure, BatchVerifier};
-pub use digest::{signing_digest, Digest32, Domain};
+pub use digest::{signing_digest, signing_hasher, Digest32, Domain};
 pub use keys::{KeyError, Keypair, PublicKey};
-pub use merkle::{merkle_root, MerkleError, MerkleProof, MerkleTree};
+pub use merkle::{
+    leaf_hash, leaf_hashes, merkle_root, merkle_root_of_leaf_hashes, MerkleError, MerkleProof,
+    MerkleTree,
+};
 pub use signature::Signature;
 pub use verify::{verify, verify_key_bytes, VerifyError};

@@ -1,15 +1,23 @@
-//! The node's consensus hooks: payloads from the mempool, payload validation, and the
-//! `pipeline_depth` back-pressure on proposing.
+//! The node's consensus hooks: payloads from the mempool, payload validation (including the
+//! check of the proposer's executed state root), and the `pipeline_depth` back-pressure on
+//! proposing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::codec::{decode, encode_infallible};
 use crate::consensus::{App, Block};
 use crate::crypto::Digest32;
+use crate::exec::StateRoot;
 use crate::mempool::{Mempool, Payload, TxId, MAX_TXS_PER_BLOCK};
-use crate::types::{Height, Round};
+use crate::types::{Height, Round, ValidatorIndex};
+
+/// Recent durable state roots kept for checking proposers' claims.
+pub const RECENT_ROOTS_MAX: usize = 4096;
+/// Most pending claims about heights not yet executed here.
+pub const PENDING_CLAIMS_MAX: usize = 1024;
+/// Most payloads whose transaction ids are kept between validation and execution.
+pub const TX_ID_CACHE_MAX: usize = 128;
 
 /// Heights shared between the core and the execution/persistence stages.
 #[derive(Debug, Default)]
@@ -18,8 +26,125 @@ pub struct Progress {
     pub committed: AtomicU64,
     /// Highest height executed and durable (set by the persistence stage).
     pub durable: AtomicU64,
-    /// Executed state root of `durable` (carried as the block's `exec_root`).
-    pub exec_root: Mutex<Digest32>,
+    /// Durable executed roots, and the checks of the roots that blocks claim.
+    pub roots: Mutex<ExecRoots>,
+}
+
+/// Executed state roots of recent committed heights (durable here), and the roots blocks
+/// claim for heights this node has not executed yet. A block carries its proposer's latest
+/// durable `(exec_height, exec_root)`; a validator whose own root at that height differs refuses
+/// to vote for the block and counts a divergence.
+#[derive(Debug, Default)]
+pub struct ExecRoots {
+    recent: BTreeMap<u64, StateRoot>,
+    claims: BTreeMap<u64, (StateRoot, ValidatorIndex)>,
+    /// Claims compared with this node's own root and found equal.
+    pub checked: u64,
+    /// Claims that differ from this node's own root.
+    pub divergences: u64,
+}
+
+impl ExecRoots {
+    /// Starts from the state root `root` at `height` (genesis or the last replayed block).
+    pub fn starting_at(height: u64, root: StateRoot) -> Self {
+        let mut r = Self::default();
+        r.recent.insert(height, root);
+        r
+    }
+
+    /// The latest durable height and its root.
+    pub fn latest(&self) -> (u64, StateRoot) {
+        self.recent
+            .last_key_value()
+            .map(|(h, r)| (*h, *r))
+            .unwrap_or_default()
+    }
+
+    /// Records the durable root of `height` and settles the claims up to it.
+    pub fn record_durable(&mut self, height: u64, root: StateRoot) {
+        self.recent.insert(height, root);
+        while self.recent.len() > RECENT_ROOTS_MAX {
+            self.recent.pop_first();
+        }
+        let later = self.claims.split_off(&(height + 1));
+        let due = std::mem::replace(&mut self.claims, later);
+        for (h, (claimed, author)) in due {
+            if let Some(ours) = self.recent.get(&h).copied() {
+                // A divergence is logged and counted by `compare`; nothing to refuse here.
+                let _ = self.compare(h, claimed, ours, author);
+            }
+        }
+    }
+
+    /// Checks a block's claim that the state root at `height` is `claimed`.
+    ///
+    /// # Errors
+    /// A message naming the height and both roots when this node's durable root at `height`
+    /// differs. A claim about a height not executed here yet is kept and settled later.
+    pub fn check_claim(
+        &mut self,
+        height: u64,
+        claimed: StateRoot,
+        author: ValidatorIndex,
+    ) -> Result<(), String> {
+        if let Some(ours) = self.recent.get(&height).copied() {
+            return self.compare(height, claimed, ours, author);
+        }
+        let (latest, _) = self.latest();
+        if height > latest && self.claims.len() < PENDING_CLAIMS_MAX {
+            self.claims.entry(height).or_insert((claimed, author));
+        }
+        Ok(())
+    }
+
+    fn compare(
+        &mut self,
+        height: u64,
+        claimed: StateRoot,
+        ours: StateRoot,
+        author: ValidatorIndex,
+    ) -> Result<(), String> {
+        if claimed == ours {
+            self.checked += 1;
+            return Ok(());
+        }
+        self.divergences += 1;
+        let why = format!(
+            "exec_root divergence at height {height}: validator {author} claims {}, this node has {}",
+            hex::encode(&claimed[..8]),
+            hex::encode(&ours[..8])
+        );
+        tracing::error!(target: "pipeline.exec", "{why}");
+        Err(why)
+    }
+}
+
+/// Transaction ids (Merkle leaf hashes) of recently checked or built payloads, by `tx_root`, so
+/// execution does not hash the transactions again. The root binds the leaf hashes, so a root
+/// names one id list. FIFO-bounded.
+#[derive(Debug, Default)]
+pub struct TxIdCache {
+    map: HashMap<Digest32, Arc<[TxId]>>,
+    order: VecDeque<Digest32>,
+}
+
+impl TxIdCache {
+    /// Remembers the ids of the payload with root `tx_root`.
+    pub fn insert(&mut self, tx_root: Digest32, ids: Arc<[TxId]>) {
+        if self.map.insert(tx_root, ids).is_none() {
+            self.order.push_back(tx_root);
+        }
+        while self.order.len() > TX_ID_CACHE_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    /// The ids of the payload with root `tx_root`, if remembered.
+    pub fn get(&self, tx_root: &Digest32) -> Option<Arc<[TxId]>> {
+        self.map.get(tx_root).cloned()
+    }
 }
 
 /// Block-building limits.
@@ -35,9 +160,15 @@ impl Default for BlockLimits {
     fn default() -> Self {
         Self {
             max_txs: MAX_TXS_PER_BLOCK,
-            max_bytes: 4 << 20,
+            max_bytes: 1 << 20,
         }
     }
+}
+
+/// One of this node's own proposals, until it commits or is abandoned.
+struct InFlight {
+    tx_root: Digest32,
+    txs: Vec<(TxId, Vec<u8>)>,
 }
 
 /// [`App`] for a validator node.
@@ -50,13 +181,16 @@ pub struct NodeApp {
     pub pipeline_depth: u64,
     /// Block-building limits.
     pub limits: BlockLimits,
-    /// Transactions of this node's own proposals, by round, until they commit or are abandoned.
-    in_flight: BTreeMap<Round, Vec<(TxId, Vec<u8>)>>,
+    /// Ids of checked payloads (shared with the execution stage).
+    pub tx_ids: Arc<Mutex<TxIdCache>>,
+    me: ValidatorIndex,
+    in_flight: BTreeMap<Round, InFlight>,
 }
 
 impl NodeApp {
     /// Hooks over these shared parts.
     pub fn new(
+        me: ValidatorIndex,
         mempool: Arc<Mutex<Mempool>>,
         progress: Arc<Progress>,
         pipeline_depth: u64,
@@ -67,6 +201,8 @@ impl NodeApp {
             progress,
             pipeline_depth: pipeline_depth.max(1),
             limits,
+            tx_ids: Arc::new(Mutex::new(TxIdCache::default())),
+            me,
             in_flight: BTreeMap::new(),
         }
     }
@@ -83,9 +219,15 @@ impl NodeApp {
             return;
         }
         if let Ok(mut pool) = self.mempool.lock() {
-            for (_, txs) in abandoned.into_iter().rev() {
-                pool.requeue(txs);
+            for (_, f) in abandoned.into_iter().rev() {
+                pool.requeue(f.txs);
             }
+        }
+    }
+
+    fn remember_ids(&self, tx_root: Digest32, ids: Arc<[TxId]>) {
+        if let Ok(mut cache) = self.tx_ids.lock() {
+            cache.insert(tx_root, ids);
         }
     }
 }
@@ -96,16 +238,36 @@ impl App for NodeApp {
             Ok(mut pool) => pool.take(self.limits.max_txs, self.limits.max_bytes),
             Err(_) => Vec::new(),
         };
-        let payload = Payload::new(taken.iter().map(|(_, tx)| tx.clone()).collect());
+        // The mempool's ids are the leaf hashes: the root needs no hashing of transactions.
+        let ids: Arc<[TxId]> = taken.iter().map(|(id, _)| *id).collect();
+        let payload = Payload::with_ids(taken.iter().map(|(_, tx)| tx.as_slice()), &ids);
+        let (bytes, tx_root) = (payload.encode(), payload.tx_root);
+        self.remember_ids(tx_root, ids);
         if !taken.is_empty() {
-            self.in_flight.insert(round, taken);
+            self.in_flight.insert(round, InFlight { tx_root, txs: taken });
         }
-        encode_infallible(&payload)
+        bytes
     }
 
     fn validate_payload(&self, block: &Block) -> Result<(), String> {
-        let payload: Payload = decode(&block.payload).map_err(|e| format!("payload: {e}"))?;
-        payload.check()
+        let payload = Payload::decode(&block.payload).map_err(|e| format!("payload: {e}"))?;
+        if let Ok(mut roots) = self.progress.roots.lock() {
+            roots.check_claim(block.exec_height.0, block.exec_root, block.author)?;
+        }
+        // Our own proposal (only we can sign one): built here from checked transactions.
+        let own = block.author == self.me
+            && self
+                .in_flight
+                .get(&block.round)
+                .is_some_and(|f| f.tx_root == payload.tx_root);
+        if own {
+            return Ok(());
+        }
+        let ids = payload.check()?;
+        if !ids.is_empty() {
+            self.remember_ids(payload.tx_root, ids.into());
+        }
+        Ok(())
     }
 
     fn can_propose(&self) -> bool {
@@ -114,11 +276,59 @@ impl App for NodeApp {
         committed.saturating_sub(durable) < self.pipeline_depth
     }
 
-    fn exec_root(&self) -> Digest32 {
+    fn exec_root(&self) -> (Height, Digest32) {
         self.progress
-            .exec_root
+            .roots
             .lock()
-            .map(|r| *r)
+            .map(|r| {
+                let (h, root) = r.latest();
+                (Height(h), root)
+            })
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(i: u16) -> ValidatorIndex {
+        ValidatorIndex(i)
+    }
+
+    #[test]
+    fn claims_are_checked_now_or_when_the_height_is_executed() {
+        let mut roots = ExecRoots::starting_at(0, [0; 32]);
+        roots.record_durable(1, [1; 32]);
+        // Known height: equal passes, different is refused and counted.
+        assert_eq!(roots.check_claim(1, [1; 32], v(2)), Ok(()));
+        let err = roots.check_claim(1, [9; 32], v(3)).unwrap_err();
+        assert!(err.contains("height 1") && err.contains("validator 3"), "{err}");
+        assert_eq!((roots.checked, roots.divergences), (1, 1));
+        // Future heights are settled when executed here.
+        assert_eq!(roots.check_claim(2, [2; 32], v(1)), Ok(()));
+        assert_eq!(roots.check_claim(3, [7; 32], v(1)), Ok(()));
+        roots.record_durable(2, [2; 32]);
+        assert_eq!((roots.checked, roots.divergences), (2, 1));
+        roots.record_durable(3, [3; 32]);
+        assert_eq!((roots.checked, roots.divergences), (2, 2));
+        assert_eq!(roots.latest(), (3, [3; 32]));
+        // Bounded memory of old roots.
+        for h in 4..(RECENT_ROOTS_MAX as u64 + 10) {
+            roots.record_durable(h, [4; 32]);
+        }
+        assert_eq!(roots.recent.len(), RECENT_ROOTS_MAX);
+    }
+
+    #[test]
+    fn tx_id_cache_is_bounded_fifo() {
+        let mut c = TxIdCache::default();
+        for i in 0..(TX_ID_CACHE_MAX as u32 + 5) {
+            let mut root = [0u8; 32];
+            root[..4].copy_from_slice(&i.to_le_bytes());
+            c.insert(root, Arc::from(vec![root]));
+        }
+        assert_eq!(c.map.len(), TX_ID_CACHE_MAX);
+        assert!(c.get(&[0; 32]).is_none(), "oldest evicted");
     }
 }

@@ -46,12 +46,12 @@ impl Gateway {
         }
     }
 
-    fn submit(&self, conn: u64, txs: Vec<Vec<u8>>) -> Vec<TxStatus> {
+    fn submit(&self, conn: u64, txs: Vec<serde_bytes::ByteBuf>) -> Vec<TxStatus> {
         let mut accepted = Vec::with_capacity(txs.len());
         let statuses = match self.mempool.lock() {
             Ok(mut pool) => txs
                 .into_iter()
-                .map(|tx| match pool.insert(tx) {
+                .map(|tx| match pool.insert(tx.into_vec()) {
                     Ok(id) => {
                         accepted.push(id);
                         TxStatus::Accepted
@@ -78,7 +78,7 @@ impl Gateway {
         let mut per_conn: HashMap<u64, (u64, Vec<TxId>)> = HashMap::new();
         if let Ok(mut owners) = self.owners.lock() {
             for e in executed {
-                for id in &e.tx_ids {
+                for id in e.tx_ids.iter() {
                     if let Some(conn) = owners.remove(id) {
                         let entry = per_conn.entry(conn).or_insert((e.height, Vec::new()));
                         entry.0 = e.height;

@@ -27,14 +27,16 @@ use crate::config::Config;
 use crate::consensus::{Core, CoreConfig, EpochContext, Storage};
 use crate::crypto::Keypair;
 use crate::exec::{Ledger, StateMachine};
+use crate::exec::BlockTxs;
 use crate::mempool::{Mempool, MempoolLimits, Payload};
 use crate::pipeline::{self, StageConfig, StageSnapshot, StageStats};
 use crate::store::RedbStore;
 use crate::types::{Height, ValidatorIndex};
 
-use app::{BlockLimits, NodeApp, Progress};
+use app::{BlockLimits, ExecRoots, NodeApp, Progress};
 use stages::{
-    BorderStats, CoreSnapshot, CoreStage, ExecStage, Executed, Notify, Outbound, PersistStage,
+    BorderStats, CoreSnapshot, CoreStage, ExecCounters, ExecStage, Executed, Notify, Outbound,
+    PersistStage,
 };
 
 /// Why a node could not start.
@@ -88,8 +90,8 @@ pub struct NodeHandle {
     pub mempool: Arc<Mutex<Mempool>>,
     /// Pipeline progress.
     pub progress: Arc<Progress>,
-    /// Transactions executed.
-    pub txs_executed: Arc<AtomicU64>,
+    /// Execution counters.
+    pub exec: Arc<ExecCounters>,
     /// Commit notices: called by the persistence stage with each durable batch.
     pub notices: Arc<Mutex<Vec<Notify>>>,
 }
@@ -157,28 +159,33 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     // Rebuild the executed state by replaying the committed chain.
     let mut ledger = Ledger::default();
     let mut last_root = ledger.genesis();
+    let mut roots = ExecRoots::starting_at(0, last_root);
     let tip = store.committed_tip().map(|(b, _)| b.height.0).unwrap_or(0);
     for h in 1..=tip {
         let Some(b) = store.committed_block(Height(h)) else {
             break;
         };
-        let payload: Payload =
-            crate::codec::decode(&b.payload).unwrap_or_else(|_| Payload::new(Vec::new()));
-        if let Ok((root, _)) = ledger.execute(&last_root, &payload) {
-            ledger.prune(&root);
+        let empty: [&[u8]; 0] = [];
+        let payload = Payload::decode(&b.payload).unwrap_or_else(|_| Payload::new(&empty));
+        let txs: Vec<&[u8]> = payload.txs().collect();
+        let ids = crate::crypto::leaf_hashes(&txs);
+        if let Ok((root, _)) = ledger.execute(&last_root, BlockTxs::new(&txs, &ids)) {
+            ledger.prune(&[root]);
             last_root = root;
+            roots.record_durable(h, root);
         }
     }
     let progress = Arc::new(Progress {
         committed: AtomicU64::new(tip),
         durable: AtomicU64::new(tip),
-        exec_root: Mutex::new(last_root),
+        roots: Mutex::new(roots),
     });
 
     let hs = &config.file.triple_consensus.hotstuff;
     let ibft = &config.file.triple_consensus.ibft;
     let mempool = Arc::new(Mutex::new(Mempool::new(MempoolLimits::default())));
     let app = NodeApp::new(
+        me,
         Arc::clone(&mempool),
         Arc::clone(&progress),
         u64::from(hs.pipeline_depth),
@@ -189,6 +196,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         round_timeout_ms_base: (ibft.phase_timeout_seconds * 1000.0) as u64,
         round_timeout_ms_max: (hs.view_timeout_seconds * 1000.0) as u64,
     };
+    let tx_ids = Arc::clone(&app.tx_ids);
     let core = Core::new(
         Arc::clone(&ctx),
         core_cfg,
@@ -237,7 +245,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let core_of = move |i: usize| if pin { Some(i) } else { None };
     let border = Arc::new(BorderStats::default());
     let dropped = Arc::new(AtomicU64::new(0));
-    let txs_executed = Arc::new(AtomicU64::new(0));
+    let exec_counters = Arc::new(ExecCounters::default());
     let notices: Arc<Mutex<Vec<Notify>>> = Arc::new(Mutex::new(Vec::new()));
 
     if let Some(g) = gateway {
@@ -261,12 +269,14 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         stage("pipeline.persist", 1024, 256, None, core_of(5)),
         move |b| persist.on_batch(b),
     )?;
-    let mut exec = ExecStage {
+    let committed_root = core.committed();
+    let mut exec = ExecStage::new(
         ledger,
-        last_root,
-        persist: persist_in,
-        txs: Arc::clone(&txs_executed),
-    };
+        (committed_root.id, last_root, committed_root.height.0),
+        persist_in,
+        tx_ids,
+        Arc::clone(&exec_counters),
+    );
     let (exec_in, exec_stage) = pipeline::spawn(
         stage("pipeline.exec", 1024, 64, None, core_of(4)),
         move |b| exec.on_batch(b),
@@ -349,7 +359,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let stats_stop = Arc::clone(&stop);
     let stats_mempool = Arc::clone(&mempool);
     let stats_progress = Arc::clone(&progress);
-    let stats_txs = Arc::clone(&txs_executed);
+    let stats_exec = Arc::clone(&exec_counters);
     let stats_transport = handle.clone();
     threads.push(
         std::thread::Builder::new()
@@ -360,11 +370,23 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                         stage_stats.iter().map(|s| s.snapshot()).collect();
                     let core = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
                     let t = stats_transport.stats();
+                    let (roots_checked, divergences) = stats_progress
+                        .roots
+                        .lock()
+                        .map(|r| (r.checked, r.divergences))
+                        .unwrap_or_default();
                     let doc = serde_json::json!({
                         "time_ms": stages::now_ms(),
                         "core": core,
                         "durable_height": stats_progress.durable.load(Ordering::Relaxed),
-                        "txs_executed": stats_txs.load(Ordering::Relaxed),
+                        "txs_executed": stats_exec.txs.load(Ordering::Relaxed),
+                        "exec": {
+                            "speculative": stats_exec.speculative.load(Ordering::Relaxed),
+                            "speculative_hits": stats_exec.speculative_hits.load(Ordering::Relaxed),
+                            "executed_at_commit": stats_exec.executed_at_commit.load(Ordering::Relaxed),
+                            "roots_checked": roots_checked,
+                            "divergences": divergences,
+                        },
                         "mempool_txs": stats_mempool.lock().map(|m| m.len()).unwrap_or(0),
                         "ingress_frames": ingress_frames.load(Ordering::Relaxed),
                         "border": {
@@ -403,7 +425,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         client_server,
         mempool,
         progress,
-        txs_executed,
+        exec: exec_counters,
         notices,
     })
 }

@@ -2,7 +2,7 @@
 //! ingress decode → batch signature verification → consensus core → execution → persistence
 //! (group commit), with egress fed by the core. Each stage is a [`crate::pipeline`] thread.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -12,16 +12,16 @@ use redb::{Database, Durability, TableDefinition};
 
 use crate::codec::{decode, encode_infallible};
 use crate::consensus::{
-    Action, CommittedBatch, Core, CoreStats, EpochContext, Message, Prepared, Verified,
+    Action, Block, CommittedBatch, Core, CoreStats, EpochContext, Message, Prepared, Verified,
 };
-use crate::crypto::BatchVerifier;
-use crate::exec::{Ledger, StateMachine, StateRoot};
-use crate::mempool::Payload;
+use crate::crypto::{leaf_hashes, BatchVerifier};
+use crate::exec::{BlockTxs, Ledger, StateMachine, StateRoot};
+use crate::mempool::{Payload, TxId};
 use crate::pipeline::StageInput;
 use crate::store::RedbStore;
-use crate::types::{Round, TimeMs, ValidatorIndex};
+use crate::types::{BlockId, Round, TimeMs, ValidatorIndex};
 
-use super::app::{NodeApp, Progress};
+use super::app::{NodeApp, Progress, TxIdCache};
 
 /// Executed state roots by height (written by the persistence stage).
 pub const EXEC_ROOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("exec_roots");
@@ -196,7 +196,7 @@ pub struct CoreStage {
     /// Egress input.
     pub egress: StageInput<Outbound>,
     /// Execution input.
-    pub exec: StageInput<CommittedBatch>,
+    pub exec: StageInput<ExecInput>,
     /// Shared progress.
     pub progress: Arc<Progress>,
     /// Published snapshot.
@@ -210,7 +210,7 @@ impl CoreStage {
         core: Core<RedbStore, NodeApp>,
         ctx: Arc<EpochContext>,
         egress: StageInput<Outbound>,
-        exec: StageInput<CommittedBatch>,
+        exec: StageInput<ExecInput>,
         progress: Arc<Progress>,
         snapshot: Arc<Mutex<CoreSnapshot>>,
     ) -> Self {
@@ -292,7 +292,11 @@ impl CoreStage {
                         .collect();
                     let up_to = last.round;
                     self.core.app_mut().on_committed(&mine, up_to);
-                    let _ = self.exec.send(batch);
+                    let _ = self.exec.send(ExecInput::Committed(batch));
+                }
+                Action::Certified(path) => {
+                    // Optional work: never block the core for it.
+                    let _ = self.exec.try_send(ExecInput::Certified(path));
                 }
                 Action::Evidence(e) => {
                     tracing::warn!(target: "consensus.evidence", offender = %e.offender(), round = e.round().0, "equivocation evidence");
@@ -310,58 +314,187 @@ pub struct Executed {
     /// State root after it.
     pub root: StateRoot,
     /// Its transactions' ids.
-    pub tx_ids: Vec<crate::mempool::TxId>,
+    pub tx_ids: Arc<[TxId]>,
     /// The block itself (written by the persistence stage).
-    pub block: Arc<crate::consensus::Block>,
+    pub block: Arc<Block>,
     /// For the last block of a committed batch: the proof that commits it.
     pub proof: Option<crate::consensus::CommitProof>,
 }
 
-/// The execution stage: runs committed blocks on the ledger in height order.
+/// What the core hands to the execution stage.
+#[derive(Debug)]
+pub enum ExecInput {
+    /// Certified, not yet committed blocks (oldest first): execute them optimistically.
+    Certified(Vec<(BlockId, Arc<Block>)>),
+    /// Final blocks: take their optimistic results (or execute them now) and persist.
+    Committed(CommittedBatch),
+}
+
+/// Most blocks executed optimistically and not yet committed.
+pub const MAX_SPECULATIVE_BLOCKS: usize = 64;
+
+/// Counters of the execution stage.
+#[derive(Debug, Default)]
+pub struct ExecCounters {
+    /// Transactions of committed blocks executed.
+    pub txs: AtomicU64,
+    /// Blocks executed optimistically (when certified).
+    pub speculative: AtomicU64,
+    /// Committed blocks whose optimistic result was used.
+    pub speculative_hits: AtomicU64,
+    /// Committed blocks executed only at commit.
+    pub executed_at_commit: AtomicU64,
+}
+
+/// A block executed ahead of its commit.
+#[derive(Debug)]
+struct Speculative {
+    height: u64,
+    root: StateRoot,
+    ids: Arc<[TxId]>,
+}
+
+/// The execution stage: executes certified blocks optimistically on their parent's state
+/// (speculative states live in the ledger until their branch commits or dies) and hands
+/// committed blocks, in height order, to persistence.
 pub struct ExecStage {
-    /// The state machine.
-    pub ledger: Ledger,
-    /// The root of the last executed block.
-    pub last_root: StateRoot,
-    /// Persistence input.
-    pub persist: StageInput<Vec<Executed>>,
-    /// Transactions executed.
-    pub txs: Arc<AtomicU64>,
+    ledger: Ledger,
+    /// Last committed block: id, state root after it, height.
+    committed: (BlockId, StateRoot, u64),
+    speculative: HashMap<BlockId, Speculative>,
+    persist: StageInput<Vec<Executed>>,
+    tx_ids: Arc<Mutex<TxIdCache>>,
+    /// Counters.
+    pub counters: Arc<ExecCounters>,
 }
 
 impl ExecStage {
-    /// Executes every block of every batch.
-    pub fn on_batch(&mut self, batch: Vec<CommittedBatch>) {
+    /// A stage whose ledger holds the state `root` after the committed block `committed_id`
+    /// at `height`.
+    pub fn new(
+        ledger: Ledger,
+        committed: (BlockId, StateRoot, u64),
+        persist: StageInput<Vec<Executed>>,
+        tx_ids: Arc<Mutex<TxIdCache>>,
+        counters: Arc<ExecCounters>,
+    ) -> Self {
+        Self {
+            ledger,
+            committed,
+            speculative: HashMap::new(),
+            persist,
+            tx_ids,
+            counters,
+        }
+    }
+
+    /// Handles a batch of inputs in order.
+    pub fn on_batch(&mut self, batch: Vec<ExecInput>) {
         let mut out = Vec::new();
-        for committed in batch {
-            let last = committed.blocks.len().saturating_sub(1);
-            let mut proof = Some(committed.proof);
-            for (i, (_, block)) in committed.blocks.into_iter().enumerate() {
-                let payload: Payload = match decode(&block.payload) {
-                    Ok(p) => p,
-                    Err(_) => Payload::new(Vec::new()),
-                };
-                let (root, receipts) = match self.ledger.execute(&self.last_root, &payload) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(target: "pipeline.exec", height = block.height.0, error = %e, "execution failed");
-                        continue;
-                    }
-                };
-                self.ledger.prune(&root);
-                self.last_root = root;
-                self.txs.fetch_add(receipts.len() as u64, Ordering::Relaxed);
-                out.push(Executed {
-                    height: block.height.0,
-                    root,
-                    tx_ids: receipts.into_iter().map(|r| r.tx_id).collect(),
-                    block,
-                    proof: if i == last { proof.take() } else { None },
-                });
+        for input in batch {
+            match input {
+                ExecInput::Certified(path) => self.speculate(&path),
+                ExecInput::Committed(c) => self.commit(c, &mut out),
             }
         }
         if !out.is_empty() {
             let _ = self.persist.send(out);
+        }
+    }
+
+    fn speculate(&mut self, path: &[(BlockId, Arc<Block>)]) {
+        for (id, block) in path {
+            if block.height.0 <= self.committed.2 || self.speculative.contains_key(id) {
+                continue;
+            }
+            if self.speculative.len() >= MAX_SPECULATIVE_BLOCKS {
+                return;
+            }
+            let parent = if block.parent_id == self.committed.0 {
+                self.committed.1
+            } else if let Some(s) = self.speculative.get(&block.parent_id) {
+                s.root
+            } else {
+                return; // parent not executed here: the commit path will do it
+            };
+            let Some((root, ids)) = self.execute(&parent, block) else {
+                return;
+            };
+            self.counters.speculative.fetch_add(1, Ordering::Relaxed);
+            self.speculative.insert(
+                *id,
+                Speculative {
+                    height: block.height.0,
+                    root,
+                    ids,
+                },
+            );
+        }
+    }
+
+    fn commit(&mut self, committed: CommittedBatch, out: &mut Vec<Executed>) {
+        let last = committed.blocks.len().saturating_sub(1);
+        let mut proof = Some(committed.proof);
+        for (i, (id, block)) in committed.blocks.into_iter().enumerate() {
+            // An optimistic result is for exactly this block on exactly its parent's state (the
+            // id binds the parent), so it is the committed result.
+            let done = match self.speculative.remove(&id) {
+                Some(s) => {
+                    self.counters
+                        .speculative_hits
+                        .fetch_add(1, Ordering::Relaxed);
+                    Some((s.root, s.ids))
+                }
+                None => {
+                    self.counters
+                        .executed_at_commit
+                        .fetch_add(1, Ordering::Relaxed);
+                    let parent = self.committed.1;
+                    self.execute(&parent, &block)
+                }
+            };
+            let Some((root, ids)) = done else { continue };
+            self.committed = (id, root, block.height.0);
+            self.counters
+                .txs
+                .fetch_add(ids.len() as u64, Ordering::Relaxed);
+            out.push(Executed {
+                height: block.height.0,
+                root,
+                tx_ids: ids,
+                block,
+                proof: if i == last { proof.take() } else { None },
+            });
+        }
+        let h = self.committed.2;
+        self.speculative.retain(|_, s| s.height > h);
+        let mut keep: Vec<StateRoot> = self.speculative.values().map(|s| s.root).collect();
+        keep.push(self.committed.1);
+        self.ledger.prune(&keep);
+    }
+
+    /// Executes `block` on the state `parent`: its new root and transaction ids.
+    fn execute(&mut self, parent: &StateRoot, block: &Block) -> Option<(StateRoot, Arc<[TxId]>)> {
+        // A certified block's payload was checked by a quorum; an undecodable one executes as
+        // empty, as on every other validator.
+        let payload = Payload::decode(&block.payload).unwrap_or_else(|e| {
+            tracing::error!(target: "pipeline.exec", height = block.height.0, error = %e, "undecodable payload executed as empty");
+            Payload::new(&[] as &[&[u8]])
+        });
+        let cached = self
+            .tx_ids
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&payload.tx_root))
+            .filter(|ids| ids.len() == payload.len());
+        let txs: Vec<&[u8]> = payload.txs().collect();
+        let ids = cached.unwrap_or_else(|| leaf_hashes(&txs).into());
+        match self.ledger.execute(parent, BlockTxs::new(&txs, &ids)) {
+            Ok((root, _receipts)) => Some((root, ids)),
+            Err(e) => {
+                tracing::error!(target: "pipeline.exec", height = block.height.0, error = %e, "execution failed");
+                None
+            }
         }
     }
 }
@@ -410,10 +543,12 @@ impl PersistStage {
             tracing::error!(target: "pipeline.persist", error = %e, "group commit failed");
             return;
         }
-        self.progress.durable.store(last.height, Ordering::Release);
-        if let Ok(mut r) = self.progress.exec_root.lock() {
-            *r = last.root;
+        if let Ok(mut roots) = self.progress.roots.lock() {
+            for e in &executed {
+                roots.record_durable(e.height, e.root);
+            }
         }
+        self.progress.durable.store(last.height, Ordering::Release);
         (self.notify)(&executed);
     }
 }

@@ -516,6 +516,8 @@ impl Sim {
                         self.report.evidence += 1;
                     }
                 }
+                // Optimistic execution is the node's business; the simulator's app has none.
+                Action::Certified(_) => {}
             }
         }
         self.schedule_tick(node, inst, now);
@@ -744,6 +746,7 @@ impl Sim {
             payload,
             parent_qc: qc.clone(),
             timestamp_ms: 0,
+            exec_height: Height(0),
             exec_root: [0; 32],
             evidence: Vec::new(),
         }
