@@ -255,6 +255,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     }
     let notices_for_persist = Arc::clone(&notices);
     let mut persist = PersistStage {
+        proof_height: tip,
         db,
         progress: Arc::clone(&progress),
         notify: Box::new(move |executed: &[Executed]| {

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bpci_transport::{Class, TransportHandle};
 use bytes::Bytes;
@@ -502,6 +503,9 @@ impl ExecStage {
 /// Receives each durable batch of executed blocks (commit notices to clients).
 pub type Notify = Box<dyn FnMut(&[Executed]) + Send>;
 
+/// Stored commit proofs are at most this many blocks apart (sync serves a range ending at one).
+pub const PROOF_SPACING: u64 = (crate::consensus::MAX_BLOCKS_PER_RESPONSE / 2) as u64;
+
 /// The persistence stage: one durable write transaction (one fsync) per batch of executed blocks.
 pub struct PersistStage {
     /// The node's database.
@@ -510,39 +514,29 @@ pub struct PersistStage {
     pub progress: Arc<Progress>,
     /// Called with the ids of transactions now durable (commit notices).
     pub notify: Notify,
+    /// Height of the last stored commit proof.
+    pub proof_height: u64,
 }
 
 impl PersistStage {
-    /// Writes a batch with one immediate-durability commit.
+    /// Writes a batch with one immediate-durability commit. A failed write is retried (with
+    /// backoff) until it succeeds: nothing after it may become durable first, and the
+    /// `pipeline_depth` back-pressure stops new proposals meanwhile.
     pub fn on_batch(&mut self, batch: Vec<Vec<Executed>>) {
         let executed: Vec<Executed> = batch.into_iter().flatten().collect();
         let Some(last) = executed.last() else { return };
-        let write = || -> Result<(), String> {
-            let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(|e| e.to_string())?;
-            {
-                let mut t = txn.open_table(EXEC_ROOTS).map_err(|e| e.to_string())?;
-                for e in &executed {
-                    t.insert(e.height, e.root.as_slice())
-                        .map_err(|e| e.to_string())?;
+        let mut backoff = Duration::from_millis(10);
+        let proof_height = loop {
+            match self.write(&executed) {
+                Ok(h) => break h,
+                Err(e) => {
+                    tracing::error!(target: "pipeline.persist", error = %e, retry_in_ms = backoff.as_millis() as u64, "group commit failed");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }
-            // The committed blocks themselves (the core defers them to this group commit).
-            let mut blocks = Vec::new();
-            for e in &executed {
-                blocks.push(Arc::clone(&e.block));
-                if let Some(proof) = &e.proof {
-                    RedbStore::write_commit(&txn, &blocks, proof).map_err(|e| e.to_string())?;
-                    blocks.clear();
-                }
-            }
-            txn.commit().map_err(|e| e.to_string())
         };
-        if let Err(e) = write() {
-            tracing::error!(target: "pipeline.persist", error = %e, "group commit failed");
-            return;
-        }
+        self.proof_height = proof_height;
         if let Ok(mut roots) = self.progress.roots.lock() {
             for e in &executed {
                 roots.record_durable(e.height, e.root);
@@ -550,5 +544,39 @@ impl PersistStage {
         }
         self.progress.durable.store(last.height, Ordering::Release);
         (self.notify)(&executed);
+    }
+
+    /// One write transaction: exec roots, blocks, and the commit proofs that are due (the last
+    /// one of the batch, and any that would otherwise leave a gap above [`PROOF_SPACING`]).
+    /// Returns the height of the last proof stored.
+    fn write(&self, executed: &[Executed]) -> Result<u64, String> {
+        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| e.to_string())?;
+        {
+            let mut t = txn.open_table(EXEC_ROOTS).map_err(|e| e.to_string())?;
+            for e in executed {
+                t.insert(e.height, e.root.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        // The committed blocks themselves (the core defers them to this group commit).
+        let last_with_proof = executed.iter().rposition(|e| e.proof.is_some());
+        let mut proof_height = self.proof_height;
+        let mut blocks = Vec::new();
+        for (i, e) in executed.iter().enumerate() {
+            blocks.push(Arc::clone(&e.block));
+            let Some(proof) = &e.proof else { continue };
+            let due = Some(i) == last_with_proof || e.height >= proof_height + PROOF_SPACING;
+            RedbStore::write_commit(&txn, &blocks, due.then_some(proof))
+                .map_err(|e| e.to_string())?;
+            if due {
+                proof_height = e.height;
+            }
+            blocks.clear();
+        }
+        RedbStore::write_commit(&txn, &blocks, None).map_err(|e| e.to_string())?;
+        txn.commit().map_err(|e| e.to_string())?;
+        Ok(proof_height)
     }
 }

@@ -93,11 +93,13 @@ impl RedbStore {
         self.defer_commits = defer;
     }
 
-    /// Writes committed blocks and the proof of the last one inside `txn`.
+    /// Writes committed blocks inside `txn`, with the proof of the last one when given. Sync
+    /// serves ranges ending at a stored proof, so proofs may be sparse (at most
+    /// [`crate::consensus::MAX_BLOCKS_PER_RESPONSE`] blocks apart).
     pub fn write_commit(
         txn: &redb::WriteTransaction,
         blocks: &[Arc<Block>],
-        proof: &CommitProof,
+        proof: Option<&CommitProof>,
     ) -> Result<(), StorageError> {
         let Some(last) = blocks.last() else {
             return Ok(());
@@ -108,10 +110,12 @@ impl RedbStore {
                 .insert(b.height.0, encode_infallible(b.as_ref()).as_slice())
                 .map_err(backend)?;
         }
-        let mut proofs = txn.open_table(PROOFS).map_err(backend)?;
-        proofs
-            .insert(last.height.0, encode_infallible(proof).as_slice())
-            .map_err(backend)?;
+        if let Some(proof) = proof {
+            let mut proofs = txn.open_table(PROOFS).map_err(backend)?;
+            proofs
+                .insert(last.height.0, encode_infallible(proof).as_slice())
+                .map_err(backend)?;
+        }
         Ok(())
     }
 
@@ -200,7 +204,7 @@ impl Storage for RedbStore {
         if !self.defer_commits {
             let mut txn = self.db.begin_write().map_err(backend)?;
             txn.set_durability(Durability::Immediate).map_err(backend)?;
-            Self::write_commit(&txn, blocks, proof)?;
+            Self::write_commit(&txn, blocks, Some(proof))?;
             txn.commit().map_err(backend)?;
         }
         self.tip = Some((Arc::clone(last), proof.clone()));
