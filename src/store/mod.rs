@@ -19,6 +19,10 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("committed_blocks");
 const PROOFS: TableDefinition<u64, &[u8]> = TableDefinition::new("commit_proofs");
 const SAFETY_KEY: &str = "safety_state";
+/// redb page cache of the chain file (redb's default, 1 GiB, would dominate a node's memory).
+const CHAIN_CACHE_BYTES: usize = 64 << 20;
+/// redb page cache of the safety-state file (one small record).
+const SAFETY_CACHE_BYTES: usize = 1 << 20;
 
 impl Bounded for SafetyState {
     fn check_bounds(&self) -> Result<(), DecodeError> {
@@ -49,19 +53,21 @@ fn backend(e: impl std::fmt::Display) -> StorageError {
 impl RedbStore {
     /// Opens (or creates) the store at `path`, creating its tables.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = Arc::new(Self::create(path)?);
+        let db = Arc::new(Self::create(path, CHAIN_CACHE_BYTES)?);
         Self::from_parts(Arc::clone(&db), db)
     }
 
     /// Opens the chain at `chain_path` and the safety state in its own file at `safety_path`.
     pub fn open_split(chain_path: &Path, safety_path: &Path) -> Result<Self, StorageError> {
-        let db = Arc::new(Self::create(chain_path)?);
-        let safety = Arc::new(Self::create(safety_path)?);
+        let db = Arc::new(Self::create(chain_path, CHAIN_CACHE_BYTES)?);
+        let safety = Arc::new(Self::create(safety_path, SAFETY_CACHE_BYTES)?);
         Self::from_parts(db, safety)
     }
 
-    fn create(path: &Path) -> Result<Database, StorageError> {
-        let db = Database::create(path)
+    fn create(path: &Path, cache_bytes: usize) -> Result<Database, StorageError> {
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
             .map_err(|e| StorageError::Backend(format!("opening {}: {e}", path.display())))?;
         let mut txn = db.begin_write().map_err(backend)?;
         txn.set_durability(Durability::Immediate).map_err(backend)?;
