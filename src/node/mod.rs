@@ -154,7 +154,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         &node.data_dir.join("safety.redb"),
     )?;
     store.set_defer_commits(true);
-    let db = store.database();
+    let writer = store.writer();
 
     // Rebuild the executed state by replaying the committed chain.
     let mut ledger = Ledger::default();
@@ -256,7 +256,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let notices_for_persist = Arc::clone(&notices);
     let mut persist = PersistStage {
         proof_height: tip,
-        db,
+        writer,
         progress: Arc::clone(&progress),
         notify: Box::new(move |executed: &[Executed]| {
             if let Ok(mut list) = notices_for_persist.lock() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bpci_transport::{Class, TransportHandle};
 use bytes::Bytes;
-use redb::{Database, Durability, TableDefinition};
+use redb::TableDefinition;
 
 use crate::codec::{decode, encode_infallible};
 use crate::consensus::{
@@ -19,7 +19,8 @@ use crate::crypto::{leaf_hashes, BatchVerifier};
 use crate::exec::{BlockTxs, Ledger, StateMachine, StateRoot};
 use crate::mempool::{Payload, TxId};
 use crate::pipeline::StageInput;
-use crate::store::RedbStore;
+use crate::consensus::StorageError;
+use crate::store::{ChainWriter, RedbStore};
 use crate::types::{BlockId, Round, TimeMs, ValidatorIndex};
 
 use super::app::{NodeApp, Progress, TxIdCache};
@@ -503,13 +504,17 @@ impl ExecStage {
 /// Receives each durable batch of executed blocks (commit notices to clients).
 pub type Notify = Box<dyn FnMut(&[Executed]) + Send>;
 
+fn store_err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend(e.to_string())
+}
+
 /// Stored commit proofs are at most this many blocks apart (sync serves a range ending at one).
 pub const PROOF_SPACING: u64 = (crate::consensus::MAX_BLOCKS_PER_RESPONSE / 2) as u64;
 
 /// The persistence stage: one durable write transaction (one fsync) per batch of executed blocks.
 pub struct PersistStage {
-    /// The node's database.
-    pub db: Arc<Database>,
+    /// Group commits into the node's store.
+    pub writer: ChainWriter,
     /// Shared progress.
     pub progress: Arc<Progress>,
     /// Called with the ids of transactions now durable (commit notices).
@@ -546,37 +551,31 @@ impl PersistStage {
         (self.notify)(&executed);
     }
 
-    /// One write transaction: exec roots, blocks, and the commit proofs that are due (the last
-    /// one of the batch, and any that would otherwise leave a gap above [`PROOF_SPACING`]).
+    /// One group commit: blocks, the commit proofs that are due (the last one of the batch, and
+    /// any that would otherwise leave a gap above [`PROOF_SPACING`]) and the exec roots.
     /// Returns the height of the last proof stored.
     fn write(&self, executed: &[Executed]) -> Result<u64, String> {
-        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| e.to_string())?;
-        {
-            let mut t = txn.open_table(EXEC_ROOTS).map_err(|e| e.to_string())?;
-            for e in executed {
-                t.insert(e.height, e.root.as_slice())
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        // The committed blocks themselves (the core defers them to this group commit).
         let last_with_proof = executed.iter().rposition(|e| e.proof.is_some());
         let mut proof_height = self.proof_height;
-        let mut blocks = Vec::new();
+        let mut items = Vec::with_capacity(executed.len());
         for (i, e) in executed.iter().enumerate() {
-            blocks.push(Arc::clone(&e.block));
-            let Some(proof) = &e.proof else { continue };
-            let due = Some(i) == last_with_proof || e.height >= proof_height + PROOF_SPACING;
-            RedbStore::write_commit(&txn, &blocks, due.then_some(proof))
-                .map_err(|e| e.to_string())?;
-            if due {
+            let proof = e.proof.as_ref().filter(|_| {
+                Some(i) == last_with_proof || e.height >= proof_height + PROOF_SPACING
+            });
+            if proof.is_some() {
                 proof_height = e.height;
             }
-            blocks.clear();
+            items.push((e.block.as_ref(), proof));
         }
-        RedbStore::write_commit(&txn, &blocks, None).map_err(|e| e.to_string())?;
-        txn.commit().map_err(|e| e.to_string())?;
+        self.writer
+            .commit_group(&items, |txn| {
+                let mut t = txn.open_table(EXEC_ROOTS).map_err(store_err)?;
+                for e in executed {
+                    t.insert(e.height, e.root.as_slice()).map_err(store_err)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?;
         Ok(proof_height)
     }
 }

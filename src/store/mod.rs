@@ -1,26 +1,35 @@
-//! The durable store (redb): the safety state, the committed chain and the commit proofs.
+//! The durable store: the safety state and the execution roots in redb, the committed chain and
+//! the commit proofs in an append-only [`ValueLog`] indexed by redb.
 //!
 //! Every write transaction commits with [`Durability::Immediate`]: when a `persist_*` call returns
 //! `Ok`, the data is on disk (redb fsyncs before returning), so a node killed at any instant
 //! restarts with everything it acknowledged. The safety state is therefore durable before the core
-//! lets a vote or timeout out (the core's contract, see [`crate::consensus`]).
+//! lets a vote or timeout out (the core's contract, see [`crate::consensus`]). Block and proof
+//! bytes are appended to the value log and made durable before the redb transaction that indexes
+//! them commits (see [`log`]).
+
+pub mod log;
 
 use std::path::Path;
 use std::sync::Arc;
 
 pub use redb::Durability;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::codec::{decode, encode_infallible, Bounded, DecodeError};
 use crate::consensus::{Block, CommitProof, SafetyState, Storage, StorageError};
 use crate::types::Height;
 
+pub use log::{Extent, ValueLog};
+
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("committed_blocks");
-const PROOFS: TableDefinition<u64, &[u8]> = TableDefinition::new("commit_proofs");
+/// Height → [`Extent`] of the committed block's encoding in the value log.
+const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("committed_block_extents");
+/// Height → [`Extent`] of the encoding of the proof that commits the block at that height.
+const PROOFS: TableDefinition<u64, &[u8]> = TableDefinition::new("commit_proof_extents");
 const SAFETY_KEY: &str = "safety_state";
 /// redb page cache of the chain file (redb's default, 1 GiB, would dominate a node's memory).
-const CHAIN_CACHE_BYTES: usize = 64 << 20;
+const CHAIN_CACHE_BYTES: usize = 16 << 20;
 /// redb page cache of the safety-state file (one small record).
 const SAFETY_CACHE_BYTES: usize = 1 << 20;
 
@@ -42,6 +51,7 @@ pub struct RedbStore {
     /// The safety state's database: the chain's own, or a small separate file so that its
     /// per-vote fsync never has to flush block data.
     safety_db: Arc<Database>,
+    log: Arc<ValueLog>,
     tip: Option<(Arc<Block>, CommitProof)>,
     defer_commits: bool,
 }
@@ -50,18 +60,84 @@ fn backend(e: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(e.to_string())
 }
 
+/// Writes committed blocks and commit proofs in group commits: the node's persistence stage
+/// holds one (see [`RedbStore::writer`]).
+#[derive(Clone, Debug)]
+pub struct ChainWriter {
+    db: Arc<Database>,
+    log: Arc<ValueLog>,
+}
+
+impl ChainWriter {
+    /// One durable group commit: every block of `items` (in height order) with the proof that
+    /// commits it where one is given, plus `extra` writes in the same redb transaction. The
+    /// records reach the value log and are synced before the index commits. Sync serves ranges
+    /// ending at a stored proof, so proofs may be sparse (at most
+    /// [`crate::consensus::MAX_BLOCKS_PER_RESPONSE`] blocks apart).
+    pub fn commit_group(
+        &self,
+        items: &[(&Block, Option<&CommitProof>)],
+        extra: impl FnOnce(&WriteTransaction) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let start = self.log.end();
+        let result = self.write(items, extra);
+        if result.is_err() {
+            self.log.rewind(start);
+        }
+        result
+    }
+
+    fn write(
+        &self,
+        items: &[(&Block, Option<&CommitProof>)],
+        extra: impl FnOnce(&WriteTransaction) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut records = Vec::with_capacity(items.len() * 2);
+        for (block, proof) in items {
+            records.push(encode_infallible(*block));
+            if let Some(p) = proof {
+                records.push(encode_infallible(*p));
+            }
+        }
+        let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        let extents = self.log.append(&refs)?;
+        self.log.sync()?;
+        let mut txn = self.db.begin_write().map_err(backend)?;
+        txn.set_durability(Durability::Immediate).map_err(backend)?;
+        {
+            let mut blocks = txn.open_table(BLOCKS).map_err(backend)?;
+            let mut proofs = txn.open_table(PROOFS).map_err(backend)?;
+            let mut ex = extents.iter();
+            for (block, proof) in items {
+                let Some(b) = ex.next() else { break };
+                blocks
+                    .insert(block.height.0, b.encode().as_slice())
+                    .map_err(backend)?;
+                if proof.is_some() {
+                    let Some(p) = ex.next() else { break };
+                    proofs
+                        .insert(block.height.0, p.encode().as_slice())
+                        .map_err(backend)?;
+                }
+            }
+        }
+        extra(&txn)?;
+        txn.commit().map_err(backend)
+    }
+}
+
 impl RedbStore {
-    /// Opens (or creates) the store at `path`, creating its tables.
+    /// Opens (or creates) the store at `path` (value log beside it, extension `blocks`).
     pub fn open(path: &Path) -> Result<Self, StorageError> {
         let db = Arc::new(Self::create(path, CHAIN_CACHE_BYTES)?);
-        Self::from_parts(Arc::clone(&db), db)
+        Self::from_parts(Arc::clone(&db), db, path)
     }
 
     /// Opens the chain at `chain_path` and the safety state in its own file at `safety_path`.
     pub fn open_split(chain_path: &Path, safety_path: &Path) -> Result<Self, StorageError> {
         let db = Arc::new(Self::create(chain_path, CHAIN_CACHE_BYTES)?);
         let safety = Arc::new(Self::create(safety_path, SAFETY_CACHE_BYTES)?);
-        Self::from_parts(db, safety)
+        Self::from_parts(db, safety, chain_path)
     }
 
     fn create(path: &Path, cache_bytes: usize) -> Result<Database, StorageError> {
@@ -80,10 +156,33 @@ impl RedbStore {
         Ok(db)
     }
 
-    fn from_parts(db: Arc<Database>, safety_db: Arc<Database>) -> Result<Self, StorageError> {
+    /// The end of the last record the index of `db` points at.
+    fn indexed_end(db: &Database) -> Result<u64, StorageError> {
+        let txn = db.begin_read().map_err(backend)?;
+        let mut end = 0;
+        for table in [BLOCKS, PROOFS] {
+            let t = txn.open_table(table).map_err(backend)?;
+            let last = t.last().map_err(backend)?;
+            if let Some((_, v)) = last {
+                end = end.max(Extent::decode(v.value())?.end());
+            }
+        }
+        Ok(end)
+    }
+
+    fn from_parts(
+        db: Arc<Database>,
+        safety_db: Arc<Database>,
+        chain_path: &Path,
+    ) -> Result<Self, StorageError> {
+        let log = ValueLog::open(
+            &chain_path.with_extension("blocks"),
+            Self::indexed_end(&db)?,
+        )?;
         let mut store = Self {
             db,
             safety_db,
+            log: Arc::new(log),
             tip: None,
             defer_commits: false,
         };
@@ -91,61 +190,60 @@ impl RedbStore {
         Ok(store)
     }
 
-    /// Leaves writing committed blocks to the node's persistence stage (which calls
-    /// [`RedbStore::write_commit`] inside its own group commit): `persist_commit` then only moves
-    /// the in-memory tip, and the consensus thread never waits on block writes or their fsync. Reads
+    /// Leaves writing committed blocks to the node's persistence stage (which writes them with
+    /// [`RedbStore::writer`] in its own group commits): `persist_commit` then only moves the
+    /// in-memory tip, and the consensus thread never waits on block writes or their fsync. Reads
     /// (`committed_block`, sync serving) see blocks once that stage has made them durable.
     pub fn set_defer_commits(&mut self, defer: bool) {
         self.defer_commits = defer;
     }
 
-    /// Writes committed blocks inside `txn`, with the proof of the last one when given. Sync
-    /// serves ranges ending at a stored proof, so proofs may be sparse (at most
-    /// [`crate::consensus::MAX_BLOCKS_PER_RESPONSE`] blocks apart).
-    pub fn write_commit(
-        txn: &redb::WriteTransaction,
-        blocks: &[Arc<Block>],
-        proof: Option<&CommitProof>,
-    ) -> Result<(), StorageError> {
-        let Some(last) = blocks.last() else {
-            return Ok(());
-        };
-        let mut table = txn.open_table(BLOCKS).map_err(backend)?;
-        for b in blocks {
-            table
-                .insert(b.height.0, encode_infallible(b.as_ref()).as_slice())
-                .map_err(backend)?;
+    /// A writer of group commits into this store.
+    pub fn writer(&self) -> ChainWriter {
+        ChainWriter {
+            db: Arc::clone(&self.db),
+            log: Arc::clone(&self.log),
         }
-        if let Some(proof) = proof {
-            let mut proofs = txn.open_table(PROOFS).map_err(backend)?;
-            proofs
-                .insert(last.height.0, encode_infallible(proof).as_slice())
-                .map_err(backend)?;
-        }
-        Ok(())
     }
 
-    /// The database, shared with the persistence stage (redb serialises writers).
+    /// The chain database, shared with the persistence stage (redb serialises writers).
     pub fn database(&self) -> Arc<Database> {
         Arc::clone(&self.db)
     }
 
-    fn read_tip(&self) -> Result<Option<(Arc<Block>, CommitProof)>, StorageError> {
+    /// The record that `table` indexes at `height`.
+    fn record<T: serde::de::DeserializeOwned + Bounded>(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+        height: u64,
+    ) -> Result<Option<T>, StorageError> {
         let txn = self.db.begin_read().map_err(backend)?;
-        let blocks = txn.open_table(BLOCKS).map_err(backend)?;
-        let Some((h, bytes)) = blocks.last().map_err(backend)? else {
+        let t = txn.open_table(table).map_err(backend)?;
+        let Some(v) = t.get(height).map_err(backend)? else {
             return Ok(None);
         };
-        let block: Block = decode(bytes.value()).map_err(backend)?;
-        let proofs = txn.open_table(PROOFS).map_err(backend)?;
-        let proof = match proofs.get(h.value()).map_err(backend)? {
-            Some(p) => decode::<CommitProof>(p.value()).map_err(backend)?,
-            None => {
-                return Err(StorageError::Backend(format!(
-                    "committed tip at height {} has no commit proof",
-                    h.value()
-                )))
-            }
+        let bytes = self.log.read(Extent::decode(v.value())?)?;
+        Ok(Some(decode(&bytes).map_err(backend)?))
+    }
+
+    /// The highest committed block with a stored proof (blocks stored above it without one, if
+    /// a write failed between, are committed again through consensus or sync).
+    fn read_tip(&self) -> Result<Option<(Arc<Block>, CommitProof)>, StorageError> {
+        let h = {
+            let txn = self.db.begin_read().map_err(backend)?;
+            let proofs = txn.open_table(PROOFS).map_err(backend)?;
+            let Some((h, _)) = proofs.last().map_err(backend)? else {
+                return Ok(None);
+            };
+            h.value()
+        };
+        let block: Block = self.record(BLOCKS, h)?.ok_or_else(|| {
+            StorageError::Backend(format!("commit proof at height {h} has no block"))
+        })?;
+        let Some(proof) = self.record::<CommitProof>(PROOFS, h)? else {
+            return Err(StorageError::Backend(format!(
+                "commit proof at height {h} vanished"
+            )));
         };
         Ok(Some((Arc::new(block), proof)))
     }
@@ -156,20 +254,17 @@ impl RedbStore {
         last: bool,
     ) -> Option<(Height, CommitProof)> {
         let read = || -> Result<Option<(Height, CommitProof)>, StorageError> {
-            let txn = self.db.begin_read().map_err(backend)?;
-            let proofs = txn.open_table(PROOFS).map_err(backend)?;
-            let mut iter = proofs.range(range).map_err(backend)?;
-            let item = if last { iter.next_back() } else { iter.next() };
-            match item {
-                Some(entry) => {
-                    let (h, p) = entry.map_err(backend)?;
-                    Ok(Some((
-                        Height(h.value()),
-                        decode(p.value()).map_err(backend)?,
-                    )))
+            let h = {
+                let txn = self.db.begin_read().map_err(backend)?;
+                let proofs = txn.open_table(PROOFS).map_err(backend)?;
+                let mut iter = proofs.range(range).map_err(backend)?;
+                let item = if last { iter.next_back() } else { iter.next() };
+                match item {
+                    Some(entry) => entry.map_err(backend)?.0.value(),
+                    None => return Ok(None),
                 }
-                None => Ok(None),
-            }
+            };
+            Ok(self.record(PROOFS, h)?.map(|p| (Height(h), p)))
         };
         read().unwrap_or_else(|e| {
             tracing::error!(target: "store", error = %e, "reading commit proofs");
@@ -208,10 +303,13 @@ impl Storage for RedbStore {
             return Ok(());
         };
         if !self.defer_commits {
-            let mut txn = self.db.begin_write().map_err(backend)?;
-            txn.set_durability(Durability::Immediate).map_err(backend)?;
-            Self::write_commit(&txn, blocks, Some(proof))?;
-            txn.commit().map_err(backend)?;
+            let n = blocks.len();
+            let items: Vec<(&Block, Option<&CommitProof>)> = blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (b.as_ref(), (i + 1 == n).then_some(proof)))
+                .collect();
+            self.writer().commit_group(&items, |_| Ok(()))?;
         }
         self.tip = Some((Arc::clone(last), proof.clone()));
         Ok(())
@@ -222,18 +320,12 @@ impl Storage for RedbStore {
     }
 
     fn committed_block(&self, height: Height) -> Option<Arc<Block>> {
-        let read = || -> Result<Option<Arc<Block>>, StorageError> {
-            let txn = self.db.begin_read().map_err(backend)?;
-            let blocks = txn.open_table(BLOCKS).map_err(backend)?;
-            match blocks.get(height.0).map_err(backend)? {
-                Some(b) => Ok(Some(Arc::new(decode(b.value()).map_err(backend)?))),
-                None => Ok(None),
-            }
-        };
-        read().unwrap_or_else(|e| {
-            tracing::error!(target: "store", error = %e, height = height.0, "reading a committed block");
-            None
-        })
+        self.record::<Block>(BLOCKS, height.0)
+            .unwrap_or_else(|e| {
+                tracing::error!(target: "store", error = %e, height = height.0, "reading a committed block");
+                None
+            })
+            .map(Arc::new)
     }
 
     fn commit_proof_in(&self, from: Height, to: Height) -> Option<(Height, CommitProof)> {
@@ -298,5 +390,28 @@ mod tests {
         );
         assert_eq!(s.next_commit_proof(Height(3)).unwrap().0, Height(3));
         assert!(s.commit_proof_in(Height(4), Height(9)).is_none());
+        // The blocks live in the value log beside the database.
+        assert!(path.with_extension("blocks").exists());
+    }
+
+    /// A group commit interrupted after its log append (the index never committed) leaves
+    /// nothing visible, and the reopened log is cut back to what the index covers.
+    #[test]
+    fn unindexed_log_tail_is_dropped_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let mut s = RedbStore::open(&path).unwrap();
+        s.persist_commit(&[block(1)], &proof(1)).unwrap();
+        let end = std::fs::metadata(path.with_extension("blocks")).unwrap().len();
+        // What a crash between the log append and the index commit leaves behind.
+        s.log.append(&[b"half a group commit"]).unwrap();
+        drop(s);
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.committed_tip().unwrap().0.height, Height(1));
+        assert_eq!(s.log.end(), end);
+        assert_eq!(
+            std::fs::metadata(path.with_extension("blocks")).unwrap().len(),
+            end
+        );
     }
 }

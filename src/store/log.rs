@@ -1,0 +1,198 @@
+//! The value log: an append-only file holding the encodings of committed blocks and commit
+//! proofs, indexed by redb.
+//!
+//! Large values stay out of the B-tree (whose copy-on-write pages would rewrite, round up and zero
+//! them): a record is written once, at the end of the file, and redb keeps only its
+//! `(offset, len)`. A group commit appends its records, makes the log durable (`fdatasync`), and
+//! only then commits the redb transaction that indexes them, so an index entry never points at
+//! bytes that are not on disk. Bytes past the last indexed record (a group commit interrupted by a
+//! crash) are cut off when the log is opened.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::consensus::StorageError;
+
+/// Where a record lives in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// Byte offset.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+impl Extent {
+    /// Bytes of an encoded extent.
+    pub const ENCODED_LEN: usize = 12;
+
+    /// `offset` (u64 LE) then `len` (u32 LE).
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut out = [0; Self::ENCODED_LEN];
+        out[..8].copy_from_slice(&self.offset.to_le_bytes());
+        out[8..].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    /// The inverse of [`Extent::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
+        let (Some(offset), Some(len)) = (bytes.get(..8), bytes.get(8..Self::ENCODED_LEN)) else {
+            return Err(StorageError::Backend(format!(
+                "value log index entry of {} bytes, expected {}",
+                bytes.len(),
+                Self::ENCODED_LEN
+            )));
+        };
+        let mut o = [0; 8];
+        o.copy_from_slice(offset);
+        let mut l = [0; 4];
+        l.copy_from_slice(len);
+        Ok(Self {
+            offset: u64::from_le_bytes(o),
+            len: u32::from_le_bytes(l),
+        })
+    }
+
+    /// The first byte after the record.
+    pub fn end(&self) -> u64 {
+        self.offset + u64::from(self.len)
+    }
+}
+
+/// An append-only record file (one writer at a time; reads from any thread).
+#[derive(Debug)]
+pub struct ValueLog {
+    file: File,
+    path: PathBuf,
+    /// Length of the file as this process wrote it.
+    len: Mutex<u64>,
+}
+
+fn io_err(path: &Path, what: &str, e: std::io::Error) -> StorageError {
+    StorageError::Backend(format!("value log {}: {what}: {e}", path.display()))
+}
+
+impl ValueLog {
+    /// Opens (or creates) the log at `path`, whose index covers the bytes before `indexed_end`.
+    /// Later bytes (an interrupted group commit) are cut off.
+    ///
+    /// # Errors
+    /// I/O errors, and a file shorter than `indexed_end` (the index points past the data).
+    pub fn open(path: &Path, indexed_end: u64) -> Result<Self, StorageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io_err(path, "open", e))?;
+        let on_disk = file
+            .metadata()
+            .map_err(|e| io_err(path, "metadata", e))?
+            .len();
+        if on_disk < indexed_end {
+            return Err(StorageError::Backend(format!(
+                "value log {} has {on_disk} bytes but its index reaches byte {indexed_end}: the log is damaged",
+                path.display()
+            )));
+        }
+        if on_disk > indexed_end {
+            tracing::warn!(target: "store", path = %path.display(), dropped = on_disk - indexed_end, "cutting unindexed bytes off the value log");
+            file.set_len(indexed_end)
+                .map_err(|e| io_err(path, "truncate", e))?;
+            file.sync_all().map_err(|e| io_err(path, "sync", e))?;
+        }
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            len: Mutex::new(indexed_end),
+        })
+    }
+
+    /// Appends `records` (not yet durable: call [`ValueLog::sync`] before indexing them) and
+    /// returns their extents. On error nothing is considered written: the next append
+    /// overwrites whatever part of them reached the file.
+    pub fn append(&self, records: &[&[u8]]) -> Result<Vec<Extent>, StorageError> {
+        let mut len = self
+            .len
+            .lock()
+            .map_err(|_| StorageError::Backend("value log lock poisoned".into()))?;
+        let mut at = *len;
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let n = u32::try_from(r.len()).map_err(|_| {
+                StorageError::Backend(format!("record of {} bytes is too large", r.len()))
+            })?;
+            self.file
+                .write_all_at(r, at)
+                .map_err(|e| io_err(&self.path, "write", e))?;
+            out.push(Extent { offset: at, len: n });
+            at += u64::from(n);
+        }
+        *len = at;
+        Ok(out)
+    }
+
+    /// Forgets appends after `end` (a group commit whose index was not committed).
+    pub fn rewind(&self, end: u64) {
+        if let Ok(mut len) = self.len.lock() {
+            *len = (*len).min(end);
+        }
+    }
+
+    /// The current end of the log.
+    pub fn end(&self) -> u64 {
+        self.len.lock().map(|l| *l).unwrap_or(0)
+    }
+
+    /// Makes every append so far durable.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.file
+            .sync_data()
+            .map_err(|e| io_err(&self.path, "fdatasync", e))
+    }
+
+    /// Reads the record at `extent`.
+    pub fn read(&self, extent: Extent) -> Result<Vec<u8>, StorageError> {
+        let mut buf = vec![0; extent.len as usize];
+        self.file
+            .read_exact_at(&mut buf, extent.offset)
+            .map_err(|e| io_err(&self.path, "read", e))?;
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_read_and_cut_unindexed_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.log");
+        let log = ValueLog::open(&path, 0).unwrap();
+        let ex = log.append(&[b"hello", b"", b"world!"]).unwrap();
+        log.sync().unwrap();
+        assert_eq!(ex[0], Extent { offset: 0, len: 5 });
+        assert_eq!(ex[2], Extent { offset: 5, len: 6 });
+        assert_eq!(log.read(ex[2]).unwrap(), b"world!");
+        assert_eq!(Extent::decode(&ex[2].encode()).unwrap(), ex[2]);
+        assert!(Extent::decode(&[0; 5]).is_err());
+        // A failed group commit: its appends are overwritten by the next one.
+        let lost = log.append(&[b"lost"]).unwrap();
+        log.rewind(lost[0].offset);
+        let next = log.append(&[b"kept"]).unwrap();
+        assert_eq!(next[0].offset, lost[0].offset);
+        drop(log);
+        // Reopened with the index reaching only "hello": the rest is cut off.
+        let log = ValueLog::open(&path, 5).unwrap();
+        assert_eq!(log.end(), 5);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 5);
+        drop(log);
+        // An index past the data is refused with a message naming the file.
+        let err = ValueLog::open(&path, 99).unwrap_err().to_string();
+        assert!(err.contains("damaged") && err.contains("v.log"), "{err}");
+    }
+}
