@@ -99,7 +99,9 @@ pub fn decode<T: DeserializeOwned + Bounded>(bytes: &[u8]) -> Result<T, DecodeEr
 }
 
 /// [`decode`] for values that borrow from `bytes` (byte strings left in place, not copied).
-pub fn decode_borrowed<'a, T: Deserialize<'a> + Bounded>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+pub fn decode_borrowed<'a, T: Deserialize<'a> + Bounded>(
+    bytes: &'a [u8],
+) -> Result<T, DecodeError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),

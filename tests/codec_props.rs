@@ -174,7 +174,10 @@ fn message() -> impl Strategy<Value = Message> {
         (vec(block(), 0..3), block(), qc()).prop_map(|(blocks, child, child_qc)| {
             Message::SyncResponse(SyncResponse {
                 blocks,
-                proof: CommitProof { child, child_qc },
+                proof: CommitProof {
+                    child: child.header(),
+                    child_qc,
+                },
             })
         }),
         evidence().prop_map(Message::Evidence),

@@ -2,8 +2,8 @@
 //! and batch verification naming exactly the invalid items.
 
 use bpci::crypto::{
-    leaf_hashes, merkle_root, merkle_root_of_leaf_hashes, signing_digest, verify_key_bytes, BatchFailure, BatchVerifier, Domain, Keypair,
-    MerkleTree, PublicKey, Signature,
+    leaf_hashes, merkle_root, merkle_root_of_leaf_hashes, signing_digest, verify_key_bytes,
+    BatchFailure, BatchVerifier, Domain, Keypair, MerkleTree, PublicKey, Signature,
 };
 use proptest::prelude::*;
 use rand::SeedableRng;

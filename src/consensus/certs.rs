@@ -13,10 +13,10 @@
 //! the one QC of its `CommitProof`.
 
 use crate::crypto::{verify_key_bytes, BatchVerifier, Digest32, Signature};
-use crate::types::{BlockId, Epoch, Round, Stake, ValidatorIndex};
+use crate::types::{BlockId, Epoch, Height, Round, Stake, ValidatorIndex};
 
 use super::messages::{
-    Block, Evidence, Message, ProposalData, QuorumCert, TimeoutCert, TimeoutData,
+    Block, BlockHeader, Evidence, Message, ProposalData, QuorumCert, TimeoutCert, TimeoutData,
 };
 use super::validators::ValidatorSet;
 use super::BrokenRule;
@@ -360,17 +360,47 @@ impl EpochContext {
 
     /// Structure of a block on its own: epoch, author, and that its QC certifies its parent.
     fn check_block_shape(&self, b: &Block) -> Result<(), MessageError> {
+        self.check_shape(
+            b.epoch,
+            b.author,
+            &b.parent_id,
+            &b.parent_qc,
+            b.round,
+            b.height,
+        )
+    }
+
+    fn check_header_shape(&self, h: &BlockHeader) -> Result<(), MessageError> {
+        self.check_shape(
+            h.epoch,
+            h.author,
+            &h.parent_id,
+            &h.parent_qc,
+            h.round,
+            h.height,
+        )
+    }
+
+    fn check_shape(
+        &self,
+        epoch: Epoch,
+        author: ValidatorIndex,
+        parent_id: &BlockId,
+        parent_qc: &QuorumCert,
+        round: Round,
+        height: Height,
+    ) -> Result<(), MessageError> {
         let what = "block";
-        self.epoch_is(what, b.epoch)?;
-        self.member(what, b.author)?;
+        self.epoch_is(what, epoch)?;
+        self.member(what, author)?;
         let bad = |why| Err(MessageError::Malformed { what, why });
-        if b.parent_qc.block_id != b.parent_id {
+        if parent_qc.block_id != *parent_id {
             return bad("parent_qc does not certify parent_id");
         }
-        if b.parent_qc.round >= b.round {
+        if parent_qc.round >= round {
             return bad("round not above parent_qc round");
         }
-        if b.parent_qc.height.next() != b.height {
+        if parent_qc.height.next() != height {
             return bad("height is not parent height + 1");
         }
         Ok(())
@@ -537,7 +567,7 @@ impl EpochContext {
                     prev = Some((b, id));
                 }
                 let child = &r.proof.child;
-                self.check_block_shape(child)?;
+                self.check_header_shape(child)?;
                 let Some((last, last_id)) = prev else {
                     return Err(MessageError::Malformed {
                         what: "sync_response",

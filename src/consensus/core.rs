@@ -679,7 +679,7 @@ impl<S: Storage, A: App> Core<S, A> {
             return;
         };
         let proof = || CommitProof {
-            child: (*b1).clone(),
+            child: b1.header(),
             child_qc: qc.clone(),
         };
         if self.broken(BrokenRule::OneChainCommit) {
@@ -1065,7 +1065,7 @@ impl<S: Storage, A: App> Core<S, A> {
             return self.drop_msg("sync response does not start at our committed tip");
         }
         let n = resp.blocks.len();
-        let (Some(last_id), Some(child_id)) = (ids.get(n - 1).copied(), ids.get(n).copied()) else {
+        let Some(last_id) = ids.get(n - 1).copied() else {
             return;
         };
         let full = n == MAX_BLOCKS_PER_RESPONSE;
@@ -1079,13 +1079,11 @@ impl<S: Storage, A: App> Core<S, A> {
         self.sync_requested_ms = None;
         let last = Arc::clone(&path[n - 1]);
         let blocks: Vec<(BlockId, Arc<Block>)> = ids.iter().copied().zip(path).collect();
-        let proof = resp.proof;
-        let child = Arc::new(proof.child.clone());
-        let child_qc = proof.child_qc.clone();
-        self.finish_commit(blocks, proof, &last, last_id);
-        if let Insert::Added(added) = self.tree.insert(child_id, child) {
-            self.on_blocks_added(&added);
-        }
+        let child_qc = resp.proof.child_qc.clone();
+        self.finish_commit(blocks, resp.proof, &last, last_id);
+        // The proof carries only the child's header: the QC makes us fetch the child itself
+        // from the peer that synced us (and later blocks arrive with proposals).
+        self.hint_peer = from;
         self.process_qc(&child_qc);
         if full {
             self.request_sync(from);

@@ -16,7 +16,7 @@ pub const MAX_EVIDENCE_PER_BLOCK: usize = 16;
 /// Most blocks in one `BlockResponse` or `SyncResponse`.
 pub const MAX_BLOCKS_PER_RESPONSE: usize = 64;
 
-/// A block of the chain. `id = digest(Domain::Block, chain_id, epoch, bcs(block))`.
+/// A block of the chain. Its id is its [`BlockHeader`]'s id (the payload enters by its digest).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Block {
     /// The parent block's id (certified by `parent_qc`).
@@ -70,14 +70,127 @@ impl Block {
         }
     }
 
-    /// This block's id under `chain_id`.
-    ///
-    /// The canonical encoding is serialized straight into the hasher: no copy of the payload.
+    /// This block's id under `chain_id`: the id of its [`BlockHeader`] (the payload enters
+    /// through its digest), computed without copying the block.
     pub fn id(&self, chain_id: &str) -> BlockId {
+        HeaderRef {
+            parent_id: &self.parent_id,
+            round: self.round,
+            height: self.height,
+            epoch: self.epoch,
+            author: self.author,
+            payload_digest: payload_digest(&self.payload),
+            parent_qc: &self.parent_qc,
+            timestamp_ms: self.timestamp_ms,
+            exec_height: self.exec_height,
+            exec_root: &self.exec_root,
+            evidence: &self.evidence,
+        }
+        .id(chain_id)
+    }
+
+    /// The block without its payload (which its digest replaces); same id.
+    pub fn header(&self) -> BlockHeader {
+        BlockHeader {
+            parent_id: self.parent_id,
+            round: self.round,
+            height: self.height,
+            epoch: self.epoch,
+            author: self.author,
+            payload_digest: payload_digest(&self.payload),
+            parent_qc: self.parent_qc.clone(),
+            timestamp_ms: self.timestamp_ms,
+            exec_height: self.exec_height,
+            exec_root: self.exec_root,
+            evidence: self.evidence.clone(),
+        }
+    }
+}
+
+/// The digest of a block payload, which the block's header (and so its id) commits to.
+pub fn payload_digest(payload: &[u8]) -> Digest32 {
+    *blake3::Hasher::new_derive_key(PAYLOAD_DIGEST_CONTEXT)
+        .update(payload)
+        .finalize()
+        .as_bytes()
+}
+
+/// BLAKE3 derive_key context of [`payload_digest`].
+pub const PAYLOAD_DIGEST_CONTEXT: &str = "bpci 2026-11 block payload v1";
+
+/// A block with its payload replaced by the payload's digest. A block's id is its header's id,
+/// `digest(Domain::Block, chain_id, epoch, bcs(header))`, so a header proves a block's place in
+/// the chain without carrying the payload: commit proofs carry headers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockHeader {
+    /// See [`Block::parent_id`].
+    pub parent_id: BlockId,
+    /// See [`Block::round`].
+    pub round: Round,
+    /// See [`Block::height`].
+    pub height: Height,
+    /// See [`Block::epoch`].
+    pub epoch: Epoch,
+    /// See [`Block::author`].
+    pub author: ValidatorIndex,
+    /// [`payload_digest`] of the block's payload.
+    pub payload_digest: Digest32,
+    /// See [`Block::parent_qc`].
+    pub parent_qc: QuorumCert,
+    /// See [`Block::timestamp_ms`].
+    pub timestamp_ms: TimeMs,
+    /// See [`Block::exec_height`].
+    pub exec_height: Height,
+    /// See [`Block::exec_root`].
+    pub exec_root: Digest32,
+    /// See [`Block::evidence`].
+    pub evidence: Vec<Evidence>,
+}
+
+impl BlockHeader {
+    /// The id of the block this is the header of.
+    pub fn id(&self, chain_id: &str) -> BlockId {
+        HeaderRef {
+            parent_id: &self.parent_id,
+            round: self.round,
+            height: self.height,
+            epoch: self.epoch,
+            author: self.author,
+            payload_digest: self.payload_digest,
+            parent_qc: &self.parent_qc,
+            timestamp_ms: self.timestamp_ms,
+            exec_height: self.exec_height,
+            exec_root: &self.exec_root,
+            evidence: &self.evidence,
+        }
+        .id(chain_id)
+    }
+}
+
+/// The header's fields by reference: encodes exactly as [`BlockHeader`] (serde encodes `&T` as
+/// `T` and a slice as a sequence), so a [`Block`] hashes its header without building one.
+#[derive(Serialize)]
+struct HeaderRef<'a> {
+    parent_id: &'a BlockId,
+    round: Round,
+    height: Height,
+    epoch: Epoch,
+    author: ValidatorIndex,
+    payload_digest: Digest32,
+    parent_qc: &'a QuorumCert,
+    timestamp_ms: TimeMs,
+    exec_height: Height,
+    exec_root: &'a Digest32,
+    evidence: &'a [Evidence],
+}
+
+impl HeaderRef<'_> {
+    /// The canonical encoding is serialized straight into the hasher (no buffer).
+    fn id(&self, chain_id: &str) -> BlockId {
         let mut hasher = signing_hasher(Domain::Block, chain_id, self.epoch.0);
         if let Err(e) = bcs::serialize_into(&mut hasher, self) {
             // As in `encode_infallible`: our types always encode; a failure is a bug.
-            debug_assert!(false, "encoding a block failed: {e}");
+            debug_assert!(false, "encoding a block header failed: {e}");
         }
         BlockId(*hasher.finalize().as_bytes())
     }
@@ -281,11 +394,12 @@ impl Evidence {
     }
 }
 
-/// The proof that a block is committed: its direct child (one round later) and that child's QC.
+/// The proof that a block is committed: its direct child's header (one round later) and that
+/// child's QC. A header, not the whole child: the id and the chain links are all it needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitProof {
-    /// The child block, `child.round == committed.round + 1`.
-    pub child: Block,
+    /// The child block's header, `child.round == committed.round + 1`.
+    pub child: BlockHeader,
     /// The QC that certifies `child` (the IBFT "commit" quorum of its parent).
     pub child_qc: QuorumCert,
 }
@@ -371,6 +485,17 @@ fn tc_bounds(tc: &TimeoutCert) -> Result<(), DecodeError> {
 impl Bounded for Block {
     fn check_bounds(&self) -> Result<(), DecodeError> {
         check_len("block.payload", self.payload.len(), MAX_PAYLOAD_BYTES)?;
+        check_len(
+            "block.evidence",
+            self.evidence.len(),
+            MAX_EVIDENCE_PER_BLOCK,
+        )?;
+        qc_bounds(&self.parent_qc)
+    }
+}
+
+impl Bounded for BlockHeader {
+    fn check_bounds(&self) -> Result<(), DecodeError> {
         check_len(
             "block.evidence",
             self.evidence.len(),

@@ -664,3 +664,17 @@ fn double_vote_is_evidence() {
         .verify()
         .is_ok());
 }
+
+/// A block's id is its header's id: the payload enters only through its digest, so commit
+/// proofs can carry headers.
+#[test]
+fn block_id_is_header_id_and_binds_the_payload() {
+    let fx = Fx::new(4);
+    let (b, id) = fx.block(1, 1, &fx.genesis_qc(), b"payload");
+    assert_eq!(b.header().id(CHAIN), id);
+    assert_eq!(b.header().payload_digest, payload_digest(b"payload"));
+    let (other, other_id) = fx.block(1, 1, &fx.genesis_qc(), b"payloaD");
+    assert_ne!(other_id, id);
+    assert_ne!(other.header(), b.header());
+    assert_ne!(b.header().id("another-chain"), id);
+}

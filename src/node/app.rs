@@ -244,7 +244,13 @@ impl App for NodeApp {
         let (bytes, tx_root) = (payload.encode(), payload.tx_root);
         self.remember_ids(tx_root, ids);
         if !taken.is_empty() {
-            self.in_flight.insert(round, InFlight { tx_root, txs: taken });
+            self.in_flight.insert(
+                round,
+                InFlight {
+                    tx_root,
+                    txs: taken,
+                },
+            );
         }
         bytes
     }
@@ -303,7 +309,10 @@ mod tests {
         // Known height: equal passes, different is refused and counted.
         assert_eq!(roots.check_claim(1, [1; 32], v(2)), Ok(()));
         let err = roots.check_claim(1, [9; 32], v(3)).unwrap_err();
-        assert!(err.contains("height 1") && err.contains("validator 3"), "{err}");
+        assert!(
+            err.contains("height 1") && err.contains("validator 3"),
+            "{err}"
+        );
         assert_eq!((roots.checked, roots.divergences), (1, 1));
         // Future heights are settled when executed here.
         assert_eq!(roots.check_claim(2, [2; 32], v(1)), Ok(()));

@@ -26,8 +26,8 @@ use bpci_transport::{ClientServer, ClientServerConfig, PeerConfig, Transport, Tr
 use crate::config::Config;
 use crate::consensus::{Core, CoreConfig, EpochContext, Storage};
 use crate::crypto::Keypair;
-use crate::exec::{Ledger, StateMachine};
 use crate::exec::BlockTxs;
+use crate::exec::{Ledger, StateMachine};
 use crate::mempool::{Mempool, MempoolLimits, Payload};
 use crate::pipeline::{self, StageConfig, StageSnapshot, StageStats};
 use crate::store::RedbStore;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use redb::TableDefinition;
 
 use crate::codec::{decode, encode_infallible};
+use crate::consensus::StorageError;
 use crate::consensus::{
     Action, Block, CommittedBatch, Core, CoreStats, EpochContext, Message, Prepared, Verified,
 };
@@ -19,7 +20,6 @@ use crate::crypto::{leaf_hashes, BatchVerifier};
 use crate::exec::{BlockTxs, Ledger, StateMachine, StateRoot};
 use crate::mempool::{Payload, TxId};
 use crate::pipeline::StageInput;
-use crate::consensus::StorageError;
 use crate::store::{ChainWriter, RedbStore};
 use crate::types::{BlockId, Round, TimeMs, ValidatorIndex};
 
@@ -559,9 +559,10 @@ impl PersistStage {
         let mut proof_height = self.proof_height;
         let mut items = Vec::with_capacity(executed.len());
         for (i, e) in executed.iter().enumerate() {
-            let proof = e.proof.as_ref().filter(|_| {
-                Some(i) == last_with_proof || e.height >= proof_height + PROOF_SPACING
-            });
+            let proof = e
+                .proof
+                .as_ref()
+                .filter(|_| Some(i) == last_with_proof || e.height >= proof_height + PROOF_SPACING);
             if proof.is_some() {
                 proof_height = e.height;
             }

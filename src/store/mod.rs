@@ -353,7 +353,7 @@ mod tests {
 
     fn proof(h: u64) -> CommitProof {
         CommitProof {
-            child: (*block(h + 1)).clone(),
+            child: block(h + 1).header(),
             child_qc: QuorumCert {
                 block_id: BlockId([h as u8; 32]),
                 round: Round(h + 1),
@@ -402,7 +402,9 @@ mod tests {
         let path = dir.path().join("node.redb");
         let mut s = RedbStore::open(&path).unwrap();
         s.persist_commit(&[block(1)], &proof(1)).unwrap();
-        let end = std::fs::metadata(path.with_extension("blocks")).unwrap().len();
+        let end = std::fs::metadata(path.with_extension("blocks"))
+            .unwrap()
+            .len();
         // What a crash between the log append and the index commit leaves behind.
         s.log.append(&[b"half a group commit"]).unwrap();
         drop(s);
@@ -410,7 +412,9 @@ mod tests {
         assert_eq!(s.committed_tip().unwrap().0.height, Height(1));
         assert_eq!(s.log.end(), end);
         assert_eq!(
-            std::fs::metadata(path.with_extension("blocks")).unwrap().len(),
+            std::fs::metadata(path.with_extension("blocks"))
+                .unwrap()
+                .len(),
             end
         );
     }
