@@ -54,6 +54,7 @@ fn four_validators_commit_client_transactions() {
             rate_tps: 2_000,
             tx_bytes: 512,
             duration: Duration::from_secs(3),
+            warmup: Duration::ZERO,
             drain: Duration::from_secs(10),
         },
         &AtomicBool::new(false),
@@ -99,6 +100,7 @@ fn killed_validator_is_not_needed_and_catches_up_with_the_same_chain() {
         rate_tps: 1_000,
         tx_bytes: 256,
         duration: Duration::from_secs(8),
+        warmup: Duration::ZERO,
         drain: Duration::from_secs(5),
     };
     std::thread::scope(|s| {
@@ -125,7 +127,12 @@ fn killed_validator_is_not_needed_and_catches_up_with_the_same_chain() {
     // The restarted validator rebuilt its state by replay: its roots agree with the proposers'.
     for i in 0..4 {
         let s = net.stats(i).expect("stats");
-        assert_eq!(s["exec"]["divergences"].as_u64(), Some(0), "v{i}: {}", s["exec"]);
+        assert_eq!(
+            s["exec"]["divergences"].as_u64(),
+            Some(0),
+            "v{i}: {}",
+            s["exec"]
+        );
     }
     net.stop();
     let common = *heights.iter().min().unwrap();

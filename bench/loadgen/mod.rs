@@ -50,6 +50,9 @@ pub struct LoadConfig {
     pub tx_bytes: usize,
     /// How long to offer load.
     pub duration: Duration,
+    /// The first part of `duration` whose transactions are committed and counted but whose
+    /// latencies are not recorded (the start-up transient); per-second figures include it.
+    pub warmup: Duration,
     /// How long to wait for outstanding commit notices afterwards.
     pub drain: Duration,
 }
@@ -155,18 +158,24 @@ pub fn run(
     let counters = Arc::new(Counters::default());
     let total = Arc::new(Mutex::new(new_hist()));
     let interval = Arc::new(Mutex::new(new_hist()));
+    // Connect first: the schedule (and so every latency) starts when load starts, not while
+    // the handshakes run.
+    let mut links = Vec::with_capacity(cfg.targets.len());
+    for t in &cfg.targets {
+        links.push(rt.connect(t.addr, t.key, 8 << 20, 4096).map_err(|source| {
+            LoadError::Connect {
+                addr: t.addr,
+                source,
+            }
+        })?);
+    }
     let start = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     let mut conns = Vec::new();
     let per_conn_rate = cfg.rate_tps as f64 / cfg.targets.len() as f64;
-    for (ci, t) in cfg.targets.iter().enumerate() {
-        let (sender, mut rx) =
-            rt.connect(t.addr, t.key, 8 << 20, 4096)
-                .map_err(|source| LoadError::Connect {
-                    addr: t.addr,
-                    source,
-                })?;
+    let warmup_us = cfg.warmup.min(cfg.duration).as_micros() as u64;
+    for (ci, (sender, mut rx)) in links.into_iter().enumerate() {
         let conn = Arc::new(Conn {
             pending: Mutex::new(HashMap::new()),
             batches: Mutex::new(VecDeque::new()),
@@ -206,16 +215,20 @@ pub fn run(
                     ClientResponse::Committed { tx_ids, .. } => {
                         let now_us = start.elapsed().as_micros() as u64;
                         let mut lat = Vec::with_capacity(tx_ids.len());
+                        let mut committed = 0u64;
                         if let Ok(mut pending) = c2.pending.lock() {
                             for id in &tx_ids {
                                 if let Some(t0) = pending.remove(id) {
-                                    lat.push(now_us.saturating_sub(t0).clamp(1, LATENCY_US_MAX));
+                                    committed += 1;
+                                    if t0 >= warmup_us {
+                                        lat.push(
+                                            now_us.saturating_sub(t0).clamp(1, LATENCY_US_MAX),
+                                        );
+                                    }
                                 }
                             }
                         }
-                        counters2
-                            .committed
-                            .fetch_add(lat.len() as u64, Ordering::Relaxed);
+                        counters2.committed.fetch_add(committed, Ordering::Relaxed);
                         for h in [&total2, &interval2] {
                             if let Ok(mut g) = h.lock() {
                                 if let Some(h) = g.as_mut() {

@@ -43,6 +43,10 @@ pub struct TestnetArgs {
     /// How long to offer load.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
+    /// The first part of the load whose latencies are left out of the percentiles (start-up
+    /// transient); its transactions still count, and the per-second figures include it.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
     /// Offered transactions per second.
     #[arg(long, default_value_t = 20_000)]
     rate: u64,
@@ -112,6 +116,7 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
         rate_tps: args.rate,
         tx_bytes: args.tx_size,
         duration: args.duration,
+        warmup: args.warmup,
         drain: Duration::from_secs(5),
     };
     let bar = if args.json {
@@ -199,6 +204,7 @@ fn summarise(
     json!({
         "validators": args.validators,
         "duration_s": secs,
+        "warmup_s": args.warmup.min(args.duration).as_secs_f64(),
         "wall_s": wall,
         "tx_size": args.tx_size,
         "pipeline_depth": args.pipeline_depth,
@@ -240,12 +246,13 @@ fn print_summary(v: &serde_json::Value, path: &std::path::Path, svg: &std::path:
         v["blocks_per_s"].as_f64().unwrap_or(0.0)
     );
     println!(
-        "  latency ms   p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        "  latency ms   p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (after {} s warm-up)",
         l["p50"].as_f64().unwrap_or(0.0),
         l["p90"].as_f64().unwrap_or(0.0),
         l["p99"].as_f64().unwrap_or(0.0),
         l["p999"].as_f64().unwrap_or(0.0),
-        l["max"].as_f64().unwrap_or(0.0)
+        l["max"].as_f64().unwrap_or(0.0),
+        v["warmup_s"]
     );
     if let Some(stages) = v["stage_latency_us_p99"].as_object() {
         let s: Vec<String> = stages
@@ -277,6 +284,9 @@ pub struct LoadArgs {
     /// How long to offer load.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
+    /// The first part of the load whose latencies are left out of the percentiles.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -306,6 +316,7 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
         rate_tps: args.rate,
         tx_bytes: args.tx_size,
         duration: args.duration,
+        warmup: args.warmup,
         drain: Duration::from_secs(5),
     };
     let report = loadgen::run(&cfg, &stop, |t| {
