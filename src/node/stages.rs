@@ -294,7 +294,7 @@ impl CoreStage {
                         .collect();
                     let up_to = last.round;
                     self.core.app_mut().on_committed(&mine, up_to);
-                    let _ = self.exec.send(ExecInput::Committed(batch));
+                    let _ = self.exec.send(ExecInput::Committed(Box::new(batch)));
                 }
                 Action::Certified(path) => {
                     // Optional work: never block the core for it.
@@ -329,7 +329,7 @@ pub enum ExecInput {
     /// Certified, not yet committed blocks (oldest first): execute them optimistically.
     Certified(Vec<(BlockId, Arc<Block>)>),
     /// Final blocks: take their optimistic results (or execute them now) and persist.
-    Committed(CommittedBatch),
+    Committed(Box<CommittedBatch>),
 }
 
 /// Most blocks executed optimistically and not yet committed.
@@ -396,7 +396,7 @@ impl ExecStage {
         for input in batch {
             match input {
                 ExecInput::Certified(path) => self.speculate(&path),
-                ExecInput::Committed(c) => self.commit(c, &mut out),
+                ExecInput::Committed(c) => self.commit(*c, &mut out),
             }
         }
         if !out.is_empty() {

@@ -300,7 +300,9 @@ impl TransportHandle {
     }
 }
 
-/// Larger UDP buffers: fewer drops under bursts. Best effort.
+/// Larger UDP buffers: fewer drops under bursts. Best effort: the kernel caps the sizes at
+/// `net.core.rmem_max` / `wmem_max`, and a capped buffer is reported once as a warning naming the
+/// sysctl to raise (see `tuning/` in the repository).
 pub(crate) fn tune_socket(socket: &UdpSocket) {
     let sock = socket2::SockRef::from(socket);
     if let Err(e) = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
@@ -308,5 +310,18 @@ pub(crate) fn tune_socket(socket: &UdpSocket) {
     }
     if let Err(e) = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES) {
         tracing::debug!(error = %e, "cannot enlarge UDP send buffer");
+    }
+    // Linux reports twice the size it was set to (bookkeeping overhead included).
+    let capped = |got: std::io::Result<usize>| got.is_ok_and(|n| n < SOCKET_BUFFER_BYTES);
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if capped(sock.recv_buffer_size()) || capped(sock.send_buffer_size()) {
+        WARNED.call_once(|| {
+            tracing::warn!(
+                wanted = SOCKET_BUFFER_BYTES,
+                recv = sock.recv_buffer_size().unwrap_or(0),
+                send = sock.send_buffer_size().unwrap_or(0),
+                "UDP socket buffers capped by the kernel: raise net.core.rmem_max and net.core.wmem_max"
+            );
+        });
     }
 }
