@@ -220,20 +220,21 @@ pub fn run(
                             for id in &tx_ids {
                                 if let Some(t0) = pending.remove(id) {
                                     committed += 1;
-                                    if t0 >= warmup_us {
-                                        lat.push(
-                                            now_us.saturating_sub(t0).clamp(1, LATENCY_US_MAX),
-                                        );
-                                    }
+                                    let l = now_us.saturating_sub(t0).clamp(1, LATENCY_US_MAX);
+                                    lat.push((l, t0 >= warmup_us));
                                 }
                             }
                         }
                         counters2.committed.fetch_add(committed, Ordering::Relaxed);
-                        for h in [&total2, &interval2] {
+                        // Per-second figures see every latency; the totals only those scheduled
+                        // after the warm-up.
+                        for (h, all) in [(&total2, false), (&interval2, true)] {
                             if let Ok(mut g) = h.lock() {
                                 if let Some(h) = g.as_mut() {
-                                    for l in &lat {
-                                        let _ = h.record(*l);
+                                    for (l, measured) in &lat {
+                                        if all || *measured {
+                                            let _ = h.record(*l);
+                                        }
                                     }
                                 }
                             }
