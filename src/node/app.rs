@@ -329,6 +329,74 @@ mod tests {
         assert_eq!(roots.recent.len(), RECENT_ROOTS_MAX);
     }
 
+    fn app(me: u16) -> NodeApp {
+        let mempool = Arc::new(Mutex::new(Mempool::new(
+            crate::mempool::MempoolLimits::default(),
+        )));
+        let progress = Arc::new(Progress {
+            roots: Mutex::new(ExecRoots::starting_at(0, [0; 32])),
+            ..Progress::default()
+        });
+        NodeApp::new(v(me), mempool, progress, 3, BlockLimits::default())
+    }
+
+    fn block_with(author: u16, round: u64, payload: Vec<u8>, exec: (u64, StateRoot)) -> Block {
+        let mut b = Block::genesis(crate::types::Epoch(1));
+        b.author = v(author);
+        b.round = Round(round);
+        b.height = Height(1);
+        b.payload = payload;
+        b.exec_height = Height(exec.0);
+        b.exec_root = exec.1;
+        b
+    }
+
+    /// The vote-time checks: payload shape and Merkle root, and the proposer's executed root;
+    /// ids of a checked payload are kept for execution; our own proposal is not re-hashed.
+    #[test]
+    fn payloads_and_exec_roots_are_checked_before_voting() {
+        let a = app(0);
+        a.progress.roots.lock().unwrap().record_durable(5, [5; 32]);
+        let txs = vec![b"t1".to_vec(), b"t2".to_vec()];
+        let good = Payload::new(&txs);
+        let b = block_with(1, 7, good.encode(), (5, [5; 32]));
+        assert_eq!(a.validate_payload(&b), Ok(()));
+        let ids = a
+            .tx_ids
+            .lock()
+            .unwrap()
+            .get(&good.tx_root)
+            .expect("ids kept");
+        assert_eq!(ids.len(), 2);
+        // A different executed root at a height we executed: refused, counted.
+        let diverged = block_with(1, 7, good.encode(), (5, [6; 32]));
+        let err = a.validate_payload(&diverged).unwrap_err();
+        assert!(err.contains("divergence at height 5"), "{err}");
+        assert_eq!(a.progress.roots.lock().unwrap().divergences, 1);
+        // A root that is not the transactions' root, and bytes that are no payload.
+        let mut forged = Payload::new(&txs);
+        forged.tx_root = [9; 32];
+        let err = a
+            .validate_payload(&block_with(1, 7, forged.encode(), (5, [5; 32])))
+            .unwrap_err();
+        assert!(err.contains("tx_root"), "{err}");
+        let err = a
+            .validate_payload(&block_with(1, 7, vec![1, 2, 3], (5, [5; 32])))
+            .unwrap_err();
+        assert!(err.starts_with("payload:"), "{err}");
+        // Our own proposal: built from the mempool, accepted and its ids known.
+        let mut me = app(2);
+        me.mempool.lock().unwrap().insert(b"mine".to_vec()).unwrap();
+        let bytes = me.make_payload(Height(1), Round(9));
+        let own = block_with(2, 9, bytes.clone(), (0, [0; 32]));
+        assert_eq!(me.validate_payload(&own), Ok(()));
+        let root = Payload::decode(&bytes).unwrap().tx_root;
+        assert!(me.tx_ids.lock().unwrap().get(&root).is_some());
+        // Abandoned (not committed up to a later round): its transactions go back to the pool.
+        me.on_committed(&[], Round(10));
+        assert_eq!(me.mempool.lock().unwrap().len(), 1);
+    }
+
     #[test]
     fn tx_id_cache_is_bounded_fifo() {
         let mut c = TxIdCache::default();
