@@ -12,8 +12,17 @@ use bpci::testnet::{self, Testnet, TestnetConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-/// Parses `30s`, `500ms`, `2m` or a bare number of seconds.
+/// Parses `30s`, `500ms`, `2m` or a bare number of seconds (more than zero, at most 24 h).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration_or_zero(s)?;
+    if d.is_zero() {
+        return Err(format!("{:?} must be between 1ms and 24h", s.trim()));
+    }
+    Ok(d)
+}
+
+/// Like [`parse_duration`], zero allowed (`0s` turns a warm-up off).
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => (&s[..i], &s[i..]),
@@ -28,8 +37,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => v * 60.0,
         _ => return Err(format!("{s:?}: unit must be ms, s or m")),
     };
-    if !(secs > 0.0 && secs <= 86_400.0) {
-        return Err(format!("{s:?} must be between 1ms and 24h"));
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("{s:?} must be between 0 and 24h"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -45,7 +54,7 @@ pub struct TestnetArgs {
     duration: Duration,
     /// The first part of the load whose latencies are left out of the percentiles (start-up
     /// transient); its transactions still count, and the per-second figures include it.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_duration_or_zero)]
     warmup: Duration,
     /// Offered transactions per second.
     #[arg(long, default_value_t = 20_000)]
@@ -285,7 +294,7 @@ pub struct LoadArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
     /// The first part of the load whose latencies are left out of the percentiles.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_duration_or_zero)]
     warmup: Duration,
     /// Print JSON.
     #[arg(long)]
@@ -329,4 +338,22 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     })?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_bad_values_by_name() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("0s").unwrap_err().contains("between 1ms and 24h"));
+        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("25h").is_err());
+        assert!(parse_duration("5x").unwrap_err().contains("unit"));
+        assert!(parse_duration("fast").unwrap_err().contains("\"fast\""));
+    }
 }
