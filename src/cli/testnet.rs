@@ -350,7 +350,9 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("0s").unwrap_err().contains("between 1ms and 24h"));
+        assert!(parse_duration("0s")
+            .unwrap_err()
+            .contains("between 1ms and 24h"));
         assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
         assert!(parse_duration("25h").is_err());
         assert!(parse_duration("5x").unwrap_err().contains("unit"));

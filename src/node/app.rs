@@ -26,6 +26,8 @@ pub struct Progress {
     pub committed: AtomicU64,
     /// Highest height executed and durable (set by the persistence stage).
     pub durable: AtomicU64,
+    /// Group commits that failed (and were retried).
+    pub persist_failures: AtomicU64,
     /// Durable executed roots, and the checks of the roots that blocks claim.
     pub roots: Mutex<ExecRoots>,
 }
@@ -91,7 +93,12 @@ impl ExecRoots {
             return self.compare(height, claimed, ours, author);
         }
         let (latest, _) = self.latest();
-        if height > latest && self.claims.len() < PENDING_CLAIMS_MAX {
+        // Claims far ahead of this node cannot be settled soon; they are not kept (so a
+        // proposer cannot fill the table with unreachable heights).
+        if height > latest
+            && height - latest <= PENDING_CLAIMS_MAX as u64
+            && self.claims.len() < PENDING_CLAIMS_MAX
+        {
             self.claims.entry(height).or_insert((claimed, author));
         }
         Ok(())
@@ -257,8 +264,12 @@ impl App for NodeApp {
 
     fn validate_payload(&self, block: &Block) -> Result<(), String> {
         let payload = Payload::decode(&block.payload).map_err(|e| format!("payload: {e}"))?;
-        if let Ok(mut roots) = self.progress.roots.lock() {
-            roots.check_claim(block.exec_height.0, block.exec_root, block.author)?;
+        // A proposer can only have executed committed ancestors of this block.
+        if block.exec_height >= block.height {
+            return Err(format!(
+                "exec_height {} is not below the block's height {}",
+                block.exec_height.0, block.height.0
+            ));
         }
         // Our own proposal (only we can sign one): built here from checked transactions.
         let own = block.author == self.me
@@ -266,14 +277,17 @@ impl App for NodeApp {
                 .in_flight
                 .get(&block.round)
                 .is_some_and(|f| f.tx_root == payload.tx_root);
-        if own {
-            return Ok(());
+        if !own {
+            let ids = payload.check()?;
+            if !ids.is_empty() {
+                self.remember_ids(payload.tx_root, ids.into());
+            }
         }
-        let ids = payload.check()?;
-        if !ids.is_empty() {
-            self.remember_ids(payload.tx_root, ids.into());
+        // Last: a claim is recorded (for later settling) only for an otherwise valid block.
+        match self.progress.roots.lock() {
+            Ok(mut roots) => roots.check_claim(block.exec_height.0, block.exec_root, block.author),
+            Err(_) => Ok(()),
         }
-        Ok(())
     }
 
     fn can_propose(&self) -> bool {
@@ -314,6 +328,12 @@ mod tests {
             "{err}"
         );
         assert_eq!((roots.checked, roots.divergences), (1, 1));
+        // Heights far ahead are not kept.
+        assert_eq!(
+            roots.check_claim(1 + PENDING_CLAIMS_MAX as u64 + 5, [0; 32], v(1)),
+            Ok(())
+        );
+        assert!(roots.claims.is_empty());
         // Future heights are settled when executed here.
         assert_eq!(roots.check_claim(2, [2; 32], v(1)), Ok(()));
         assert_eq!(roots.check_claim(3, [7; 32], v(1)), Ok(()));
@@ -344,7 +364,7 @@ mod tests {
         let mut b = Block::genesis(crate::types::Epoch(1));
         b.author = v(author);
         b.round = Round(round);
-        b.height = Height(1);
+        b.height = Height(10);
         b.payload = payload;
         b.exec_height = Height(exec.0);
         b.exec_root = exec.1;
@@ -384,6 +404,11 @@ mod tests {
             .validate_payload(&block_with(1, 7, vec![1, 2, 3], (5, [5; 32])))
             .unwrap_err();
         assert!(err.starts_with("payload:"), "{err}");
+        // A claim about a height the proposer cannot have executed yet.
+        let err = a
+            .validate_payload(&block_with(1, 7, good.encode(), (10, [5; 32])))
+            .unwrap_err();
+        assert!(err.contains("exec_height 10"), "{err}");
         // Our own proposal: built from the mempool, accepted and its ids known.
         let mut me = app(2);
         me.mempool.lock().unwrap().insert(b"mine".to_vec()).unwrap();

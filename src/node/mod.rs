@@ -178,6 +178,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let progress = Arc::new(Progress {
         committed: AtomicU64::new(tip),
         durable: AtomicU64::new(tip),
+        persist_failures: AtomicU64::new(0),
         roots: Mutex::new(roots),
     });
 
@@ -255,7 +256,6 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     }
     let notices_for_persist = Arc::clone(&notices);
     let mut persist = PersistStage {
-        proof_height: tip,
         writer,
         progress: Arc::clone(&progress),
         notify: Box::new(move |executed: &[Executed]| {
@@ -396,6 +396,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                             "bad_signature": border.bad_signature.load(Ordering::Relaxed),
                         },
                         "egress_dropped": dropped.load(Ordering::Relaxed),
+                        "persist_failures": stats_progress.persist_failures.load(Ordering::Relaxed),
                         "transport": {
                             "connected_peers": stats_transport.connected_peers().len(),
                             "handshake_failures": t.handshake_failures,

@@ -332,6 +332,15 @@ pub enum ExecInput {
     Committed(Box<CommittedBatch>),
 }
 
+/// Stops the node when a committed block cannot be executed: going on would skip a block or
+/// build on a wrong state, and this validator would then vote against the others' state roots.
+/// A restart rebuilds the state by replaying the committed chain from the store.
+fn halt_execution(height: u64, why: &str) -> ! {
+    tracing::error!(target: "pipeline.exec", height, why, "execution of a committed block failed; stopping the node");
+    eprintln!("bpci: execution of committed block {height} failed: {why}; stopping (a restart replays the committed chain)");
+    std::process::exit(70)
+}
+
 /// Most blocks executed optimistically and not yet committed.
 pub const MAX_SPECULATIVE_BLOCKS: usize = 64;
 
@@ -419,8 +428,8 @@ impl ExecStage {
             } else {
                 return; // parent not executed here: the commit path will do it
             };
-            let Some((root, ids)) = self.execute(&parent, block) else {
-                return;
+            let Ok((root, ids)) = self.execute(&parent, block) else {
+                return; // optional work: the commit path executes it (or halts on the error)
             };
             self.counters.speculative.fetch_add(1, Ordering::Relaxed);
             self.speculative.insert(
@@ -438,25 +447,41 @@ impl ExecStage {
         let last = committed.blocks.len().saturating_sub(1);
         let mut proof = Some(committed.proof);
         for (i, (id, block)) in committed.blocks.into_iter().enumerate() {
+            if block.parent_id != self.committed.0 {
+                // The core commits a continuous chain; anything else is a bug here or there.
+                halt_execution(
+                    block.height.0,
+                    "committed block does not extend the last one",
+                );
+            }
             // An optimistic result is for exactly this block on exactly its parent's state (the
             // id binds the parent), so it is the committed result.
-            let done = match self.speculative.remove(&id) {
+            let (root, ids) = match self.speculative.remove(&id) {
                 Some(s) => {
                     self.counters
                         .speculative_hits
                         .fetch_add(1, Ordering::Relaxed);
-                    Some((s.root, s.ids))
+                    (s.root, s.ids)
                 }
                 None => {
                     self.counters
                         .executed_at_commit
                         .fetch_add(1, Ordering::Relaxed);
                     let parent = self.committed.1;
-                    self.execute(&parent, &block)
+                    match self.execute(&parent, &block) {
+                        Ok(done) => done,
+                        Err(e) => halt_execution(block.height.0, &e),
+                    }
                 }
             };
-            let Some((root, ids)) = done else { continue };
             self.committed = (id, root, block.height.0);
+            // Prune per block: the ledger then holds at most the committed state, the live
+            // speculative ones and the one being built, whatever the batch length.
+            let h = self.committed.2;
+            self.speculative.retain(|_, s| s.height > h);
+            let mut keep: Vec<StateRoot> = self.speculative.values().map(|s| s.root).collect();
+            keep.push(root);
+            self.ledger.prune(&keep);
             self.counters
                 .txs
                 .fetch_add(ids.len() as u64, Ordering::Relaxed);
@@ -468,15 +493,14 @@ impl ExecStage {
                 proof: if i == last { proof.take() } else { None },
             });
         }
-        let h = self.committed.2;
-        self.speculative.retain(|_, s| s.height > h);
-        let mut keep: Vec<StateRoot> = self.speculative.values().map(|s| s.root).collect();
-        keep.push(self.committed.1);
-        self.ledger.prune(&keep);
     }
 
     /// Executes `block` on the state `parent`: its new root and transaction ids.
-    fn execute(&mut self, parent: &StateRoot, block: &Block) -> Option<(StateRoot, Arc<[TxId]>)> {
+    fn execute(
+        &mut self,
+        parent: &StateRoot,
+        block: &Block,
+    ) -> Result<(StateRoot, Arc<[TxId]>), String> {
         // A certified block's payload was checked by a quorum; an undecodable one executes as
         // empty, as on every other validator.
         let payload = Payload::decode(&block.payload).unwrap_or_else(|e| {
@@ -491,13 +515,10 @@ impl ExecStage {
             .filter(|ids| ids.len() == payload.len());
         let txs: Vec<&[u8]> = payload.txs().collect();
         let ids = cached.unwrap_or_else(|| leaf_hashes(&txs).into());
-        match self.ledger.execute(parent, BlockTxs::new(&txs, &ids)) {
-            Ok((root, _receipts)) => Some((root, ids)),
-            Err(e) => {
-                tracing::error!(target: "pipeline.exec", height = block.height.0, error = %e, "execution failed");
-                None
-            }
-        }
+        self.ledger
+            .execute(parent, BlockTxs::new(&txs, &ids))
+            .map(|(root, _receipts)| (root, ids))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -508,10 +529,8 @@ fn store_err(e: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(e.to_string())
 }
 
-/// Stored commit proofs are at most this many blocks apart (sync serves a range ending at one).
-pub const PROOF_SPACING: u64 = (crate::consensus::MAX_BLOCKS_PER_RESPONSE / 2) as u64;
-
-/// The persistence stage: one durable write transaction (one fsync) per batch of executed blocks.
+/// The persistence stage: one durable group commit (one log fdatasync, one redb commit) per batch
+/// of executed blocks.
 pub struct PersistStage {
     /// Group commits into the node's store.
     pub writer: ChainWriter,
@@ -519,29 +538,25 @@ pub struct PersistStage {
     pub progress: Arc<Progress>,
     /// Called with the ids of transactions now durable (commit notices).
     pub notify: Notify,
-    /// Height of the last stored commit proof.
-    pub proof_height: u64,
 }
 
 impl PersistStage {
-    /// Writes a batch with one immediate-durability commit. A failed write is retried (with
-    /// backoff) until it succeeds: nothing after it may become durable first, and the
-    /// `pipeline_depth` back-pressure stops new proposals meanwhile.
+    /// Writes a batch with one durable group commit. A failed write is retried with backoff until
+    /// it succeeds (each failure logged and counted in `Progress::persist_failures`): nothing
+    /// after it may become durable first. Meanwhile the node stops committing: the execution and
+    /// consensus stages block behind this one once the queues between them are full.
     pub fn on_batch(&mut self, batch: Vec<Vec<Executed>>) {
         let executed: Vec<Executed> = batch.into_iter().flatten().collect();
         let Some(last) = executed.last() else { return };
         let mut backoff = Duration::from_millis(10);
-        let proof_height = loop {
-            match self.write(&executed) {
-                Ok(h) => break h,
-                Err(e) => {
-                    tracing::error!(target: "pipeline.persist", error = %e, retry_in_ms = backoff.as_millis() as u64, "group commit failed");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
-        };
-        self.proof_height = proof_height;
+        while let Err(e) = self.write(&executed) {
+            self.progress
+                .persist_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(target: "pipeline.persist", error = %e, retry_in_ms = backoff.as_millis() as u64, "group commit failed");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
         if let Ok(mut roots) = self.progress.roots.lock() {
             for e in &executed {
                 roots.record_durable(e.height, e.root);
@@ -551,32 +566,19 @@ impl PersistStage {
         (self.notify)(&executed);
     }
 
-    /// One group commit: blocks, the commit proofs that are due (the last one of the batch, and
-    /// any that would otherwise leave a gap above [`PROOF_SPACING`]) and the exec roots.
-    /// Returns the height of the last proof stored.
-    fn write(&self, executed: &[Executed]) -> Result<u64, String> {
-        let last_with_proof = executed.iter().rposition(|e| e.proof.is_some());
-        let mut proof_height = self.proof_height;
-        let mut items = Vec::with_capacity(executed.len());
-        for (i, e) in executed.iter().enumerate() {
-            let proof = e
-                .proof
-                .as_ref()
-                .filter(|_| Some(i) == last_with_proof || e.height >= proof_height + PROOF_SPACING);
-            if proof.is_some() {
-                proof_height = e.height;
+    /// One group commit: blocks, the proof of each committed batch (a header and a QC) and the
+    /// exec roots.
+    fn write(&self, executed: &[Executed]) -> Result<(), StorageError> {
+        let items: Vec<_> = executed
+            .iter()
+            .map(|e| (e.block.as_ref(), e.proof.as_ref()))
+            .collect();
+        self.writer.commit_group(&items, |txn| {
+            let mut t = txn.open_table(EXEC_ROOTS).map_err(store_err)?;
+            for e in executed {
+                t.insert(e.height, e.root.as_slice()).map_err(store_err)?;
             }
-            items.push((e.block.as_ref(), proof));
-        }
-        self.writer
-            .commit_group(&items, |txn| {
-                let mut t = txn.open_table(EXEC_ROOTS).map_err(store_err)?;
-                for e in executed {
-                    t.insert(e.height, e.root.as_slice()).map_err(store_err)?;
-                }
-                Ok(())
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(proof_height)
+            Ok(())
+        })
     }
 }

@@ -11,7 +11,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use crate::consensus::StorageError;
 
@@ -81,6 +81,7 @@ impl ValueLog {
     /// # Errors
     /// I/O errors, and a file shorter than `indexed_end` (the index points past the data).
     pub fn open(path: &Path, indexed_end: u64) -> Result<Self, StorageError> {
+        let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -92,6 +93,15 @@ impl ValueLog {
             .metadata()
             .map_err(|e| io_err(path, "metadata", e))?
             .len();
+        if !existed {
+            // The new file's directory entry must survive a power loss as well as the index
+            // that will point into it.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io_err(path, "syncing its directory", e))?;
+            }
+        }
         if on_disk < indexed_end {
             return Err(StorageError::Backend(format!(
                 "value log {} has {on_disk} bytes but its index reaches byte {indexed_end}: the log is damaged",
@@ -115,10 +125,7 @@ impl ValueLog {
     /// returns their extents. On error nothing is considered written: the next append
     /// overwrites whatever part of them reached the file.
     pub fn append(&self, records: &[&[u8]]) -> Result<Vec<Extent>, StorageError> {
-        let mut len = self
-            .len
-            .lock()
-            .map_err(|_| StorageError::Backend("value log lock poisoned".into()))?;
+        let mut len = self.len.lock().unwrap_or_else(PoisonError::into_inner);
         let mut at = *len;
         let mut out = Vec::with_capacity(records.len());
         for r in records {
@@ -137,14 +144,13 @@ impl ValueLog {
 
     /// Forgets appends after `end` (a group commit whose index was not committed).
     pub fn rewind(&self, end: u64) {
-        if let Ok(mut len) = self.len.lock() {
-            *len = (*len).min(end);
-        }
+        let mut len = self.len.lock().unwrap_or_else(PoisonError::into_inner);
+        *len = (*len).min(end);
     }
 
     /// The current end of the log.
     pub fn end(&self) -> u64 {
-        self.len.lock().map(|l| *l).unwrap_or(0)
+        *self.len.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Makes every append so far durable.

@@ -28,6 +28,8 @@ const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("committed_bloc
 /// Height → [`Extent`] of the encoding of the proof that commits the block at that height.
 const PROOFS: TableDefinition<u64, &[u8]> = TableDefinition::new("commit_proof_extents");
 const SAFETY_KEY: &str = "safety_state";
+/// META key: the end of the value log as of the last committed group (u64 LE).
+const LOG_END_KEY: &str = "value_log_end";
 /// redb page cache of the chain file (redb's default, 1 GiB, would dominate a node's memory).
 const CHAIN_CACHE_BYTES: usize = 16 << 20;
 /// redb page cache of the safety-state file (one small record).
@@ -71,9 +73,9 @@ pub struct ChainWriter {
 impl ChainWriter {
     /// One durable group commit: every block of `items` (in height order) with the proof that
     /// commits it where one is given, plus `extra` writes in the same redb transaction. The
-    /// records reach the value log and are synced before the index commits. Sync serves ranges
-    /// ending at a stored proof, so proofs may be sparse (at most
-    /// [`crate::consensus::MAX_BLOCKS_PER_RESPONSE`] blocks apart).
+    /// records reach the value log and are synced before the index commits, and the log's new
+    /// end is recorded in the same transaction (so reopening cuts exactly the unindexed tail).
+    /// Sync serves ranges ending at a stored proof: give the proof of every committed batch.
     pub fn commit_group(
         &self,
         items: &[(&Block, Option<&CommitProof>)],
@@ -121,6 +123,12 @@ impl ChainWriter {
                 }
             }
         }
+        {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let end = extents.last().map_or(self.log.end(), Extent::end);
+            meta.insert(LOG_END_KEY, end.to_le_bytes().as_slice())
+                .map_err(backend)?;
+        }
         extra(&txn)?;
         txn.commit().map_err(backend)
     }
@@ -156,18 +164,20 @@ impl RedbStore {
         Ok(db)
     }
 
-    /// The end of the last record the index of `db` points at.
+    /// The end of the value log as of the last committed group commit.
     fn indexed_end(db: &Database) -> Result<u64, StorageError> {
         let txn = db.begin_read().map_err(backend)?;
-        let mut end = 0;
-        for table in [BLOCKS, PROOFS] {
-            let t = txn.open_table(table).map_err(backend)?;
-            let last = t.last().map_err(backend)?;
-            if let Some((_, v)) = last {
-                end = end.max(Extent::decode(v.value())?.end());
-            }
-        }
-        Ok(end)
+        let meta = txn.open_table(META).map_err(backend)?;
+        let Some(v) = meta.get(LOG_END_KEY).map_err(backend)? else {
+            return Ok(0);
+        };
+        let bytes: [u8; 8] = v.value().try_into().map_err(|_| {
+            StorageError::Backend(format!(
+                "{LOG_END_KEY} holds {} bytes, expected 8",
+                v.value().len()
+            ))
+        })?;
+        Ok(u64::from_le_bytes(bytes))
     }
 
     fn from_parts(
