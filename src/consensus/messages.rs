@@ -71,22 +71,9 @@ impl Block {
     }
 
     /// This block's id under `chain_id`: the id of its [`BlockHeader`] (the payload enters
-    /// through its digest), computed without copying the block.
+    /// through its digest).
     pub fn id(&self, chain_id: &str) -> BlockId {
-        HeaderRef {
-            parent_id: &self.parent_id,
-            round: self.round,
-            height: self.height,
-            epoch: self.epoch,
-            author: self.author,
-            payload_digest: payload_digest(&self.payload),
-            parent_qc: &self.parent_qc,
-            timestamp_ms: self.timestamp_ms,
-            exec_height: self.exec_height,
-            exec_root: &self.exec_root,
-            evidence: &self.evidence,
-        }
-        .id(chain_id)
+        self.header().id(chain_id)
     }
 
     /// The block without its payload (which its digest replaces); same id.
@@ -148,45 +135,9 @@ pub struct BlockHeader {
 }
 
 impl BlockHeader {
-    /// The id of the block this is the header of.
+    /// The id of the block this is the header of: its canonical encoding is serialized
+    /// straight into the hasher (no buffer).
     pub fn id(&self, chain_id: &str) -> BlockId {
-        HeaderRef {
-            parent_id: &self.parent_id,
-            round: self.round,
-            height: self.height,
-            epoch: self.epoch,
-            author: self.author,
-            payload_digest: self.payload_digest,
-            parent_qc: &self.parent_qc,
-            timestamp_ms: self.timestamp_ms,
-            exec_height: self.exec_height,
-            exec_root: &self.exec_root,
-            evidence: &self.evidence,
-        }
-        .id(chain_id)
-    }
-}
-
-/// The header's fields by reference: encodes exactly as [`BlockHeader`] (serde encodes `&T` as
-/// `T` and a slice as a sequence), so a [`Block`] hashes its header without building one.
-#[derive(Serialize)]
-struct HeaderRef<'a> {
-    parent_id: &'a BlockId,
-    round: Round,
-    height: Height,
-    epoch: Epoch,
-    author: ValidatorIndex,
-    payload_digest: Digest32,
-    parent_qc: &'a QuorumCert,
-    timestamp_ms: TimeMs,
-    exec_height: Height,
-    exec_root: &'a Digest32,
-    evidence: &'a [Evidence],
-}
-
-impl HeaderRef<'_> {
-    /// The canonical encoding is serialized straight into the hasher (no buffer).
-    fn id(&self, chain_id: &str) -> BlockId {
         let mut hasher = signing_hasher(Domain::Block, chain_id, self.epoch.0);
         if let Err(e) = bcs::serialize_into(&mut hasher, self) {
             // As in `encode_infallible`: our types always encode; a failure is a bug.

@@ -26,9 +26,8 @@ use bpci_transport::{ClientServer, ClientServerConfig, PeerConfig, Transport, Tr
 use crate::config::Config;
 use crate::consensus::{Core, CoreConfig, EpochContext, Storage};
 use crate::crypto::Keypair;
-use crate::exec::BlockTxs;
 use crate::exec::{Ledger, StateMachine};
-use crate::mempool::{Mempool, MempoolLimits, Payload};
+use crate::mempool::{Mempool, MempoolLimits};
 use crate::pipeline::{self, StageConfig, StageSnapshot, StageStats};
 use crate::store::RedbStore;
 use crate::types::{Height, ValidatorIndex};
@@ -162,18 +161,19 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let mut roots = ExecRoots::starting_at(0, last_root);
     let tip = store.committed_tip().map(|(b, _)| b.height.0).unwrap_or(0);
     for h in 1..=tip {
-        let Some(b) = store.committed_block(Height(h)) else {
-            break;
+        let replay_err = |why: String| {
+            NodeError::Store(crate::consensus::StorageError::Backend(format!(
+                "replaying committed block {h}: {why}"
+            )))
         };
-        let empty: [&[u8]; 0] = [];
-        let payload = Payload::decode(&b.payload).unwrap_or_else(|_| Payload::new(&empty));
-        let txs: Vec<&[u8]> = payload.txs().collect();
-        let ids = crate::crypto::leaf_hashes(&txs);
-        if let Ok((root, _)) = ledger.execute(&last_root, BlockTxs::new(&txs, &ids)) {
-            ledger.prune(&[root]);
-            last_root = root;
-            roots.record_durable(h, root);
-        }
+        let b = store
+            .committed_block(Height(h))
+            .ok_or_else(|| replay_err("missing from the store".into()))?;
+        let (root, _) =
+            stages::execute_block(&mut ledger, &last_root, &b, |_| None).map_err(replay_err)?;
+        ledger.prune(&[root]);
+        last_root = root;
+        roots.record_durable(h, root);
     }
     let progress = Arc::new(Progress {
         committed: AtomicU64::new(tip),

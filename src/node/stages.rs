@@ -501,25 +501,36 @@ impl ExecStage {
         parent: &StateRoot,
         block: &Block,
     ) -> Result<(StateRoot, Arc<[TxId]>), String> {
-        // A certified block's payload was checked by a quorum; an undecodable one executes as
-        // empty, as on every other validator.
-        let payload = Payload::decode(&block.payload).unwrap_or_else(|e| {
-            tracing::error!(target: "pipeline.exec", height = block.height.0, error = %e, "undecodable payload executed as empty");
-            Payload::new(&[] as &[&[u8]])
-        });
-        let cached = self
-            .tx_ids
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&payload.tx_root))
-            .filter(|ids| ids.len() == payload.len());
-        let txs: Vec<&[u8]> = payload.txs().collect();
-        let ids = cached.unwrap_or_else(|| leaf_hashes(&txs).into());
-        self.ledger
-            .execute(parent, BlockTxs::new(&txs, &ids))
-            .map(|(root, _receipts)| (root, ids))
-            .map_err(|e| e.to_string())
+        let tx_ids = &self.tx_ids;
+        execute_block(&mut self.ledger, parent, block, |root| {
+            tx_ids.lock().ok().and_then(|c| c.get(root))
+        })
     }
+}
+
+/// Executes a committed or certified `block` on the ledger state `parent`: its new root and its
+/// transaction ids (taken from `known_ids` by payload root when they match, hashed otherwise).
+/// Used by the exec stage and by the replay at start-up.
+pub fn execute_block(
+    ledger: &mut Ledger,
+    parent: &StateRoot,
+    block: &Block,
+    known_ids: impl FnOnce(&crate::crypto::Digest32) -> Option<Arc<[TxId]>>,
+) -> Result<(StateRoot, Arc<[TxId]>), String> {
+    // A certified block's payload was checked by a quorum; an undecodable one executes as
+    // empty, as on every other validator.
+    let payload = Payload::decode(&block.payload).unwrap_or_else(|e| {
+        tracing::error!(target: "pipeline.exec", height = block.height.0, error = %e, "undecodable payload executed as empty");
+        Payload::new(&[] as &[&[u8]])
+    });
+    let txs: Vec<&[u8]> = payload.txs().collect();
+    let ids = known_ids(&payload.tx_root)
+        .filter(|ids| ids.len() == txs.len())
+        .unwrap_or_else(|| leaf_hashes(&txs).into());
+    ledger
+        .execute(parent, BlockTxs::new(&txs, &ids))
+        .map(|(root, _receipts)| (root, ids))
+        .map_err(|e| e.to_string())
 }
 
 /// Receives each durable batch of executed blocks (commit notices to clients).
