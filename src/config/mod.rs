@@ -225,6 +225,10 @@ pub struct Tuning {
     /// Pin each stage thread to a core (when there are enough cores).
     #[serde(default)]
     pub pin_threads: bool,
+    /// Largest UDP payload of a QUIC packet (1200..=6500). Absent: 6000 on loopback, otherwise
+    /// 1200 raised by path MTU discovery up to 1452. Set it on jumbo-frame networks.
+    #[serde(default)]
+    pub max_udp_payload_bytes: Option<u16>,
 }
 
 /// The whole file.
@@ -388,6 +392,18 @@ impl Config {
                 "triple_consensus.auction.bid_evaluation_timeout_seconds",
                 "must be positive",
             ));
+        }
+
+        if let Some(n) = file.tuning.max_udp_payload_bytes {
+            let max = bpci_transport::MAX_UDP_PAYLOAD_LIMIT;
+            if !(1200..=max).contains(&n) {
+                return Err(invalid(
+                    "tuning.max_udp_payload_bytes",
+                    format!(
+                        "must be in 1200..={max} (QUIC's minimum; ten GSO segments must fit one 64 KiB send), got {n}"
+                    ),
+                ));
+            }
         }
 
         let mut validators = Vec::new();

@@ -197,3 +197,29 @@ fn endpoints() {
         assert_eq!(got.as_deref(), want.ok(), "{input}");
     }
 }
+
+#[test]
+fn udp_payload_size_is_checked_against_quic_and_gso_limits() {
+    let with = |n: u32| format!("{}tuning:\n  max_udp_payload_bytes: {n}\n", yaml(""));
+    let ok = Config::from_yaml(&with(6000)).expect("6000 is accepted");
+    assert_eq!(ok.file.tuning.max_udp_payload_bytes, Some(6000));
+    assert_eq!(
+        Config::from_yaml(&yaml(""))
+            .expect("fixture parses")
+            .file
+            .tuning
+            .max_udp_payload_bytes,
+        None
+    );
+    for bad in [1000, 9000] {
+        match Config::from_yaml(&with(bad)) {
+            Err(ConfigError::Invalid { key, message }) => {
+                assert_eq!(key, "tuning.max_udp_payload_bytes");
+                assert!(message.contains(&bad.to_string()), "{message}");
+            }
+            other => panic!("{bad}: expected an error naming the key, got {other:?}"),
+        }
+    }
+    // Beyond u16 the YAML type check refuses it.
+    assert!(Config::from_yaml(&with(70000)).is_err());
+}

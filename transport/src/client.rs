@@ -103,6 +103,8 @@ pub struct ClientServerConfig {
     pub outbound_queue_frames: usize,
     /// tokio worker threads of the runtime the server owns (1 or more).
     pub worker_threads: usize,
+    /// Largest UDP payload of a QUIC packet, as [`crate::TransportConfig::max_udp_payload`].
+    pub max_udp_payload: Option<u16>,
 }
 
 impl std::fmt::Debug for ClientServerConfig {
@@ -115,6 +117,7 @@ impl std::fmt::Debug for ClientServerConfig {
             .field("inbound_queue_frames", &self.inbound_queue_frames)
             .field("outbound_queue_frames", &self.outbound_queue_frames)
             .field("worker_threads", &self.worker_threads)
+            .field("max_udp_payload", &self.max_udp_payload)
             .finish()
     }
 }
@@ -130,11 +133,13 @@ impl ClientServerConfig {
             inbound_queue_frames: CLIENT_INBOUND_QUEUE_FRAMES_DEFAULT,
             outbound_queue_frames: CLIENT_OUTBOUND_QUEUE_FRAMES_DEFAULT,
             worker_threads: CLIENT_WORKER_THREADS_DEFAULT,
+            max_udp_payload: None,
         }
     }
 
     fn validate(&self) -> Result<(), TransportError> {
         check_frame_limit(self.max_frame_bytes)?;
+        crate::mtu::check(self.max_udp_payload)?;
         let invalid = |field, reason| Err(TransportError::InvalidConfig { field, reason });
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
@@ -299,12 +304,14 @@ impl ClientServer {
 
         let mut transport = quinn_transport_config();
         transport.max_concurrent_bidi_streams(1u32.into());
+        crate::mtu::apply(&mut transport, cfg.max_udp_payload, local_addr.ip());
         let mut server =
             quinn::ServerConfig::with_crypto(tls::client_endpoint_server_crypto(&cfg.secret_seed)?);
         server.transport_config(Arc::new(transport));
         server.max_incoming(INCOMING_MAX);
         let (reset_key, cid_key) = tls::client_endpoint_keys(&cfg.secret_seed);
         let mut endpoint_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+        crate::mtu::accept_large(&mut endpoint_cfg);
         endpoint_cfg.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });
@@ -736,6 +743,7 @@ impl ClientRuntime {
         let mut client = quinn::ClientConfig::new(tls::client_endpoint_client_crypto(&server_key)?);
         let mut transport = quinn_transport_config();
         transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+        crate::mtu::apply(&mut transport, None, server.ip());
         client.transport_config(Arc::new(transport));
 
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
@@ -777,13 +785,10 @@ impl ClientRuntime {
         tune_socket(&socket);
         let endpoint = {
             let _guard = runtime.enter();
-            quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                None,
-                socket,
-                Arc::new(quinn::TokioRuntime),
-            )
-            .map_err(TransportError::Endpoint)?
+            let mut endpoint_cfg = quinn::EndpointConfig::default();
+            crate::mtu::accept_large(&mut endpoint_cfg);
+            quinn::Endpoint::new(endpoint_cfg, None, socket, Arc::new(quinn::TokioRuntime))
+                .map_err(TransportError::Endpoint)?
         };
         endpoints[slot] = Some(endpoint.clone());
         Ok(endpoint)

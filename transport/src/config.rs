@@ -64,6 +64,10 @@ pub struct TransportConfig {
     pub idle_timeout: Duration,
     /// tokio worker threads of the runtime the transport owns (1 or more).
     pub worker_threads: usize,
+    /// Largest UDP payload of a QUIC packet, 1200..=[`crate::MAX_UDP_PAYLOAD_LIMIT`]. `None`:
+    /// [`crate::LOOPBACK_UDP_PAYLOAD`] when `listen` is a loopback address, otherwise QUIC's
+    /// 1,200 bytes raised by path MTU discovery up to 1,452.
+    pub max_udp_payload: Option<u16>,
 }
 
 impl std::fmt::Debug for TransportConfig {
@@ -81,6 +85,7 @@ impl std::fmt::Debug for TransportConfig {
             .field("keep_alive_interval", &self.keep_alive_interval)
             .field("idle_timeout", &self.idle_timeout)
             .field("worker_threads", &self.worker_threads)
+            .field("max_udp_payload", &self.max_udp_payload)
             .finish()
     }
 }
@@ -101,6 +106,7 @@ impl TransportConfig {
             keep_alive_interval: KEEP_ALIVE_INTERVAL_DEFAULT,
             idle_timeout: IDLE_TIMEOUT_DEFAULT,
             worker_threads: WORKER_THREADS_DEFAULT,
+            max_udp_payload: None,
         }
     }
 
@@ -131,6 +137,7 @@ impl TransportConfig {
         if self.worker_threads == 0 {
             return invalid("worker_threads", "must be at least 1");
         }
+        crate::mtu::check(self.max_udp_payload)?;
 
         let own_key = public_key_from_seed(&self.secret_seed);
         let mut by_index = HashMap::new();

@@ -42,6 +42,7 @@ mod error;
 mod frame;
 mod handshake;
 mod link;
+mod mtu;
 mod peer;
 pub mod raw;
 mod stats;
@@ -61,6 +62,7 @@ pub use config::{
     RECONNECT_MIN_DEFAULT, SEND_QUEUE_FRAMES_DEFAULT, WORKER_THREADS_DEFAULT,
 };
 pub use error::{SendError, TransportError};
+pub use mtu::{LOOPBACK_UDP_PAYLOAD, MAX_UDP_PAYLOAD_LIMIT};
 pub use stats::{ClassStats, TransportStats};
 pub use tokio::sync::mpsc::Receiver;
 pub use transport::{Transport, TransportHandle};

@@ -102,6 +102,7 @@ impl Transport {
             .max_concurrent_uni_streams(PEER_UNI_STREAMS_MAX.into())
             .max_concurrent_bidi_streams(1u32.into())
             .datagram_receive_buffer_size(None);
+        crate::mtu::apply(&mut transport, cfg.max_udp_payload, local_addr.ip());
         let transport = Arc::new(transport);
 
         let client_keys: Vec<[u8; 32]> = peers.iter().map(|p| p.public_key).collect();
@@ -111,6 +112,7 @@ impl Transport {
         server.max_incoming(INCOMING_MAX);
         let mut endpoint_cfg =
             quinn::EndpointConfig::new(Arc::new(tls::stateless_reset_key(&cfg.secret_seed)));
+        crate::mtu::accept_large(&mut endpoint_cfg);
         let cid_key = tls::connection_id_key(&cfg.secret_seed);
         endpoint_cfg.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
