@@ -75,7 +75,10 @@ impl Default for MempoolLimits {
 #[derive(Debug, Default)]
 pub struct Mempool {
     limits: MempoolLimits,
+    /// From our own clients (these may be forwarded to the next leader).
     queue: VecDeque<(TxId, Vec<u8>)>,
+    /// Forwarded to us by other validators (proposed here, never forwarded again).
+    forwarded: VecDeque<(TxId, Vec<u8>)>,
     ids: HashSet<TxId>,
     bytes: usize,
 }
@@ -91,12 +94,12 @@ impl Mempool {
 
     /// Pending transactions.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.forwarded.len()
     }
 
     /// Nothing pending.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && self.forwarded.is_empty()
     }
 
     /// Pending bytes.
@@ -104,8 +107,25 @@ impl Mempool {
         self.bytes
     }
 
-    /// Adds a transaction, returning its id.
+    /// Adds a transaction from one of our clients, returning its id.
     pub fn insert(&mut self, tx: Vec<u8>) -> Result<TxId, MempoolError> {
+        let id = self.admit(&tx)?;
+        self.bytes += tx.len();
+        self.queue.push_back((id, tx));
+        Ok(id)
+    }
+
+    /// Adds a transaction another validator forwarded to us (it is proposed here, never
+    /// forwarded again), returning its id.
+    pub fn insert_forwarded(&mut self, tx: Vec<u8>) -> Result<TxId, MempoolError> {
+        let id = self.admit(&tx)?;
+        self.bytes += tx.len();
+        self.forwarded.push_back((id, tx));
+        Ok(id)
+    }
+
+    /// Checks size, room and novelty; records the id.
+    fn admit(&mut self, tx: &[u8]) -> Result<TxId, MempoolError> {
         if tx.is_empty() {
             return Err(MempoolError::Empty);
         }
@@ -115,42 +135,73 @@ impl Mempool {
                 max: MAX_TX_BYTES,
             });
         }
-        if self.queue.len() >= self.limits.max_txs || self.bytes + tx.len() > self.limits.max_bytes
-        {
+        if self.len() >= self.limits.max_txs || self.bytes + tx.len() > self.limits.max_bytes {
             return Err(MempoolError::Full {
-                txs: self.queue.len(),
+                txs: self.len(),
                 bytes: self.bytes,
             });
         }
-        let id = tx_id(&tx);
+        let id = tx_id(tx);
         if !self.ids.insert(id) {
             return Err(MempoolError::Duplicate);
         }
-        self.bytes += tx.len();
-        self.queue.push_back((id, tx));
         Ok(id)
     }
 
-    /// Takes up to `max_count` transactions and `max_bytes` bytes, oldest first.
+    /// Takes up to `max_count` transactions and `max_bytes` bytes for a proposal: those
+    /// forwarded to us first (they waited at another validator already), then our clients',
+    /// each oldest first.
     pub fn take(&mut self, max_count: usize, max_bytes: usize) -> Vec<(TxId, Vec<u8>)> {
         let mut out = Vec::new();
         let mut bytes = 0;
+        Self::take_from(
+            &mut self.forwarded,
+            &mut out,
+            &mut bytes,
+            max_count,
+            max_bytes,
+        );
+        Self::take_from(&mut self.queue, &mut out, &mut bytes, max_count, max_bytes);
+        self.settle(&out, bytes);
+        out
+    }
+
+    /// Takes only our own clients' transactions (to forward them), oldest first.
+    pub fn take_local(&mut self, max_count: usize, max_bytes: usize) -> Vec<(TxId, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        Self::take_from(&mut self.queue, &mut out, &mut bytes, max_count, max_bytes);
+        self.settle(&out, bytes);
+        out
+    }
+
+    fn take_from(
+        queue: &mut VecDeque<(TxId, Vec<u8>)>,
+        out: &mut Vec<(TxId, Vec<u8>)>,
+        bytes: &mut usize,
+        max_count: usize,
+        max_bytes: usize,
+    ) {
         while out.len() < max_count {
-            let Some((_, tx)) = self.queue.front() else {
+            let Some((_, tx)) = queue.front() else {
                 break;
             };
-            if bytes + tx.len() > max_bytes && !out.is_empty() {
+            if *bytes + tx.len() > max_bytes && !out.is_empty() {
                 break;
             }
-            let Some((id, tx)) = self.queue.pop_front() else {
+            let Some((id, tx)) = queue.pop_front() else {
                 break;
             };
-            bytes += tx.len();
-            self.bytes -= tx.len();
-            self.ids.remove(&id);
+            *bytes += tx.len();
             out.push((id, tx));
         }
-        out
+    }
+
+    fn settle(&mut self, taken: &[(TxId, Vec<u8>)], bytes: usize) {
+        self.bytes -= bytes;
+        for (id, _) in taken {
+            self.ids.remove(id);
+        }
     }
 
     /// Puts back transactions whose block was abandoned (front of the queue, original order).
@@ -278,6 +329,37 @@ mod tests {
         let order: Vec<Vec<u8>> = m.take(10, 100).into_iter().map(|(_, t)| t).collect();
         assert_eq!(order, vec![b"bbbb".to_vec(), b"c".to_vec(), b"a".to_vec()]);
         assert_eq!(m.bytes(), 0);
+    }
+
+    #[test]
+    fn forwarded_transactions_are_proposed_first_and_never_taken_for_forwarding() {
+        let mut m = Mempool::new(MempoolLimits {
+            max_txs: 3,
+            max_bytes: 1 << 20,
+        });
+        let own = m.insert(vec![1; 4]).unwrap();
+        let fwd = m.insert_forwarded(vec![2; 4]).unwrap();
+        assert_eq!(m.insert_forwarded(vec![1; 4]), Err(MempoolError::Duplicate));
+        assert_eq!(m.insert(vec![2; 4]), Err(MempoolError::Duplicate));
+        m.insert(vec![3; 4]).unwrap();
+        assert!(matches!(
+            m.insert_forwarded(vec![4; 4]),
+            Err(MempoolError::Full { txs: 3, .. })
+        ));
+        assert_eq!(m.len(), 3);
+        let local = m.take_local(1, 1 << 20);
+        assert_eq!(
+            local.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![own]
+        );
+        assert_eq!(m.bytes(), 8);
+        let all = m.take(10, 1 << 20);
+        assert_eq!(all[0].0, fwd, "forwarded first");
+        assert_eq!(all.len(), 2);
+        assert!(m.is_empty());
+        assert_eq!(m.bytes(), 0);
+        // Taken ids may come back (a requeued block) and be inserted again.
+        m.insert(vec![1; 4]).unwrap();
     }
 
     #[test]

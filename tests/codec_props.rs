@@ -218,9 +218,9 @@ proptest! {
 
 #[test]
 fn unknown_tag_and_named_limits() {
-    // Message has 8 variants: tag 8 is unknown.
+    // Message has 9 variants: tag 9 is unknown.
     assert!(matches!(
-        decode::<Message>(&[8]),
+        decode::<Message>(&[9]),
         Err(DecodeError::UnknownTag(_))
     ));
     let big = Message::Proposal(Proposal {
@@ -245,6 +245,20 @@ fn unknown_tag_and_named_limits() {
         decode::<Message>(&encode(&many).unwrap()),
         Err(DecodeError::LimitExceeded {
             field: "block_response.blocks",
+            ..
+        })
+    ));
+    let oversized_tx = Message::Txs(TxBatch {
+        txs: vec![serde_bytes::ByteBuf::from(vec![
+            1;
+            bpci::mempool::MAX_TX_BYTES
+                + 1
+        ])],
+    });
+    assert!(matches!(
+        decode::<Message>(&encode(&oversized_tx).unwrap()),
+        Err(DecodeError::LimitExceeded {
+            field: "txs.tx",
             ..
         })
     ));

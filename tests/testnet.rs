@@ -87,6 +87,11 @@ fn four_validators_commit_client_transactions() {
         assert!(exec["speculative_hits"].as_u64() > Some(0), "v{i}: {exec}");
         assert!(exec["roots_checked"].as_u64() > Some(0), "v{i}: {exec}");
         assert_eq!(exec["divergences"].as_u64(), Some(0), "v{i}: {exec}");
+        // Each validator forwarded its clients' transactions to upcoming leaders and proposed
+        // some that others forwarded to it (their submitters still got commit notices: above).
+        let fwd = &s["forward"];
+        assert!(fwd["sent"].as_u64() > Some(0), "v{i}: {fwd}");
+        assert!(fwd["received"].as_u64() > Some(0), "v{i}: {fwd}");
     }
 }
 

@@ -596,6 +596,12 @@ impl EpochContext {
                 ids.push(child_id);
             }
             Message::Evidence(e) => self.check_evidence(e, &mut c)?,
+            Message::Txs(_) => {
+                return Err(MessageError::Malformed {
+                    what: "txs",
+                    why: "forwarded transactions are mempool traffic, not for the core",
+                })
+            }
         }
         Ok(Prepared {
             msg,

@@ -389,6 +389,8 @@ impl<S: Storage, A: App> Core<S, A> {
             Message::SyncRequest(r) => self.serve_sync(from, r),
             Message::SyncResponse(r) => self.on_sync(from, r, &ids),
             Message::Evidence(e) => self.add_evidence(e),
+            // Refused by `EpochContext::prepare`: never verified, never here.
+            Message::Txs(_) => {}
         }
         std::mem::take(&mut self.out)
     }

@@ -407,6 +407,16 @@ pub enum Message {
     SyncResponse(SyncResponse),
     /// Gossiped equivocation evidence.
     Evidence(Evidence),
+    /// Client transactions forwarded to the next leader (mempool traffic, not for the core:
+    /// the node's ingress stage takes them out before consensus sees them).
+    Txs(TxBatch),
+}
+
+/// Client transactions one validator forwards to another (see `node::forward`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxBatch {
+    /// The transactions, each encoded as one byte string.
+    pub txs: Vec<serde_bytes::ByteBuf>,
 }
 
 impl Message {
@@ -421,6 +431,7 @@ impl Message {
             Message::SyncRequest(_) => "sync_request",
             Message::SyncResponse(_) => "sync_response",
             Message::Evidence(_) => "evidence",
+            Message::Txs(_) => "txs",
         }
     }
 }
@@ -465,6 +476,12 @@ impl Bounded for Message {
             }
             Message::Vote(_) | Message::BlockRequest(_) | Message::SyncRequest(_) => Ok(()),
             Message::Evidence(_) => Ok(()),
+            Message::Txs(b) => {
+                check_len("txs.txs", b.txs.len(), crate::mempool::MAX_TXS_PER_BLOCK)?;
+                b.txs
+                    .iter()
+                    .try_for_each(|t| check_len("txs.tx", t.len(), crate::mempool::MAX_TX_BYTES))
+            }
             Message::Timeout(t) => {
                 qc_bounds(&t.high_qc)?;
                 t.last_tc.as_ref().map_or(Ok(()), tc_bounds)

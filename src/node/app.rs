@@ -24,6 +24,8 @@ pub const TX_ID_CACHE_MAX: usize = 128;
 pub struct Progress {
     /// Highest committed height (set by the core stage).
     pub committed: AtomicU64,
+    /// The core's current round (set by the core stage; read by the mempool forwarder).
+    pub round: Arc<AtomicU64>,
     /// Highest height executed and durable (set by the persistence stage).
     pub durable: AtomicU64,
     /// Group commits that failed (and were retried).

@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod clients;
+pub mod forward;
 pub mod keys;
 pub mod stages;
 
@@ -177,6 +178,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     }
     let progress = Arc::new(Progress {
         committed: AtomicU64::new(tip),
+        round: Arc::new(AtomicU64::new(0)),
         durable: AtomicU64::new(tip),
         persist_failures: AtomicU64::new(0),
         roots: Mutex::new(roots),
@@ -221,16 +223,21 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         Some(a) => a,
         None => resolve(&config.endpoints[me.as_usize()])?,
     };
-    let tcfg = TransportConfig::new(me.0, listen, key.seed(), peers);
+    let mut tcfg = TransportConfig::new(me.0, listen, key.seed(), peers);
+    tcfg.max_udp_payload = config.file.tuning.max_udp_payload_bytes;
     let (transport, handle, mut inbound) = Transport::start(tcfg)?;
 
+    let stop = Arc::new(AtomicBool::new(false));
+    let forward_counters = Arc::new(forward::ForwardCounters::default());
+    let handoff = Arc::new(Mutex::new(forward::HandOff::default()));
     // The client endpoint: transactions in, "busy" when the mempool is full, commit notices out.
     let mut client_server = None;
     let mut gateway = None;
     let mut threads = Vec::new();
     if let Some(addr) = node.client_listen {
-        let (server, server_handle, frames) =
-            ClientServer::start(ClientServerConfig::new(addr, key.seed()))?;
+        let mut ccfg = ClientServerConfig::new(addr, key.seed());
+        ccfg.max_udp_payload = config.file.tuning.max_udp_payload_bytes;
+        let (server, server_handle, frames) = ClientServer::start(ccfg)?;
         let g = Arc::new(clients::Gateway::new(Arc::clone(&mempool), server_handle));
         let reader = Arc::clone(&g);
         threads.push(
@@ -240,6 +247,38 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         );
         gateway = Some(g);
         client_server = Some(server);
+        // Our clients' transactions go to the next round's leader (see `forward`).
+        let validators = ctx.validators.clone();
+        let forward_handle = handle.clone();
+        let forwarder = forward::Forwarder {
+            me,
+            leader_of: Box::new(move |r| validators.leader(crate::types::Round(r))),
+            round: Arc::clone(&progress.round),
+            mempool: Arc::clone(&mempool),
+            handoff: Arc::clone(&handoff),
+            // Only to a connected leader: a batch queued for a peer that is down would come
+            // back only after the hand-off timeout.
+            send: Box::new(move |to, msg| {
+                if !forward_handle.connected_peers().contains(&to.0) {
+                    return false;
+                }
+                let class = stages::class_of(&msg);
+                forward_handle
+                    .send(
+                        to.0,
+                        class,
+                        bytes::Bytes::from(crate::codec::encode_infallible(&msg)),
+                    )
+                    .is_ok()
+            }),
+            counters: Arc::clone(&forward_counters),
+        };
+        let forward_stop = Arc::clone(&stop);
+        threads.push(
+            std::thread::Builder::new()
+                .name("node.forward".into())
+                .spawn(move || forwarder.run(forward_stop))?,
+        );
     }
 
     let pin = config.file.tuning.pin_threads && pipeline::core_count() >= 6;
@@ -252,6 +291,15 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     if let Some(g) = gateway {
         if let Ok(mut list) = notices.lock() {
             list.push(Box::new(move |executed: &[Executed]| g.notify(executed)));
+            let handoff = Arc::clone(&handoff);
+            list.push(Box::new(move |executed: &[Executed]| {
+                let mut h = handoff
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for e in executed {
+                    h.committed(e.tx_ids.iter());
+                }
+            }));
         }
     }
     let notices_for_persist = Arc::clone(&notices);
@@ -320,11 +368,12 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         },
     )?;
 
-    let stop = Arc::new(AtomicBool::new(false));
     let ingress_ctx = Arc::clone(&ctx);
     let ingress_border = Arc::clone(&border);
     let ingress_frames = Arc::new(AtomicU64::new(0));
     let ingress_count = Arc::clone(&ingress_frames);
+    let ingress_mempool = Arc::clone(&mempool);
+    let ingress_forward = Arc::clone(&forward_counters);
     threads.push(
         std::thread::Builder::new()
             .name("pipeline.ingress".into())
@@ -334,12 +383,16 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                 }
                 while let Some(inb) = inbound.blocking_recv() {
                     ingress_count.fetch_add(1, Ordering::Relaxed);
-                    if let Some(p) =
-                        stages::ingress(&ingress_ctx, inb.from, &inb.frame, &ingress_border)
-                    {
-                        if verify_in.send(p).is_err() {
-                            break;
+                    match stages::ingress(&ingress_ctx, inb.from, &inb.frame, &ingress_border) {
+                        stages::Ingress::Consensus(from, p) => {
+                            if verify_in.send((from, p)).is_err() {
+                                break;
+                            }
                         }
+                        stages::Ingress::Txs(batch) => {
+                            forward::accept_forwarded(batch, &ingress_mempool, &ingress_forward)
+                        }
+                        stages::Ingress::Dropped => {}
                     }
                 }
             })?,
@@ -389,6 +442,13 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                             "divergences": divergences,
                         },
                         "mempool_txs": stats_mempool.lock().map(|m| m.len()).unwrap_or(0),
+                        "forward": {
+                            "sent": forward_counters.sent.load(Ordering::Relaxed),
+                            "requeued": forward_counters.requeued.load(Ordering::Relaxed),
+                            "received": forward_counters.received.load(Ordering::Relaxed),
+                            "refused": forward_counters.refused.load(Ordering::Relaxed),
+                            "handed_off": handoff.lock().map(|h| h.len()).unwrap_or(0),
+                        },
                         "ingress_frames": ingress_frames.load(Ordering::Relaxed),
                         "border": {
                             "undecodable": border.undecodable.load(Ordering::Relaxed),

@@ -14,7 +14,8 @@ use redb::TableDefinition;
 use crate::codec::{decode, encode_infallible};
 use crate::consensus::StorageError;
 use crate::consensus::{
-    Action, Block, CommittedBatch, Core, CoreStats, EpochContext, Message, Prepared, Verified,
+    Action, Block, CommittedBatch, Core, CoreStats, EpochContext, Message, Prepared, TxBatch,
+    Verified,
 };
 use crate::crypto::{leaf_hashes, BatchVerifier};
 use crate::exec::{BlockTxs, Ledger, StateMachine, StateRoot};
@@ -39,7 +40,10 @@ pub fn now_ms() -> TimeMs {
 /// Messages that carry blocks travel on the bulk stream; everything else on the consensus stream.
 pub fn class_of(msg: &Message) -> Class {
     match msg {
-        Message::Proposal(_) | Message::BlockResponse(_) | Message::SyncResponse(_) => Class::Bulk,
+        Message::Proposal(_)
+        | Message::BlockResponse(_)
+        | Message::SyncResponse(_)
+        | Message::Txs(_) => Class::Bulk,
         _ => Class::Consensus,
     }
 }
@@ -55,27 +59,38 @@ pub struct BorderStats {
     pub bad_signature: AtomicU64,
 }
 
+/// What the ingress stage makes of one frame.
+// Returned by value once per frame and consumed at once: boxing the large variant would add an
+// allocation to every consensus message.
+#[allow(clippy::large_enum_variant)]
+pub enum Ingress {
+    /// A consensus message, structurally checked, for signature verification.
+    Consensus(ValidatorIndex, Prepared),
+    /// Client transactions forwarded by another validator, for the mempool.
+    Txs(TxBatch),
+    /// Refused (counted in [`BorderStats`]).
+    Dropped,
+}
+
 /// Ingress: decode and structurally check one frame (runs on the ingress thread).
-pub fn ingress(
-    ctx: &EpochContext,
-    from: u16,
-    frame: &[u8],
-    border: &BorderStats,
-) -> Option<(ValidatorIndex, Prepared)> {
+pub fn ingress(ctx: &EpochContext, from: u16, frame: &[u8], border: &BorderStats) -> Ingress {
     let msg: Message = match decode(frame) {
         Ok(m) => m,
         Err(e) => {
             border.undecodable.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(target: "pipeline.ingress", from, error = %e, "undecodable frame");
-            return None;
+            return Ingress::Dropped;
         }
     };
+    if let Message::Txs(batch) = msg {
+        return Ingress::Txs(batch);
+    }
     match ctx.prepare(msg) {
-        Ok(p) => Some((ValidatorIndex(from), p)),
+        Ok(p) => Ingress::Consensus(ValidatorIndex(from), p),
         Err(e) => {
             border.malformed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(target: "pipeline.ingress", from, error = %e, "refused message");
-            None
+            Ingress::Dropped
         }
     }
 }
@@ -232,6 +247,9 @@ impl CoreStage {
         let acts = self.core.start(now_ms());
         self.apply(acts);
         self.drain_loopback();
+        self.progress
+            .round
+            .store(self.core.round().0, Ordering::Release);
     }
 
     /// Handles a batch of verified messages (or a tick when empty).
@@ -245,6 +263,9 @@ impl CoreStage {
         let acts = self.core.handle_tick(now);
         self.apply(acts);
         self.drain_loopback();
+        self.progress
+            .round
+            .store(self.core.round().0, Ordering::Release);
         if let Ok(mut s) = self.snapshot.lock() {
             *s = CoreSnapshot::from_core(
                 self.core.round(),

@@ -1,0 +1,341 @@
+//! Mempool forwarding: transactions a validator takes from its own clients go to the leader of
+//! the round after next, so they ride in a proposal one round away instead of waiting for this
+//! validator's own turn as leader (up to n rounds with round-robin leaders). Not the next
+//! round's leader: in round r it is already collecting the votes for r and proposes as soon as
+//! they form a QC, before a forwarded batch arrives; the leader of r + 2 proposes a round later.
+//!
+//! A forwarded transaction is *handed off*, not given away: the forwarder keeps it until a
+//! committed block carries it, and puts it back into its own mempool if none has after
+//! [`HANDOFF_TIMEOUT`] (the leader crashed, was full, or censors). The receiving leader keeps
+//! forwarded transactions apart from its own clients' ([`Mempool::insert_forwarded`]) and never
+//! forwards them again, so a transaction crosses at most one extra hop. Everything is bounded:
+//! a hand-off holds at most [`MAX_HANDED_BYTES`]; beyond it transactions stay local.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::consensus::{Message, TxBatch};
+use crate::mempool::{Mempool, TxId};
+use crate::types::ValidatorIndex;
+
+/// The forwarder sends to the leader of (current round + this).
+pub const LOOKAHEAD_ROUNDS: u64 = 2;
+/// How often the forwarder looks for new client transactions.
+pub const FORWARD_INTERVAL: Duration = Duration::from_millis(1);
+/// Bytes of transactions in one forwarded batch, at most.
+pub const MAX_BATCH_BYTES: usize = 512 * 1024;
+/// Transactions in one forwarded batch, at most.
+pub const MAX_BATCH_TXS: usize = 4096;
+/// A handed-off transaction not committed by then returns to our own mempool.
+pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bytes of handed-off transactions held at most (beyond it, transactions stay local).
+pub const MAX_HANDED_BYTES: usize = 64 << 20;
+
+/// Transactions handed to another leader and not yet seen committed.
+#[derive(Debug, Default)]
+pub struct HandOff {
+    txs: HashMap<TxId, Vec<u8>>,
+    /// Hand-off batches in time order: when they expire, and their ids.
+    deadlines: VecDeque<(Instant, Vec<TxId>)>,
+    bytes: usize,
+}
+
+impl HandOff {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Transactions held.
+    pub fn len(&self) -> usize {
+        self.txs.len()
+    }
+
+    /// Nothing held.
+    pub fn is_empty(&self) -> bool {
+        self.txs.is_empty()
+    }
+
+    /// Holds `txs`, handed off at `now`.
+    pub fn hold(&mut self, txs: Vec<(TxId, Vec<u8>)>, now: Instant) {
+        let mut ids = Vec::with_capacity(txs.len());
+        for (id, tx) in txs {
+            self.bytes += tx.len();
+            if let Some(old) = self.txs.insert(id, tx) {
+                self.bytes -= old.len();
+            }
+            ids.push(id);
+        }
+        self.deadlines.push_back((now + HANDOFF_TIMEOUT, ids));
+    }
+
+    /// Forgets transactions a committed block carried.
+    pub fn committed<'a>(&mut self, ids: impl IntoIterator<Item = &'a TxId>) {
+        if self.txs.is_empty() {
+            return;
+        }
+        for id in ids {
+            if let Some(tx) = self.txs.remove(id) {
+                self.bytes -= tx.len();
+            }
+        }
+    }
+
+    /// Takes back the transactions whose hand-off expired by `now` (oldest first).
+    pub fn expired(&mut self, now: Instant) -> Vec<(TxId, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some((deadline, _)) = self.deadlines.front() {
+            if *deadline > now {
+                break;
+            }
+            let Some((_, ids)) = self.deadlines.pop_front() else {
+                break;
+            };
+            for id in ids {
+                if let Some(tx) = self.txs.remove(&id) {
+                    self.bytes -= tx.len();
+                    out.push((id, tx));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Counters of the forwarder (in `stats.json` under `forward`).
+#[derive(Debug, Default)]
+pub struct ForwardCounters {
+    /// Transactions sent to another leader.
+    pub sent: AtomicU64,
+    /// Handed-off transactions taken back after [`HANDOFF_TIMEOUT`].
+    pub requeued: AtomicU64,
+    /// Transactions other validators forwarded to us, accepted into the mempool.
+    pub received: AtomicU64,
+    /// Forwarded to us but not accepted (duplicate, full, invalid).
+    pub refused: AtomicU64,
+}
+
+/// The forwarding loop's state (runs on its own thread, see [`Forwarder::run`]).
+pub struct Forwarder {
+    /// This validator.
+    pub me: ValidatorIndex,
+    /// Leader of a round.
+    pub leader_of: Box<dyn Fn(u64) -> ValidatorIndex + Send>,
+    /// The core's current round (set by the consensus stage).
+    pub round: Arc<AtomicU64>,
+    /// The node's mempool.
+    pub mempool: Arc<Mutex<Mempool>>,
+    /// Handed-off transactions (shared with the commit notice path).
+    pub handoff: Arc<Mutex<HandOff>>,
+    /// Sends a message to one validator; false when it could not be queued.
+    pub send: Box<dyn FnMut(ValidatorIndex, Message) -> bool + Send>,
+    /// Counters.
+    pub counters: Arc<ForwardCounters>,
+}
+
+impl Forwarder {
+    /// One step at `now`: takes back expired hand-offs, then forwards our clients' pending
+    /// transactions to the leader [`LOOKAHEAD_ROUNDS`] ahead, unless we lead a round before.
+    pub fn step(&mut self, now: Instant) {
+        let back = self.held().expired(now);
+        if !back.is_empty() {
+            self.counters
+                .requeued
+                .fetch_add(back.len() as u64, Ordering::Relaxed);
+            self.pool().requeue(back);
+        }
+        let round = self.round.load(Ordering::Acquire);
+        if (1..LOOKAHEAD_ROUNDS).any(|k| (self.leader_of)(round + k) == self.me) {
+            return;
+        }
+        let next = (self.leader_of)(round + LOOKAHEAD_ROUNDS);
+        if next == self.me {
+            return;
+        }
+        if self.held().bytes() >= MAX_HANDED_BYTES {
+            return;
+        }
+        let taken = self.pool().take_local(MAX_BATCH_TXS, MAX_BATCH_BYTES);
+        if taken.is_empty() {
+            return;
+        }
+        let msg = Message::Txs(TxBatch {
+            txs: taken
+                .iter()
+                .map(|(_, tx)| serde_bytes::ByteBuf::from(tx.clone()))
+                .collect(),
+        });
+        if (self.send)(next, msg) {
+            self.counters
+                .sent
+                .fetch_add(taken.len() as u64, Ordering::Relaxed);
+            self.held().hold(taken, now);
+        } else {
+            self.pool().requeue(taken);
+        }
+    }
+
+    fn pool(&self) -> MutexGuard<'_, Mempool> {
+        self.mempool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn held(&self) -> MutexGuard<'_, HandOff> {
+        self.handoff.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Steps every [`FORWARD_INTERVAL`] until `stop` is set.
+    pub fn run(mut self, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::Acquire) {
+            self.step(Instant::now());
+            std::thread::sleep(FORWARD_INTERVAL);
+        }
+    }
+}
+
+/// Puts transactions another validator forwarded into the mempool (apart from our clients',
+/// so they are not forwarded again).
+pub fn accept_forwarded(batch: TxBatch, mempool: &Mutex<Mempool>, counters: &ForwardCounters) {
+    let mut pool = mempool.lock().unwrap_or_else(PoisonError::into_inner);
+    let (mut ok, mut refused) = (0u64, 0u64);
+    for tx in batch.txs {
+        match pool.insert_forwarded(tx.into_vec()) {
+            Ok(_) => ok += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    counters.received.fetch_add(ok, Ordering::Relaxed);
+    counters.refused.fetch_add(refused, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mempool::MempoolLimits;
+
+    fn forwarder(
+        me: u16,
+        round: u64,
+        sent: Arc<Mutex<Vec<(ValidatorIndex, Message)>>>,
+        accept: bool,
+    ) -> Forwarder {
+        Forwarder {
+            me: ValidatorIndex(me),
+            leader_of: Box::new(|r| ValidatorIndex((r % 4) as u16)),
+            round: Arc::new(AtomicU64::new(round)),
+            mempool: Arc::new(Mutex::new(Mempool::new(MempoolLimits::default()))),
+            handoff: Arc::new(Mutex::new(HandOff::default())),
+            send: Box::new(move |to, m| {
+                sent.lock().unwrap().push((to, m));
+                accept
+            }),
+            counters: Arc::new(ForwardCounters::default()),
+        }
+    }
+
+    fn pending(f: &Forwarder) -> usize {
+        f.mempool.lock().unwrap().len()
+    }
+
+    #[test]
+    fn client_transactions_go_to_the_next_leader_and_come_back_if_never_committed() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        // We are validator 0 in round 4: round 5 is led by 1, round 6 by 6 % 4 = 2.
+        let mut f = forwarder(0, 4, Arc::clone(&sent), true);
+        let ids: Vec<TxId> = (0..3u8)
+            .map(|i| f.mempool.lock().unwrap().insert(vec![i; 100]).unwrap())
+            .collect();
+        let t0 = Instant::now();
+        f.step(t0);
+        assert_eq!(pending(&f), 0, "handed off, not pending here");
+        {
+            let sent = sent.lock().unwrap();
+            assert_eq!(sent.len(), 1);
+            assert_eq!(sent[0].0, ValidatorIndex(2));
+            let Message::Txs(b) = &sent[0].1 else {
+                panic!("not a transaction batch: {:?}", sent[0].1.kind())
+            };
+            assert_eq!(b.txs.len(), 3);
+        }
+        assert_eq!(f.handoff.lock().unwrap().len(), 3);
+        // One of them is committed; the other two come back after the timeout, in order.
+        f.handoff.lock().unwrap().committed([&ids[1]]);
+        f.step(t0 + HANDOFF_TIMEOUT / 2);
+        assert_eq!(pending(&f), 0, "not expired yet");
+        // Round 5: the leader of round 7 is 7 % 4 = 3; the expired hand-off returns first and
+        // is forwarded again in the same step.
+        f.round.store(5, Ordering::Release);
+        f.step(t0 + HANDOFF_TIMEOUT);
+        assert_eq!(f.counters.requeued.load(Ordering::Relaxed), 2);
+        let sent = sent.lock().unwrap();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[1].0, ValidatorIndex(3));
+        let Message::Txs(b) = &sent[1].1 else {
+            panic!("not a transaction batch")
+        };
+        let again: Vec<TxId> = b.txs.iter().map(|t| crate::mempool::tx_id(t)).collect();
+        assert_eq!(again, vec![ids[0], ids[2]]);
+    }
+
+    #[test]
+    fn the_next_leader_keeps_its_transactions_and_a_refused_send_keeps_them_pending() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        // Validator 2 leads round 2: in rounds 0 and 1 it keeps its transactions.
+        for round in [0, 1] {
+            let mut f = forwarder(2, round, Arc::clone(&sent), true);
+            f.mempool.lock().unwrap().insert(vec![7; 10]).unwrap();
+            f.step(Instant::now());
+            assert!(sent.lock().unwrap().is_empty());
+            assert_eq!(pending(&f), 1);
+        }
+
+        // A full send queue: the transaction stays pending, nothing is held.
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let mut f = forwarder(0, 1, Arc::clone(&sent), false);
+        f.mempool.lock().unwrap().insert(vec![7; 10]).unwrap();
+        f.step(Instant::now());
+        assert_eq!(sent.lock().unwrap().len(), 1);
+        assert_eq!(pending(&f), 1);
+        assert!(f.handoff.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn forwarded_transactions_are_proposed_but_never_forwarded_again() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let mut f = forwarder(0, 1, Arc::clone(&sent), true);
+        let counters = ForwardCounters::default();
+        let batch = TxBatch {
+            txs: vec![
+                serde_bytes::ByteBuf::from(vec![1; 10]),
+                serde_bytes::ByteBuf::from(vec![1; 10]),
+                serde_bytes::ByteBuf::from(Vec::new()),
+            ],
+        };
+        accept_forwarded(batch, &f.mempool, &counters);
+        assert_eq!(counters.received.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            counters.refused.load(Ordering::Relaxed),
+            2,
+            "duplicate and empty"
+        );
+        f.step(Instant::now());
+        assert!(sent.lock().unwrap().is_empty(), "not forwarded again");
+        let taken = f.mempool.lock().unwrap().take(10, 1 << 20);
+        assert_eq!(taken.len(), 1, "but proposed by this leader");
+    }
+
+    #[test]
+    fn hand_off_is_bounded() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let mut f = forwarder(0, 1, Arc::clone(&sent), true);
+        f.handoff.lock().unwrap().hold(
+            vec![(crate::mempool::tx_id(b"x"), vec![0; MAX_HANDED_BYTES])],
+            Instant::now(),
+        );
+        f.mempool.lock().unwrap().insert(vec![1; 10]).unwrap();
+        f.step(Instant::now());
+        assert!(sent.lock().unwrap().is_empty());
+        assert_eq!(pending(&f), 1, "stays local while the hand-off is full");
+    }
+}
