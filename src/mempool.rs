@@ -81,6 +81,8 @@ pub struct Mempool {
     forwarded: VecDeque<(TxId, Vec<u8>)>,
     ids: HashSet<TxId>,
     bytes: usize,
+    /// Transactions ever accepted from our own clients.
+    local_inserted: u64,
 }
 
 impl Mempool {
@@ -90,6 +92,11 @@ impl Mempool {
             limits,
             ..Self::default()
         }
+    }
+
+    /// Transactions ever accepted from our own clients (a counter for intake rates).
+    pub fn local_inserted(&self) -> u64 {
+        self.local_inserted
     }
 
     /// Pending transactions.
@@ -111,6 +118,7 @@ impl Mempool {
     pub fn insert(&mut self, tx: Vec<u8>) -> Result<TxId, MempoolError> {
         let id = self.admit(&tx)?;
         self.bytes += tx.len();
+        self.local_inserted += 1;
         self.queue.push_back((id, tx));
         Ok(id)
     }

@@ -272,6 +272,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                     .is_ok()
             }),
             counters: Arc::clone(&forward_counters),
+            intake: forward::Intake::default(),
         };
         let forward_stop = Arc::clone(&stop);
         threads.push(
