@@ -149,6 +149,11 @@ pub struct Verified {
 }
 
 impl Prepared {
+    /// The message (structurally checked, signatures not yet verified).
+    pub fn message(&self) -> &Message {
+        &self.msg
+    }
+
     /// The signatures to verify, in order.
     pub fn items(&self) -> &[SigItem] {
         &self.items

@@ -156,6 +156,50 @@ impl TxIdCache {
     }
 }
 
+/// Most payload check results kept for the core (FIFO).
+pub const PAYLOAD_CHECKS_MAX: usize = 64;
+
+/// Payload checks done ahead of the core, on the ingress thread: hashing every transaction of
+/// a proposal (leaf hashes and Merkle root) then overlaps with the consensus thread's work
+/// instead of adding to it. Keyed by the payload digest, which binds the exact payload bytes, so
+/// a result is used only for the payload it was computed on. FIFO-bounded; a miss means the core
+/// checks the payload itself.
+#[derive(Debug, Default)]
+pub struct PayloadChecks {
+    map: HashMap<Digest32, Result<Arc<[TxId]>, String>>,
+    order: VecDeque<Digest32>,
+}
+
+impl PayloadChecks {
+    /// Checks `payload` (a block's payload bytes) and keeps the result. Undecodable payloads
+    /// are left to the core, which refuses them with the decoding error.
+    pub fn precheck(checks: &Mutex<PayloadChecks>, payload: &[u8]) {
+        let Ok(decoded) = Payload::decode(payload) else {
+            return;
+        };
+        let result = decoded.check().map(Arc::from);
+        let digest = crate::consensus::payload_digest(payload);
+        let mut c = checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.map.insert(digest, result).is_none() {
+            c.order.push_back(digest);
+        }
+        while c.order.len() > PAYLOAD_CHECKS_MAX {
+            if let Some(old) = c.order.pop_front() {
+                c.map.remove(&old);
+            }
+        }
+    }
+
+    /// The result for the payload with this digest, if it was checked ahead.
+    pub fn take(&mut self, digest: &Digest32) -> Option<Result<Arc<[TxId]>, String>> {
+        let r = self.map.remove(digest)?;
+        self.order.retain(|d| d != digest);
+        Some(r)
+    }
+}
+
 /// Block-building limits.
 #[derive(Clone, Copy, Debug)]
 pub struct BlockLimits {
@@ -192,6 +236,8 @@ pub struct NodeApp {
     pub limits: BlockLimits,
     /// Ids of checked payloads (shared with the execution stage).
     pub tx_ids: Arc<Mutex<TxIdCache>>,
+    /// Payload checks done ahead by the ingress stage.
+    pub payload_checks: Arc<Mutex<PayloadChecks>>,
     me: ValidatorIndex,
     in_flight: BTreeMap<Round, InFlight>,
 }
@@ -211,6 +257,7 @@ impl NodeApp {
             pipeline_depth: pipeline_depth.max(1),
             limits,
             tx_ids: Arc::new(Mutex::new(TxIdCache::default())),
+            payload_checks: Arc::new(Mutex::new(PayloadChecks::default())),
             me,
             in_flight: BTreeMap::new(),
         }
@@ -280,9 +327,17 @@ impl App for NodeApp {
                 .get(&block.round)
                 .is_some_and(|f| f.tx_root == payload.tx_root);
         if !own {
-            let ids = payload.check()?;
+            let ahead = self
+                .payload_checks
+                .lock()
+                .ok()
+                .and_then(|mut c| c.take(&crate::consensus::payload_digest(&block.payload)));
+            let ids: Arc<[TxId]> = match ahead {
+                Some(result) => result?,
+                None => payload.check()?.into(),
+            };
             if !ids.is_empty() {
-                self.remember_ids(payload.tx_root, ids.into());
+                self.remember_ids(payload.tx_root, ids);
             }
         }
         // Last: a claim is recorded (for later settling) only for an otherwise valid block.
@@ -422,6 +477,62 @@ mod tests {
         // Abandoned (not committed up to a later round): its transactions go back to the pool.
         me.on_committed(&[], Round(10));
         assert_eq!(me.mempool.lock().unwrap().len(), 1);
+    }
+
+    /// A payload checked ahead (on the ingress thread) is not checked again by the core, and a
+    /// result is used only for the exact bytes it was computed on.
+    #[test]
+    fn payload_checks_ahead_are_used_once_and_only_for_their_bytes() {
+        let a = app(0);
+        let txs = vec![b"t1".to_vec(), b"t2".to_vec()];
+        let good = Payload::new(&txs);
+        let bytes = good.encode();
+        PayloadChecks::precheck(&a.payload_checks, &bytes);
+        let digest = crate::consensus::payload_digest(&bytes);
+        assert!(a.payload_checks.lock().unwrap().map.contains_key(&digest));
+        assert_eq!(
+            a.validate_payload(&block_with(1, 7, bytes.clone(), (0, [0; 32]))),
+            Ok(())
+        );
+        assert!(
+            a.payload_checks.lock().unwrap().map.is_empty(),
+            "the core took the result"
+        );
+        assert_eq!(
+            a.tx_ids.lock().unwrap().get(&good.tx_root).unwrap().len(),
+            2
+        );
+
+        // A forged root is refused whether the check ran ahead or not, and the precheck of the
+        // good payload (same claimed root) is not taken for the forged bytes.
+        let mut forged = Payload::new(&txs[..1]);
+        forged.tx_root = good.tx_root;
+        let forged_bytes = forged.encode();
+        PayloadChecks::precheck(&a.payload_checks, &bytes);
+        PayloadChecks::precheck(&a.payload_checks, &forged_bytes);
+        let err = a
+            .validate_payload(&block_with(1, 8, forged_bytes, (0, [0; 32])))
+            .unwrap_err();
+        assert!(err.contains("tx_root"), "{err}");
+        assert_eq!(
+            a.payload_checks.lock().unwrap().map.len(),
+            1,
+            "good result untouched"
+        );
+
+        // Undecodable bytes are left to the core; the cache is bounded.
+        PayloadChecks::precheck(&a.payload_checks, &[1, 2, 3]);
+        assert_eq!(a.payload_checks.lock().unwrap().map.len(), 1);
+        for i in 0..(PAYLOAD_CHECKS_MAX as u32 + 3) {
+            let tx = i.to_le_bytes().to_vec();
+            PayloadChecks::precheck(&a.payload_checks, &Payload::new(&[tx]).encode());
+        }
+        let c = a.payload_checks.lock().unwrap();
+        assert_eq!(
+            (c.map.len(), c.order.len()),
+            (PAYLOAD_CHECKS_MAX, PAYLOAD_CHECKS_MAX)
+        );
+        assert!(!c.map.contains_key(&digest), "oldest evicted");
     }
 
     #[test]

@@ -200,6 +200,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         round_timeout_ms_max: (hs.view_timeout_seconds * 1000.0) as u64,
     };
     let tx_ids = Arc::clone(&app.tx_ids);
+    let payload_checks = Arc::clone(&app.payload_checks);
     let core = Core::new(
         Arc::clone(&ctx),
         core_cfg,
@@ -386,6 +387,9 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                     ingress_count.fetch_add(1, Ordering::Relaxed);
                     match stages::ingress(&ingress_ctx, inb.from, &inb.frame, &ingress_border) {
                         stages::Ingress::Consensus(from, p) => {
+                            if let crate::consensus::Message::Proposal(prop) = p.message() {
+                                app::PayloadChecks::precheck(&payload_checks, &prop.block.payload);
+                            }
                             if verify_in.send((from, p)).is_err() {
                                 break;
                             }
