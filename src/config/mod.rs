@@ -229,10 +229,6 @@ pub struct Tuning {
     /// 1200 raised by path MTU discovery up to 1452. Set it on jumbo-frame networks.
     #[serde(default)]
     pub max_udp_payload_bytes: Option<u16>,
-    /// Initial QUIC congestion window in bytes (14720..=67108864). Absent: 4 MiB on loopback,
-    /// otherwise QUIC's default 14720. Raise it on a fast, uncongested validator network.
-    #[serde(default)]
-    pub initial_congestion_window_bytes: Option<u64>,
 }
 
 /// The whole file.
@@ -405,20 +401,6 @@ impl Config {
                     "tuning.max_udp_payload_bytes",
                     format!(
                         "must be in 1200..={max} (QUIC's minimum; ten GSO segments must fit one 64 KiB send), got {n}"
-                    ),
-                ));
-            }
-        }
-
-        if let Some(n) = file.tuning.initial_congestion_window_bytes {
-            let range = bpci_transport::INITIAL_WINDOW_RANGE;
-            if !range.contains(&n) {
-                return Err(invalid(
-                    "tuning.initial_congestion_window_bytes",
-                    format!(
-                        "must be in {}..={} bytes, got {n}",
-                        range.start(),
-                        range.end()
                     ),
                 ));
             }

@@ -223,27 +223,3 @@ fn udp_payload_size_is_checked_against_quic_and_gso_limits() {
     // Beyond u16 the YAML type check refuses it.
     assert!(Config::from_yaml(&with(70000)).is_err());
 }
-
-#[test]
-fn initial_congestion_window_is_range_checked() {
-    let with = |n: u64| {
-        format!(
-            "{}tuning:\n  initial_congestion_window_bytes: {n}\n",
-            yaml("")
-        )
-    };
-    let ok = Config::from_yaml(&with(1 << 20)).expect("1 MiB is accepted");
-    assert_eq!(
-        ok.file.tuning.initial_congestion_window_bytes,
-        Some(1 << 20)
-    );
-    for bad in [1000, 1 << 30] {
-        match Config::from_yaml(&with(bad)) {
-            Err(ConfigError::Invalid { key, message }) => {
-                assert_eq!(key, "tuning.initial_congestion_window_bytes");
-                assert!(message.contains(&bad.to_string()), "{message}");
-            }
-            other => panic!("{bad}: expected an error naming the key, got {other:?}"),
-        }
-    }
-}

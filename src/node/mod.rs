@@ -226,7 +226,6 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     };
     let mut tcfg = TransportConfig::new(me.0, listen, key.seed(), peers);
     tcfg.max_udp_payload = config.file.tuning.max_udp_payload_bytes;
-    tcfg.initial_window = config.file.tuning.initial_congestion_window_bytes;
     let (transport, handle, mut inbound) = Transport::start(tcfg)?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -239,7 +238,6 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     if let Some(addr) = node.client_listen {
         let mut ccfg = ClientServerConfig::new(addr, key.seed());
         ccfg.max_udp_payload = config.file.tuning.max_udp_payload_bytes;
-        ccfg.initial_window = config.file.tuning.initial_congestion_window_bytes;
         let (server, server_handle, frames) = ClientServer::start(ccfg)?;
         let g = Arc::new(clients::Gateway::new(Arc::clone(&mempool), server_handle));
         let reader = Arc::clone(&g);

@@ -105,8 +105,6 @@ pub struct ClientServerConfig {
     pub worker_threads: usize,
     /// Largest UDP payload of a QUIC packet, as [`crate::TransportConfig::max_udp_payload`].
     pub max_udp_payload: Option<u16>,
-    /// Initial congestion window, as [`crate::TransportConfig::initial_window`].
-    pub initial_window: Option<u64>,
 }
 
 impl std::fmt::Debug for ClientServerConfig {
@@ -120,7 +118,6 @@ impl std::fmt::Debug for ClientServerConfig {
             .field("outbound_queue_frames", &self.outbound_queue_frames)
             .field("worker_threads", &self.worker_threads)
             .field("max_udp_payload", &self.max_udp_payload)
-            .field("initial_window", &self.initial_window)
             .finish()
     }
 }
@@ -137,14 +134,12 @@ impl ClientServerConfig {
             outbound_queue_frames: CLIENT_OUTBOUND_QUEUE_FRAMES_DEFAULT,
             worker_threads: CLIENT_WORKER_THREADS_DEFAULT,
             max_udp_payload: None,
-            initial_window: None,
         }
     }
 
     fn validate(&self) -> Result<(), TransportError> {
         check_frame_limit(self.max_frame_bytes)?;
         crate::mtu::check(self.max_udp_payload)?;
-        crate::mtu::check_window(self.initial_window)?;
         let invalid = |field, reason| Err(TransportError::InvalidConfig { field, reason });
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
@@ -310,7 +305,6 @@ impl ClientServer {
         let mut transport = quinn_transport_config();
         transport.max_concurrent_bidi_streams(1u32.into());
         crate::mtu::apply(&mut transport, cfg.max_udp_payload, local_addr.ip());
-        crate::mtu::apply_window(&mut transport, cfg.initial_window, local_addr.ip());
         let mut server =
             quinn::ServerConfig::with_crypto(tls::client_endpoint_server_crypto(&cfg.secret_seed)?);
         server.transport_config(Arc::new(transport));
@@ -750,7 +744,6 @@ impl ClientRuntime {
         let mut transport = quinn_transport_config();
         transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
         crate::mtu::apply(&mut transport, None, server.ip());
-        crate::mtu::apply_window(&mut transport, None, server.ip());
         client.transport_config(Arc::new(transport));
 
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);

@@ -68,10 +68,6 @@ pub struct TransportConfig {
     /// [`crate::LOOPBACK_UDP_PAYLOAD`] when `listen` is a loopback address, otherwise QUIC's
     /// 1,200 bytes raised by path MTU discovery up to 1,452.
     pub max_udp_payload: Option<u16>,
-    /// Initial congestion window in bytes ([`crate::INITIAL_WINDOW_RANGE`]). `None`:
-    /// [`crate::LOOPBACK_INITIAL_WINDOW`] when `listen` is a loopback address, otherwise QUIC's
-    /// default (14,720 bytes).
-    pub initial_window: Option<u64>,
 }
 
 impl std::fmt::Debug for TransportConfig {
@@ -90,7 +86,6 @@ impl std::fmt::Debug for TransportConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("worker_threads", &self.worker_threads)
             .field("max_udp_payload", &self.max_udp_payload)
-            .field("initial_window", &self.initial_window)
             .finish()
     }
 }
@@ -112,7 +107,6 @@ impl TransportConfig {
             idle_timeout: IDLE_TIMEOUT_DEFAULT,
             worker_threads: WORKER_THREADS_DEFAULT,
             max_udp_payload: None,
-            initial_window: None,
         }
     }
 
@@ -144,7 +138,6 @@ impl TransportConfig {
             return invalid("worker_threads", "must be at least 1");
         }
         crate::mtu::check(self.max_udp_payload)?;
-        crate::mtu::check_window(self.initial_window)?;
 
         let own_key = public_key_from_seed(&self.secret_seed);
         let mut by_index = HashMap::new();

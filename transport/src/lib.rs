@@ -62,9 +62,7 @@ pub use config::{
     RECONNECT_MIN_DEFAULT, SEND_QUEUE_FRAMES_DEFAULT, WORKER_THREADS_DEFAULT,
 };
 pub use error::{SendError, TransportError};
-pub use mtu::{
-    INITIAL_WINDOW_RANGE, LOOPBACK_INITIAL_WINDOW, LOOPBACK_UDP_PAYLOAD, MAX_UDP_PAYLOAD_LIMIT,
-};
+pub use mtu::{LOOPBACK_UDP_PAYLOAD, MAX_UDP_PAYLOAD_LIMIT};
 pub use stats::{ClassStats, TransportStats};
 pub use tokio::sync::mpsc::Receiver;
 pub use transport::{Transport, TransportHandle};

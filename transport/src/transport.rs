@@ -103,7 +103,6 @@ impl Transport {
             .max_concurrent_bidi_streams(1u32.into())
             .datagram_receive_buffer_size(None);
         crate::mtu::apply(&mut transport, cfg.max_udp_payload, local_addr.ip());
-        crate::mtu::apply_window(&mut transport, cfg.initial_window, local_addr.ip());
         let transport = Arc::new(transport);
 
         let client_keys: Vec<[u8; 32]> = peers.iter().map(|p| p.public_key).collect();
