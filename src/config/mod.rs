@@ -395,12 +395,15 @@ impl Config {
         }
 
         if let Some(n) = file.tuning.max_udp_payload_bytes {
-            let max = bpci_transport::MAX_UDP_PAYLOAD_LIMIT;
-            if !(1200..=max).contains(&n) {
+            let (min, max) = (
+                bpci_transport::MIN_UDP_PAYLOAD,
+                bpci_transport::MAX_UDP_PAYLOAD_LIMIT,
+            );
+            if !(min..=max).contains(&n) {
                 return Err(invalid(
                     "tuning.max_udp_payload_bytes",
                     format!(
-                        "must be in 1200..={max} (QUIC's minimum; ten GSO segments must fit one 64 KiB send), got {n}"
+                        "must be in {min}..={max} (QUIC's minimum; ten GSO segments must fit one 64 KiB send), got {n}"
                     ),
                 ));
             }

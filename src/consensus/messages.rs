@@ -444,26 +444,22 @@ fn tc_bounds(tc: &TimeoutCert) -> Result<(), DecodeError> {
     check_len("timeout_cert.timeouts", tc.timeouts.len(), MAX_VALIDATORS)
 }
 
+/// The bounds a block and its header share: evidence count and the parent QC.
+fn header_bounds(evidence: &[Evidence], parent_qc: &QuorumCert) -> Result<(), DecodeError> {
+    check_len("block.evidence", evidence.len(), MAX_EVIDENCE_PER_BLOCK)?;
+    qc_bounds(parent_qc)
+}
+
 impl Bounded for Block {
     fn check_bounds(&self) -> Result<(), DecodeError> {
         check_len("block.payload", self.payload.len(), MAX_PAYLOAD_BYTES)?;
-        check_len(
-            "block.evidence",
-            self.evidence.len(),
-            MAX_EVIDENCE_PER_BLOCK,
-        )?;
-        qc_bounds(&self.parent_qc)
+        header_bounds(&self.evidence, &self.parent_qc)
     }
 }
 
 impl Bounded for BlockHeader {
     fn check_bounds(&self) -> Result<(), DecodeError> {
-        check_len(
-            "block.evidence",
-            self.evidence.len(),
-            MAX_EVIDENCE_PER_BLOCK,
-        )?;
-        qc_bounds(&self.parent_qc)
+        header_bounds(&self.evidence, &self.parent_qc)
     }
 }
 

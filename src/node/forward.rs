@@ -162,6 +162,9 @@ pub struct Forwarder {
     pub mempool: Arc<Mutex<Mempool>>,
     /// Handed-off transactions (shared with the commit notice path).
     pub handoff: Arc<Mutex<HandOff>>,
+    /// Whether a validator is connected now (a batch queued for a peer that is down would come
+    /// back only after the hand-off timeout, so none is taken for it).
+    pub reachable: Box<dyn Fn(ValidatorIndex) -> bool + Send>,
     /// Sends a message to one validator; false when it could not be queued.
     pub send: Box<dyn FnMut(ValidatorIndex, Message) -> bool + Send>,
     /// Counters.
@@ -191,7 +194,7 @@ impl Forwarder {
             return;
         }
         let next = (self.leader_of)(round + LOOKAHEAD_ROUNDS);
-        if next == self.me {
+        if next == self.me || !(self.reachable)(next) {
             return;
         }
         if self.held().bytes() >= MAX_HANDED_BYTES {
@@ -266,6 +269,7 @@ mod tests {
             round: Arc::new(AtomicU64::new(round)),
             mempool: Arc::new(Mutex::new(Mempool::new(MempoolLimits::default()))),
             handoff: Arc::new(Mutex::new(HandOff::default())),
+            reachable: Box::new(|_| true),
             send: Box::new(move |to, m| {
                 sent.lock().unwrap().push((to, m));
                 accept

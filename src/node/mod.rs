@@ -248,7 +248,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         );
         gateway = Some(g);
         client_server = Some(server);
-        // Our clients' transactions go to the next round's leader (see `forward`).
+        // Our clients' transactions go to an upcoming leader (see `forward`).
         let validators = ctx.validators.clone();
         let forward_handle = handle.clone();
         let forwarder = forward::Forwarder {
@@ -257,12 +257,11 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
             round: Arc::clone(&progress.round),
             mempool: Arc::clone(&mempool),
             handoff: Arc::clone(&handoff),
-            // Only to a connected leader: a batch queued for a peer that is down would come
-            // back only after the hand-off timeout.
+            reachable: {
+                let h = handle.clone();
+                Box::new(move |to| h.connected_peers().contains(&to.0))
+            },
             send: Box::new(move |to, msg| {
-                if !forward_handle.connected_peers().contains(&to.0) {
-                    return false;
-                }
                 let class = stages::class_of(&msg);
                 forward_handle
                     .send(

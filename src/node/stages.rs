@@ -247,9 +247,7 @@ impl CoreStage {
         let acts = self.core.start(now_ms());
         self.apply(acts);
         self.drain_loopback();
-        self.progress
-            .round
-            .store(self.core.round().0, Ordering::Release);
+        self.publish_round();
     }
 
     /// Handles a batch of verified messages (or a tick when empty).
@@ -263,9 +261,7 @@ impl CoreStage {
         let acts = self.core.handle_tick(now);
         self.apply(acts);
         self.drain_loopback();
-        self.progress
-            .round
-            .store(self.core.round().0, Ordering::Release);
+        self.publish_round();
         if let Ok(mut s) = self.snapshot.lock() {
             *s = CoreSnapshot::from_core(
                 self.core.round(),
@@ -273,6 +269,13 @@ impl CoreStage {
                 self.core.stats(),
             );
         }
+    }
+
+    /// Publishes the core's round (the mempool forwarder reads it).
+    fn publish_round(&self) {
+        self.progress
+            .round
+            .store(self.core.round().0, Ordering::Release);
     }
 
     fn drain_loopback(&mut self) {

@@ -62,7 +62,7 @@ pub use config::{
     RECONNECT_MIN_DEFAULT, SEND_QUEUE_FRAMES_DEFAULT, WORKER_THREADS_DEFAULT,
 };
 pub use error::{SendError, TransportError};
-pub use mtu::{LOOPBACK_UDP_PAYLOAD, MAX_UDP_PAYLOAD_LIMIT};
+pub use mtu::{LOOPBACK_UDP_PAYLOAD, MAX_UDP_PAYLOAD_LIMIT, MIN_UDP_PAYLOAD};
 pub use stats::{ClassStats, TransportStats};
 pub use tokio::sync::mpsc::Receiver;
 pub use transport::{Transport, TransportHandle};
