@@ -151,7 +151,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     ));
     let mut store = RedbStore::open_split(
         &node.data_dir.join("node.redb"),
-        &node.data_dir.join("safety.redb"),
+        &node.data_dir.join("safety"),
     )?;
     store.set_defer_commits(true);
     let writer = store.writer();

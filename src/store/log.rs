@@ -6,7 +6,12 @@
 //! `(offset, len)`. A group commit appends its records, makes the log durable (`fdatasync`), and
 //! only then commits the redb transaction that indexes them, so an index entry never points at
 //! bytes that are not on disk. Bytes past the last indexed record (a group commit interrupted by a
-//! crash) are cut off when the log is opened.
+//! crash, or space allocated ahead) are free space: the next append overwrites them.
+//!
+//! The file is grown ahead of its end in zero-filled steps, so that an append overwrites blocks
+//! the file already has: its `fdatasync` then flushes data only, without a file-size change to
+//! commit to the journal, which on this class of machine halves the sync's time and cuts its CPU
+//! about threefold (a 4 KiB append plus `fdatasync` measured 170 µs against 88 µs in place).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -68,11 +73,23 @@ impl Extent {
 pub struct ValueLog {
     file: File,
     path: PathBuf,
-    /// Length of the file as this process wrote it.
-    len: Mutex<u64>,
+    /// End of the records (the next append goes here) and the file's allocated length.
+    len: Mutex<Ends>,
     /// Bytes before this offset have been synced and dropped from the page cache.
     uncached_before: AtomicU64,
 }
+
+/// Where the records end, and how far the file is allocated (zero-filled) beyond that.
+#[derive(Debug, Clone, Copy)]
+struct Ends {
+    records: u64,
+    allocated: u64,
+}
+
+/// Smallest step by which the file grows ahead of its records.
+const GROW_MIN: u64 = 1 << 20;
+/// Largest step.
+const GROW_MAX: u64 = 64 << 20;
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> StorageError {
     StorageError::Backend(format!("value log {}: {what}: {e}", path.display()))
@@ -80,7 +97,7 @@ fn io_err(path: &Path, what: &str, e: std::io::Error) -> StorageError {
 
 impl ValueLog {
     /// Opens (or creates) the log at `path`, whose index covers the bytes before `indexed_end`.
-    /// Later bytes (an interrupted group commit) are cut off.
+    /// Later bytes (an interrupted group commit, or space allocated ahead) are free space.
     ///
     /// # Errors
     /// I/O errors, and a file shorter than `indexed_end` (the index points past the data).
@@ -112,16 +129,13 @@ impl ValueLog {
                 path.display()
             )));
         }
-        if on_disk > indexed_end {
-            tracing::warn!(target: "store", path = %path.display(), dropped = on_disk - indexed_end, "cutting unindexed bytes off the value log");
-            file.set_len(indexed_end)
-                .map_err(|e| io_err(path, "truncate", e))?;
-            file.sync_all().map_err(|e| io_err(path, "sync", e))?;
-        }
         Ok(Self {
             file,
             path: path.to_path_buf(),
-            len: Mutex::new(indexed_end),
+            len: Mutex::new(Ends {
+                records: indexed_end,
+                allocated: on_disk,
+            }),
             uncached_before: AtomicU64::new(0),
         })
     }
@@ -131,7 +145,11 @@ impl ValueLog {
     /// overwrites whatever part of them reached the file.
     pub fn append(&self, records: &[&[u8]]) -> Result<Vec<Extent>, StorageError> {
         let mut len = self.len.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut at = *len;
+        let mut at = len.records;
+        let total: u64 = records.iter().map(|r| r.len() as u64).sum();
+        if at + total > len.allocated {
+            len.allocated = self.grow(len.allocated, at + total)?;
+        }
         let mut out = Vec::with_capacity(records.len());
         for r in records {
             let n = u32::try_from(r.len()).map_err(|_| {
@@ -143,19 +161,40 @@ impl ValueLog {
             out.push(Extent { offset: at, len: n });
             at += u64::from(n);
         }
-        *len = at;
+        len.records = at;
         Ok(out)
+    }
+
+    /// Zero-fills the file from `allocated` to at least `needed`, a step of an eighth of the
+    /// file (1 to 64 MiB) at a time; returns the new allocated length. The zeros become durable
+    /// with the next [`ValueLog::sync`], which also records the new file size, once per step.
+    fn grow(&self, allocated: u64, needed: u64) -> Result<u64, StorageError> {
+        let step = (allocated / 8).clamp(GROW_MIN, GROW_MAX);
+        let target = needed.div_ceil(step) * step;
+        let zeros = vec![0u8; GROW_MIN as usize];
+        let mut at = allocated;
+        while at < target {
+            let n = (target - at).min(GROW_MIN) as usize;
+            self.file
+                .write_all_at(&zeros[..n], at)
+                .map_err(|e| io_err(&self.path, "growing the file", e))?;
+            at += n as u64;
+        }
+        Ok(target)
     }
 
     /// Forgets appends after `end` (a group commit whose index was not committed).
     pub fn rewind(&self, end: u64) {
         let mut len = self.len.lock().unwrap_or_else(PoisonError::into_inner);
-        *len = (*len).min(end);
+        len.records = len.records.min(end);
     }
 
-    /// The current end of the log.
+    /// The current end of the records.
     pub fn end(&self) -> u64 {
-        *self.len.lock().unwrap_or_else(PoisonError::into_inner)
+        self.len
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .records
     }
 
     /// Makes every append so far durable, then lets the kernel drop the synced pages from its
@@ -204,7 +243,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn append_read_and_cut_unindexed_tail() {
+    fn append_read_grow_and_reuse_unindexed_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.log");
         let log = ValueLog::open(&path, 0).unwrap();
@@ -221,13 +260,23 @@ mod tests {
         let next = log.append(&[b"kept"]).unwrap();
         assert_eq!(next[0].offset, lost[0].offset);
         drop(log);
-        // Reopened with the index reaching only "hello": the rest is cut off.
+        // The file is allocated ahead of the records, in zero-filled steps.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW_MIN);
+        // Reopened with the index reaching only "hello": the rest is free space, overwritten by
+        // the next append.
         let log = ValueLog::open(&path, 5).unwrap();
         assert_eq!(log.end(), 5);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 5);
+        let again = log.append(&[b"again"]).unwrap();
+        assert_eq!(again[0], Extent { offset: 5, len: 5 });
+        assert_eq!(log.read(again[0]).unwrap(), b"again");
+        // A record larger than the step grows the file past it.
+        let big = vec![7u8; GROW_MIN as usize + 10];
+        let ex = log.append(&[&big]).unwrap();
+        assert_eq!(log.read(ex[0]).unwrap(), big);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * GROW_MIN);
         drop(log);
         // An index past the data is refused with a message naming the file.
-        let err = ValueLog::open(&path, 99).unwrap_err().to_string();
+        let err = ValueLog::open(&path, 3 * GROW_MIN).unwrap_err().to_string();
         assert!(err.contains("damaged") && err.contains("v.log"), "{err}");
     }
 }

@@ -1,14 +1,15 @@
-//! The durable store: the safety state and the execution roots in redb, the committed chain and
-//! the commit proofs in an append-only [`ValueLog`] indexed by redb.
+//! The durable store: the committed chain and the commit proofs in an append-only [`ValueLog`]
+//! indexed by redb, the safety state in its own pair of files ([`SafetyFile`]).
 //!
-//! Every write transaction commits with [`Durability::Immediate`]: when a `persist_*` call returns
-//! `Ok`, the data is on disk (redb fsyncs before returning), so a node killed at any instant
+//! When a `persist_*` call returns `Ok`, the data is on disk (every redb transaction commits with
+//! [`Durability::Immediate`], and the safety file is synced), so a node killed at any instant
 //! restarts with everything it acknowledged. The safety state is therefore durable before the core
 //! lets a vote or timeout out (the core's contract, see [`crate::consensus`]). Block and proof
 //! bytes are appended to the value log and made durable before the redb transaction that indexes
 //! them commits (see [`log`]).
 
 pub mod log;
+pub mod safety_file;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,19 +22,19 @@ use crate::consensus::{Block, CommitProof, SafetyState, Storage, StorageError};
 use crate::types::Height;
 
 pub use log::{Extent, ValueLog};
+pub use safety_file::SafetyFile;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Height → [`Extent`] of the committed block's encoding in the value log.
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("committed_block_extents");
 /// Height → [`Extent`] of the encoding of the proof that commits the block at that height.
 const PROOFS: TableDefinition<u64, &[u8]> = TableDefinition::new("commit_proof_extents");
+/// META key under which earlier versions kept the safety state in redb (read once, to migrate).
 const SAFETY_KEY: &str = "safety_state";
 /// META key: the end of the value log as of the last committed group (u64 LE).
 const LOG_END_KEY: &str = "value_log_end";
 /// redb page cache of the chain file (redb's default, 1 GiB, would dominate a node's memory).
 const CHAIN_CACHE_BYTES: usize = 16 << 20;
-/// redb page cache of the safety-state file (one small record).
-const SAFETY_CACHE_BYTES: usize = 1 << 20;
 
 impl Bounded for SafetyState {
     fn check_bounds(&self) -> Result<(), DecodeError> {
@@ -50,9 +51,8 @@ impl Bounded for CommitProof {
 /// A redb-backed [`Storage`].
 pub struct RedbStore {
     db: Arc<Database>,
-    /// The safety state's database: the chain's own, or a small separate file so that its
-    /// per-vote fsync never has to flush block data.
-    safety_db: Arc<Database>,
+    /// The safety state, apart from the chain so that its per-vote sync never flushes block data.
+    safety: SafetyFile,
     log: Arc<ValueLog>,
     tip: Option<(Arc<Block>, CommitProof)>,
     defer_commits: bool,
@@ -135,17 +135,52 @@ impl ChainWriter {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store at `path` (value log beside it, extension `blocks`).
+    /// Opens (or creates) the store at `path`: value log beside it (extension `blocks`), safety
+    /// state in `<path stem>.safety.0` and `.1`.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = Arc::new(Self::create(path, CHAIN_CACHE_BYTES)?);
-        Self::from_parts(Arc::clone(&db), db, path)
+        Self::open_split(path, &path.with_extension("safety"))
     }
 
-    /// Opens the chain at `chain_path` and the safety state in its own file at `safety_path`.
-    pub fn open_split(chain_path: &Path, safety_path: &Path) -> Result<Self, StorageError> {
+    /// Opens the chain at `chain_path` and the safety state in the file pair at `safety_base`
+    /// (`<safety_base>.0`, `.1`). A safety state kept by an earlier version in redb (in
+    /// `<safety_base>.redb`, or in the chain database) is carried over on first open, so that an
+    /// upgraded node never forgets what it voted.
+    pub fn open_split(chain_path: &Path, safety_base: &Path) -> Result<Self, StorageError> {
         let db = Arc::new(Self::create(chain_path, CHAIN_CACHE_BYTES)?);
-        let safety = Arc::new(Self::create(safety_path, SAFETY_CACHE_BYTES)?);
+        let (mut safety, newest) = SafetyFile::open(safety_base)?;
+        if newest.is_none() {
+            let legacy_path = safety_base.with_extension("redb");
+            let legacy = if legacy_path.exists() && legacy_path != chain_path {
+                let old = redb::Database::open(&legacy_path).map_err(|e| {
+                    StorageError::Backend(format!("opening {}: {e}", legacy_path.display()))
+                })?;
+                Self::legacy_safety(&old)?
+            } else {
+                Self::legacy_safety(&db)?
+            };
+            if let Some(bytes) = legacy {
+                decode::<SafetyState>(&bytes).map_err(|e| {
+                    StorageError::Backend(format!("the safety state kept in redb: {e}"))
+                })?;
+                safety.write(&bytes)?;
+                tracing::info!(target: "store", path = %safety_base.display(), "safety state moved out of redb");
+            }
+        }
         Self::from_parts(db, safety, chain_path)
+    }
+
+    /// The safety state's encoding as an earlier version kept it in `db`, if there.
+    fn legacy_safety(db: &Database) -> Result<Option<Vec<u8>>, StorageError> {
+        let txn = db.begin_read().map_err(backend)?;
+        let meta = match txn.open_table(META) {
+            Ok(m) => m,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(backend(e)),
+        };
+        Ok(meta
+            .get(SAFETY_KEY)
+            .map_err(backend)?
+            .map(|v| v.value().to_vec()))
     }
 
     fn create(path: &Path, cache_bytes: usize) -> Result<Database, StorageError> {
@@ -182,7 +217,7 @@ impl RedbStore {
 
     fn from_parts(
         db: Arc<Database>,
-        safety_db: Arc<Database>,
+        safety: SafetyFile,
         chain_path: &Path,
     ) -> Result<Self, StorageError> {
         let log = ValueLog::open(
@@ -191,7 +226,7 @@ impl RedbStore {
         )?;
         let mut store = Self {
             db,
-            safety_db,
+            safety,
             log: Arc::new(log),
             tip: None,
             defer_commits: false,
@@ -285,23 +320,18 @@ impl RedbStore {
 
 impl Storage for RedbStore {
     fn load_safety(&self) -> Result<Option<SafetyState>, StorageError> {
-        let txn = self.safety_db.begin_read().map_err(backend)?;
-        let meta = txn.open_table(META).map_err(backend)?;
-        match meta.get(SAFETY_KEY).map_err(backend)? {
-            Some(bytes) => Ok(Some(decode(bytes.value()).map_err(backend)?)),
+        match self.safety.newest()? {
+            Some(bytes) => {
+                Ok(Some(decode(&bytes).map_err(|e| {
+                    StorageError::Backend(format!("safety state: {e}"))
+                })?))
+            }
             None => Ok(None),
         }
     }
 
     fn persist_safety(&mut self, state: &SafetyState) -> Result<(), StorageError> {
-        let bytes = encode_infallible(state);
-        let mut txn = self.safety_db.begin_write().map_err(backend)?;
-        txn.set_durability(Durability::Immediate).map_err(backend)?;
-        {
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            meta.insert(SAFETY_KEY, bytes.as_slice()).map_err(backend)?;
-        }
-        txn.commit().map_err(backend)
+        self.safety.write(&encode_infallible(state))
     }
 
     fn persist_commit(
@@ -404,28 +434,58 @@ mod tests {
         assert!(path.with_extension("blocks").exists());
     }
 
+    /// A safety state an earlier version kept in redb is carried over, not forgotten.
+    #[test]
+    fn safety_state_kept_in_redb_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut safety = SafetyState::initial(Epoch(1), QuorumCert::genesis("c", Epoch(1)));
+        safety.last_voted_round = Round(42);
+        let legacy = dir.path().join("safety.redb");
+        {
+            let db = redb::Database::create(&legacy).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SAFETY_KEY, encode_infallible(&safety).as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let chain = dir.path().join("node.redb");
+        let base = dir.path().join("safety");
+        let s = RedbStore::open_split(&chain, &base).unwrap();
+        assert_eq!(s.load_safety().unwrap(), Some(safety.clone()));
+        drop(s);
+        // Now in the safety files: it survives the old file going away.
+        std::fs::remove_file(&legacy).unwrap();
+        let mut s = RedbStore::open_split(&chain, &base).unwrap();
+        assert_eq!(s.load_safety().unwrap(), Some(safety.clone()));
+        // A newer state written since wins over nothing being migrated again.
+        safety.last_voted_round = Round(43);
+        s.persist_safety(&safety).unwrap();
+        drop(s);
+        let s = RedbStore::open_split(&chain, &base).unwrap();
+        assert_eq!(s.load_safety().unwrap(), Some(safety));
+    }
+
     /// A group commit interrupted after its log append (the index never committed) leaves
-    /// nothing visible, and the reopened log is cut back to what the index covers.
+    /// nothing visible, and the reopened log appends where the index ends.
     #[test]
     fn unindexed_log_tail_is_dropped_on_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.redb");
         let mut s = RedbStore::open(&path).unwrap();
         s.persist_commit(&[block(1)], &proof(1)).unwrap();
-        let end = std::fs::metadata(path.with_extension("blocks"))
-            .unwrap()
-            .len();
+        let end = s.log.end();
         // What a crash between the log append and the index commit leaves behind.
         s.log.append(&[b"half a group commit"]).unwrap();
         drop(s);
         let s = RedbStore::open(&path).unwrap();
         assert_eq!(s.committed_tip().unwrap().0.height, Height(1));
         assert_eq!(s.log.end(), end);
-        assert_eq!(
-            std::fs::metadata(path.with_extension("blocks"))
-                .unwrap()
-                .len(),
-            end
-        );
+        let mut s = s;
+        s.persist_commit(&[block(2)], &proof(2)).unwrap();
+        drop(s);
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.committed_block(Height(2)).unwrap().payload, vec![2; 10]);
     }
 }

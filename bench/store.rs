@@ -1,0 +1,103 @@
+//! Durable-write benchmarks: what a vote and a committed block cost in fsyncs.
+//!
+//! - `store::persist_safety/impl=<safety_file|redb>`: one safety-state write made durable, as
+//!   the core does before every vote. `safety_file` is bpci's two-file record
+//!   ([`bpci::store::SafetyFile`], one `pwrite` + `fdatasync` in place); `redb` is one redb
+//!   transaction holding the same bytes with `Durability::Immediate` (how the state was kept
+//!   before).
+//! - `store::commit_group/payload_kib=<4|64>`: one committed block with its commit proof through
+//!   the persistence stage's group commit (value-log append + `fdatasync`, then the redb index
+//!   commit).
+//!
+//! Files live in a temporary directory under `$TMPDIR`. Run: `cargo bench --bench store`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bpci::codec::encode_infallible;
+use bpci::consensus::{Block, CommitProof, QuorumCert, SafetyState, Storage};
+use bpci::store::{Durability, RedbStore, SafetyFile};
+use bpci::types::{BlockId, Epoch, Height, Round};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+
+/// A safety state with a 4-validator quorum certificate, as a testnet node writes it.
+fn safety_bytes() -> Vec<u8> {
+    let mut s = SafetyState::initial(Epoch(1), QuorumCert::genesis("bench", Epoch(1)));
+    s.last_voted_round = Round(12345);
+    let mut bytes = encode_infallible(&s);
+    // Room for three 64-byte signatures and their indices in `high_qc`.
+    bytes.resize(bytes.len() + 3 * 66, 7);
+    bytes
+}
+
+fn persist_safety(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let bytes = safety_bytes();
+    let mut group = c.benchmark_group("store::persist_safety");
+    let (mut file, _) = SafetyFile::open(&dir.path().join("safety")).expect("safety file");
+    group.bench_function(BenchmarkId::new("impl", "safety_file"), |b| {
+        b.iter(|| file.write(&bytes).expect("write"))
+    });
+    let db = redb::Database::create(dir.path().join("safety.redb")).expect("redb");
+    group.bench_function(BenchmarkId::new("impl", "redb"), |b| {
+        b.iter(|| {
+            let mut txn = db.begin_write().expect("begin");
+            txn.set_durability(Durability::Immediate)
+                .expect("durability");
+            txn.open_table(META)
+                .expect("table")
+                .insert("safety_state", bytes.as_slice())
+                .expect("insert");
+            txn.commit().expect("commit");
+        })
+    });
+    group.finish();
+}
+
+fn commit_group(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store::commit_group");
+    for kib in [4usize, 64] {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut store = RedbStore::open(&dir.path().join("node.redb")).expect("store");
+        let mut h = 0u64;
+        group.bench_function(BenchmarkId::new("payload_kib", kib), |b| {
+            b.iter(|| {
+                h += 1;
+                let mut block = Block::genesis(Epoch(1));
+                block.height = Height(h);
+                block.round = Round(h);
+                block.payload = vec![(h % 251) as u8; kib << 10];
+                let proof = CommitProof {
+                    child: block.header(),
+                    child_qc: QuorumCert {
+                        block_id: BlockId([1; 32]),
+                        round: Round(h + 1),
+                        height: Height(h + 1),
+                        epoch: Epoch(1),
+                        votes: vec![],
+                    },
+                };
+                store
+                    .persist_commit(&[Arc::new(block)], &proof)
+                    .expect("commit");
+            })
+        });
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .sample_size(30)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = persist_safety, commit_group
+}
+criterion_main!(benches);
