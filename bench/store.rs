@@ -68,7 +68,7 @@ fn commit_group(c: &mut Criterion) {
                 let mut block = Block::genesis(Epoch(1));
                 block.height = Height(h);
                 block.round = Round(h);
-                block.payload = vec![(h % 251) as u8; kib << 10];
+                block.payload = vec![(h % 251) as u8; kib << 10].into();
                 let proof = CommitProof {
                     child: block.header(),
                     child_qc: QuorumCert {

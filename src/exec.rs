@@ -6,7 +6,9 @@
 //! executed root of an ancestor so validators detect divergence.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
+use blake3::hazmat::{hash_derive_key_context, ContextKey, HasherExt};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, Bounded, DecodeError};
@@ -114,12 +116,42 @@ pub enum ExecError {
 /// Most speculative (optimistically executed, uncommitted) states held.
 pub const MAX_LEDGER_STATES: usize = 256;
 
+/// BLAKE3 derive_key contexts of the ledger's digests, each hashed once per process (a
+/// `new_derive_key` hashes its context string on every call).
+static STATE_KEY: LazyLock<ContextKey> =
+    LazyLock::new(|| hash_derive_key_context("bpci 2026-11 ledger state v1"));
+static BALANCE_KEY: LazyLock<ContextKey> =
+    LazyLock::new(|| hash_derive_key_context("bpci 2026-11 ledger balance v1"));
+static LOG_KEY: LazyLock<ContextKey> =
+    LazyLock::new(|| hash_derive_key_context("bpci 2026-11 ledger log v2"));
+
+/// The log entries of one block, hashed into the log's chain in one pass when the block ends.
+struct LogAppend {
+    hasher: blake3::Hasher,
+    count: u64,
+}
+
+impl LogAppend {
+    fn new(head: &Digest32) -> Self {
+        let mut hasher = blake3::Hasher::new_from_context_key(&LOG_KEY);
+        hasher.update(head);
+        Self { hasher, count: 0 }
+    }
+
+    fn push(&mut self, id: &TxId) {
+        self.hasher.update(id);
+        self.count += 1;
+    }
+}
+
 /// The ledger state: balances, a hash chain over the log, and counts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LedgerState {
     balances: HashMap<[u8; 32], u64>,
     /// XOR of H(account, balance) over accounts with a non-zero balance (updated per change).
     balances_digest: [u8; 32],
+    /// `H(previous head ‖ ids of the block's logged transactions)` after each block that logged
+    /// any (one hash per block, not per transaction).
     log_head: Digest32,
     log_len: u64,
 }
@@ -127,7 +159,7 @@ pub struct LedgerState {
 impl LedgerState {
     /// The root committing to balances and log.
     pub fn root(&self) -> StateRoot {
-        let mut h = blake3::Hasher::new_derive_key("bpci 2026-11 ledger state v1");
+        let mut h = blake3::Hasher::new_from_context_key(&STATE_KEY);
         h.update(&self.balances_digest);
         h.update(&self.log_head);
         h.update(&self.log_len.to_le_bytes());
@@ -145,7 +177,7 @@ impl LedgerState {
     }
 
     fn entry_digest(account: &[u8; 32], balance: u64) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_derive_key("bpci 2026-11 ledger balance v1");
+        let mut h = blake3::Hasher::new_from_context_key(&BALANCE_KEY);
         h.update(account);
         h.update(&balance.to_le_bytes());
         *h.finalize().as_bytes()
@@ -170,7 +202,7 @@ impl LedgerState {
         }
     }
 
-    fn apply(&mut self, tx: &[u8], id: &TxId) -> ReceiptStatus {
+    fn apply(&mut self, tx: &[u8], id: &TxId, log: &mut LogAppend) -> ReceiptStatus {
         if let Some(body) = tx.strip_prefix(LEDGER_TX_MAGIC.as_slice()) {
             let Ok(ltx) = decode::<LedgerTx>(body) else {
                 return ReceiptStatus::Rejected("malformed ledger instruction".into());
@@ -204,11 +236,7 @@ impl LedgerState {
                 }
             };
         }
-        let mut h = blake3::Hasher::new_derive_key("bpci 2026-11 ledger log v1");
-        h.update(&self.log_head);
-        h.update(id);
-        self.log_head = *h.finalize().as_bytes();
-        self.log_len += 1;
+        log.push(id);
         ReceiptStatus::Logged
     }
 }
@@ -259,15 +287,20 @@ impl StateMachine for Ledger {
             return Err(ExecError::TooManyStates(MAX_LEDGER_STATES));
         }
         let mut state = parent.clone();
+        let mut log = LogAppend::new(&state.log_head);
         let receipts = block
             .txs
             .iter()
             .zip(block.ids)
             .map(|(tx, id)| Receipt {
                 tx_id: *id,
-                status: state.apply(tx, id),
+                status: state.apply(tx, id, &mut log),
             })
             .collect();
+        if log.count > 0 {
+            state.log_head = *log.hasher.finalize().as_bytes();
+            state.log_len += log.count;
+        }
         let root = state.root();
         self.states.insert(root, state);
         Ok((root, receipts))

@@ -127,7 +127,7 @@ fn block() -> impl Strategy<Value = Block> {
                 height: Height(h),
                 epoch: Epoch(e),
                 author: ValidatorIndex(a),
-                payload,
+                payload: payload.into(),
                 parent_qc,
                 timestamp_ms: ts,
                 exec_height: Height(xh),
@@ -225,7 +225,7 @@ fn unknown_tag_and_named_limits() {
     ));
     let big = Message::Proposal(Proposal {
         block: Block {
-            payload: vec![0; MAX_PAYLOAD_BYTES + 1],
+            payload: vec![0; MAX_PAYLOAD_BYTES + 1].into(),
             ..Block::genesis(Epoch(1))
         },
         tc_for_prev_round: None,

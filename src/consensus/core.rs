@@ -795,7 +795,7 @@ impl<S: Storage, A: App> Core<S, A> {
             height,
             epoch: self.ctx.epoch(),
             author: self.cfg.me,
-            payload: self.app.make_payload(height, round),
+            payload: self.app.make_payload(height, round).into(),
             parent_qc: qc,
             timestamp_ms: self.now_ms,
             exec_height,

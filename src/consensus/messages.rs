@@ -31,8 +31,7 @@ pub struct Block {
     pub author: ValidatorIndex,
     /// Opaque to the core; checked by the application's validation hook. Encoded as one byte
     /// string (a length and a single copy), not a sequence of single bytes.
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
+    pub payload: PayloadBytes,
     /// The certificate of the parent: the IBFT "prepare" quorum of the parent.
     pub parent_qc: QuorumCert,
     /// Proposer's wall clock at proposal time.
@@ -55,7 +54,7 @@ impl Block {
             height: Height(0),
             epoch,
             author: ValidatorIndex(0),
-            payload: Vec::new(),
+            payload: PayloadBytes::default(),
             parent_qc: QuorumCert {
                 block_id: BlockId::default(),
                 round: Round(0),
@@ -84,13 +83,83 @@ impl Block {
             height: self.height,
             epoch: self.epoch,
             author: self.author,
-            payload_digest: payload_digest(&self.payload),
+            payload_digest: self.payload.digest(),
             parent_qc: self.parent_qc.clone(),
             timestamp_ms: self.timestamp_ms,
             exec_height: self.exec_height,
             exec_root: self.exec_root,
             evidence: self.evidence.clone(),
         }
+    }
+}
+
+/// A block's payload bytes, with their [`payload_digest`] computed at most once: the ingress
+/// thread computes it for the block id, and the payload checks, the consensus thread's lookups
+/// and commit proofs reuse it. The bytes cannot change after construction (no mutable access),
+/// so the kept digest always matches them. Encoded exactly as a byte string.
+#[derive(Clone, Default)]
+pub struct PayloadBytes {
+    bytes: Vec<u8>,
+    digest: std::sync::OnceLock<Digest32>,
+}
+
+impl PayloadBytes {
+    /// The payload `bytes`.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes,
+            digest: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// [`payload_digest`] of the bytes (computed on first use, then kept).
+    pub fn digest(&self) -> Digest32 {
+        *self.digest.get_or_init(|| payload_digest(&self.bytes))
+    }
+}
+
+impl From<Vec<u8>> for PayloadBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self::new(bytes)
+    }
+}
+
+impl std::ops::Deref for PayloadBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl PartialEq for PayloadBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for PayloadBytes {}
+
+impl std::fmt::Debug for PayloadBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.bytes.fmt(f)
+    }
+}
+
+impl Serialize for PayloadBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for PayloadBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::new(serde_bytes::ByteBuf::deserialize(d)?.into_vec()))
+    }
+}
+
+impl Bounded for PayloadBytes {
+    fn check_bounds(&self) -> Result<(), DecodeError> {
+        check_len("block.payload", self.len(), MAX_PAYLOAD_BYTES)
     }
 }
 
@@ -452,7 +521,7 @@ fn header_bounds(evidence: &[Evidence], parent_qc: &QuorumCert) -> Result<(), De
 
 impl Bounded for Block {
     fn check_bounds(&self) -> Result<(), DecodeError> {
-        check_len("block.payload", self.payload.len(), MAX_PAYLOAD_BYTES)?;
+        self.payload.check_bounds()?;
         header_bounds(&self.evidence, &self.parent_qc)
     }
 }

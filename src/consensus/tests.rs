@@ -20,7 +20,7 @@ impl App for TestApp {
         format!("h{}r{}", height.0, round.0).into_bytes()
     }
     fn validate_payload(&self, block: &Block) -> Result<(), String> {
-        if block.payload == b"invalid" {
+        if *block.payload == b"invalid"[..] {
             return Err("invalid payload".into());
         }
         Ok(())
@@ -69,7 +69,7 @@ impl Fx {
             height: parent_qc.height.next(),
             epoch: Epoch(1),
             author: v(author),
-            payload: payload.to_vec(),
+            payload: payload.to_vec().into(),
             parent_qc: parent_qc.clone(),
             timestamp_ms: 0,
             exec_height: Height(0),
@@ -677,4 +677,24 @@ fn block_id_is_header_id_and_binds_the_payload() {
     assert_ne!(other_id, id);
     assert_ne!(other.header(), b.header());
     assert_ne!(b.header().id("another-chain"), id);
+}
+
+/// A payload travels as one byte string (the encoding a `Vec<u8>` with `serde_bytes` has), and
+/// the digest it keeps is the digest of its own bytes, also after decoding or cloning.
+#[test]
+fn payload_bytes_encode_as_a_byte_string_and_keep_their_own_digest() {
+    use crate::codec::{decode, encode_infallible};
+    let p = PayloadBytes::new(b"abc".to_vec());
+    assert_eq!(
+        encode_infallible(&p),
+        encode_infallible(&serde_bytes::ByteBuf::from(b"abc".to_vec()))
+    );
+    assert_eq!(p.digest(), payload_digest(b"abc"));
+    let back: PayloadBytes = decode(&encode_infallible(&p)).unwrap();
+    assert_eq!((&back, back.digest()), (&p, p.digest()));
+    let copy = p.clone();
+    assert_eq!(copy.digest(), payload_digest(b"abc"));
+    let other: PayloadBytes = b"abd".to_vec().into();
+    assert_ne!(other.digest(), p.digest());
+    assert_ne!(other, p);
 }

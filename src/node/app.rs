@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::consensus::{App, Block};
+use crate::consensus::{App, Block, PayloadBytes};
 use crate::crypto::Digest32;
 use crate::exec::StateRoot;
 use crate::mempool::{Mempool, Payload, TxId, MAX_TXS_PER_BLOCK};
@@ -173,12 +173,13 @@ pub struct PayloadChecks {
 impl PayloadChecks {
     /// Checks `payload` (a block's payload bytes) and keeps the result. Undecodable payloads
     /// are left to the core, which refuses them with the decoding error.
-    pub fn precheck(checks: &Mutex<PayloadChecks>, payload: &[u8]) {
+    pub fn precheck(checks: &Mutex<PayloadChecks>, payload: &PayloadBytes) {
         let Ok(decoded) = Payload::decode(payload) else {
             return;
         };
         let result = decoded.check().map(Arc::from);
-        let digest = crate::consensus::payload_digest(payload);
+        // Kept from the block id's computation on this thread: no second pass over the bytes.
+        let digest = payload.digest();
         let mut c = checks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -331,7 +332,7 @@ impl App for NodeApp {
                 .payload_checks
                 .lock()
                 .ok()
-                .and_then(|mut c| c.take(&crate::consensus::payload_digest(&block.payload)));
+                .and_then(|mut c| c.take(&block.payload.digest()));
             let ids: Arc<[TxId]> = match ahead {
                 Some(result) => result?,
                 None => payload.check()?.into(),
@@ -422,7 +423,7 @@ mod tests {
         b.author = v(author);
         b.round = Round(round);
         b.height = Height(10);
-        b.payload = payload;
+        b.payload = payload.into();
         b.exec_height = Height(exec.0);
         b.exec_root = exec.1;
         b
@@ -487,7 +488,7 @@ mod tests {
         let txs = vec![b"t1".to_vec(), b"t2".to_vec()];
         let good = Payload::new(&txs);
         let bytes = good.encode();
-        PayloadChecks::precheck(&a.payload_checks, &bytes);
+        PayloadChecks::precheck(&a.payload_checks, &bytes.clone().into());
         let digest = crate::consensus::payload_digest(&bytes);
         assert!(a.payload_checks.lock().unwrap().map.contains_key(&digest));
         assert_eq!(
@@ -508,8 +509,8 @@ mod tests {
         let mut forged = Payload::new(&txs[..1]);
         forged.tx_root = good.tx_root;
         let forged_bytes = forged.encode();
-        PayloadChecks::precheck(&a.payload_checks, &bytes);
-        PayloadChecks::precheck(&a.payload_checks, &forged_bytes);
+        PayloadChecks::precheck(&a.payload_checks, &bytes.clone().into());
+        PayloadChecks::precheck(&a.payload_checks, &forged_bytes.clone().into());
         let err = a
             .validate_payload(&block_with(1, 8, forged_bytes, (0, [0; 32])))
             .unwrap_err();
@@ -521,11 +522,11 @@ mod tests {
         );
 
         // Undecodable bytes are left to the core; the cache is bounded.
-        PayloadChecks::precheck(&a.payload_checks, &[1, 2, 3]);
+        PayloadChecks::precheck(&a.payload_checks, &vec![1, 2, 3].into());
         assert_eq!(a.payload_checks.lock().unwrap().map.len(), 1);
         for i in 0..(PAYLOAD_CHECKS_MAX as u32 + 3) {
             let tx = i.to_le_bytes().to_vec();
-            PayloadChecks::precheck(&a.payload_checks, &Payload::new(&[tx]).encode());
+            PayloadChecks::precheck(&a.payload_checks, &Payload::new(&[tx]).encode().into());
         }
         let c = a.payload_checks.lock().unwrap();
         assert_eq!(

@@ -563,7 +563,7 @@ impl Sim {
             }
             (Some(Byzantine::Equivocator), Message::Proposal(p)) => {
                 let mut block = p.block.clone();
-                block.payload = b"equivocation".to_vec();
+                block.payload = b"equivocation".to_vec().into();
                 let id = block.id(&self.ctx.chain_id);
                 let data = ProposalData {
                     block_id: id,
@@ -743,7 +743,7 @@ impl Sim {
             height: qc.height.next(),
             epoch: self.ctx.epoch(),
             author: node,
-            payload,
+            payload: payload.into(),
             parent_qc: qc.clone(),
             timestamp_ms: 0,
             exec_height: Height(0),

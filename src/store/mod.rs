@@ -387,7 +387,7 @@ mod tests {
         let mut b = Block::genesis(Epoch(1));
         b.height = Height(h);
         b.round = Round(h);
-        b.payload = vec![h as u8; 10];
+        b.payload = vec![h as u8; 10].into();
         Arc::new(b)
     }
 
@@ -422,7 +422,7 @@ mod tests {
         let (tip, p) = s.committed_tip().unwrap();
         assert_eq!(tip.height, Height(3));
         assert_eq!(p, proof(3));
-        assert_eq!(s.committed_block(Height(2)).unwrap().payload, vec![2; 10]);
+        assert_eq!(*s.committed_block(Height(2)).unwrap().payload, [2; 10]);
         assert!(s.committed_block(Height(4)).is_none());
         assert_eq!(
             s.commit_proof_in(Height(1), Height(2)).unwrap().0,
@@ -486,6 +486,6 @@ mod tests {
         s.persist_commit(&[block(2)], &proof(2)).unwrap();
         drop(s);
         let s = RedbStore::open(&path).unwrap();
-        assert_eq!(s.committed_block(Height(2)).unwrap().payload, vec![2; 10]);
+        assert_eq!(*s.committed_block(Height(2)).unwrap().payload, [2; 10]);
     }
 }
