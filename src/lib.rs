@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod exec;
 #[path = "../bench/loadgen/mod.rs"]
 pub mod loadgen;
+pub mod logs;
 pub mod mempool;
 pub mod node;
 pub mod pipeline;

@@ -35,6 +35,46 @@ pub enum ConfigError {
     },
 }
 
+/// `value` is one of `allowed`, or the error names `key`.
+fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("{value:?} is not one of {}", allowed.join(", ")),
+        ))
+    }
+}
+
+/// The `logging` section's values.
+fn check_logging(l: &Logging) -> Result<(), ConfigError> {
+    use crate::logs::{CONSENSUS_LEVELS, FORMATS, LEVELS, OUTPUT_TYPES};
+    one_of("logging.level", &l.level, &LEVELS)?;
+    one_of("logging.format", &l.format, &FORMATS)?;
+    for (i, o) in l.outputs.iter().enumerate() {
+        one_of(
+            &format!("logging.outputs[{i}].type"),
+            &o.kind,
+            &OUTPUT_TYPES,
+        )?;
+        if o.kind == "file" && o.path.as_ref().is_none_or(|p| p.as_os_str().is_empty()) {
+            return Err(invalid(
+                format!("logging.outputs[{i}].path"),
+                "a file output needs a path",
+            ));
+        }
+    }
+    if let Some(c) = &l.consensus_logging {
+        one_of(
+            "logging.consensus_logging.level",
+            &c.level,
+            &CONSENSUS_LEVELS,
+        )?;
+    }
+    Ok(())
+}
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -229,6 +269,10 @@ pub struct Tuning {
     /// 1200 raised by path MTU discovery up to 1452. Set it on jumbo-frame networks.
     #[serde(default)]
     pub max_udp_payload_bytes: Option<u16>,
+    /// Leave transparent huge pages on for the node (default off: see
+    /// [`crate::pipeline::disable_transparent_huge_pages`]).
+    #[serde(default)]
+    pub transparent_huge_pages: bool,
 }
 
 /// The whole file.
@@ -493,6 +537,9 @@ impl Config {
         }
         let validators = ValidatorSet::new(Epoch(1), validators)
             .map_err(|e| invalid("validators", e.to_string()))?;
+        if let Some(l) = &file.logging {
+            check_logging(l)?;
+        }
         Ok(Config {
             file,
             validators,

@@ -139,6 +139,23 @@ fn bad_values_name_their_key() {
             "  validator_id: \"validator-009\"\n  key_file",
             "node.validator_id",
         ),
+        ("level: \"info\"", "level: \"loud\"", "logging.level"),
+        ("format: \"json\"", "format: \"xml\"", "logging.format"),
+        (
+            "- type: \"file\"",
+            "- type: \"syslog\"",
+            "logging.outputs[0].type",
+        ),
+        (
+            "path: \"/var/log/bpci/consensus.log\"",
+            "path: \"\"",
+            "logging.outputs[0].path",
+        ),
+        (
+            "level: \"detailed\"",
+            "level: \"verbose\"",
+            "logging.consensus_logging.level",
+        ),
     ];
     for (from, to, key) in table {
         let text = yaml("");

@@ -738,6 +738,13 @@ impl<S: Storage, A: App> Core<S, A> {
         self.wanted.retain(|_, w| w.height > h);
         self.rounds_without_commit = 0;
         self.stats.blocks_committed += blocks.len() as u64;
+        tracing::debug!(
+            target: "consensus.commit",
+            height = h.0,
+            round = last.round.0,
+            blocks = blocks.len(),
+            "committed"
+        );
         self.out
             .push(Action::Committed(CommittedBatch { blocks, proof }));
     }
@@ -803,6 +810,7 @@ impl<S: Storage, A: App> Core<S, A> {
             evidence,
         };
         let id = block.id(&self.ctx.chain_id);
+        let payload_len = block.payload.len();
         let data = ProposalData {
             block_id: id,
             round,
@@ -827,6 +835,13 @@ impl<S: Storage, A: App> Core<S, A> {
             return;
         }
         self.stats.proposals += 1;
+        tracing::debug!(
+            target: "consensus.propose",
+            round = round.0,
+            height = height.0,
+            payload_bytes = payload_len,
+            "proposed"
+        );
         self.out.push(Action::Broadcast { msg });
     }
 

@@ -93,12 +93,16 @@ impl Block {
     }
 }
 
-/// A block's payload bytes, with their [`payload_digest`] computed at most once: the ingress
-/// thread computes it for the block id, and the payload checks, the consensus thread's lookups
-/// and commit proofs reuse it. The bytes cannot change after construction (no mutable access),
-/// so the kept digest always matches them. Encoded exactly as a byte string.
+/// A block's payload bytes, shared (a clone of a block copies no payload) and with their
+/// [`payload_digest`] computed at most once: the ingress thread computes it for the block id, and
+/// the payload checks, the consensus thread's lookups and commit proofs reuse it. The bytes cannot
+/// change after construction (no mutable access), so the kept digest always matches them.
+/// Encoded exactly as a byte string.
 #[derive(Clone, Default)]
-pub struct PayloadBytes {
+pub struct PayloadBytes(std::sync::Arc<PayloadInner>);
+
+#[derive(Default)]
+struct PayloadInner {
     bytes: Vec<u8>,
     digest: std::sync::OnceLock<Digest32>,
 }
@@ -106,15 +110,15 @@ pub struct PayloadBytes {
 impl PayloadBytes {
     /// The payload `bytes`.
     pub fn new(bytes: Vec<u8>) -> Self {
-        Self {
+        Self(std::sync::Arc::new(PayloadInner {
             bytes,
             digest: std::sync::OnceLock::new(),
-        }
+        }))
     }
 
-    /// [`payload_digest`] of the bytes (computed on first use, then kept).
+    /// [`payload_digest`] of the bytes (computed on first use, then kept by every clone).
     pub fn digest(&self) -> Digest32 {
-        *self.digest.get_or_init(|| payload_digest(&self.bytes))
+        *self.0.digest.get_or_init(|| payload_digest(&self.0.bytes))
     }
 }
 
@@ -127,13 +131,13 @@ impl From<Vec<u8>> for PayloadBytes {
 impl std::ops::Deref for PayloadBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.bytes
+        &self.0.bytes
     }
 }
 
 impl PartialEq for PayloadBytes {
     fn eq(&self, other: &Self) -> bool {
-        self.bytes == other.bytes
+        self.0.bytes == other.0.bytes
     }
 }
 
@@ -141,13 +145,13 @@ impl Eq for PayloadBytes {}
 
 impl std::fmt::Debug for PayloadBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.bytes.fmt(f)
+        self.0.bytes.fmt(f)
     }
 }
 
 impl Serialize for PayloadBytes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.bytes)
+        s.serialize_bytes(&self.0.bytes)
     }
 }
 
