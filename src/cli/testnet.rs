@@ -73,16 +73,18 @@ pub struct TestnetArgs {
     json: bool,
 }
 
-/// The load generator's heap grows as fast as the validators' when load starts: keep its
-/// first-touch zero-fills small too (see `bpci::pipeline::disable_transparent_huge_pages`).
-fn no_huge_pages() {
+/// The load generator's heap grows and swings as fast as the validators': the same memory
+/// settings as `bpci node` (see `bpci::pipeline::disable_transparent_huge_pages` and
+/// `keep_freed_memory`).
+fn memory_settings() {
+    bpci::pipeline::keep_freed_memory();
     if let Err(e) = bpci::pipeline::disable_transparent_huge_pages() {
         eprintln!("warning: could not turn transparent huge pages off: {e}");
     }
 }
 
 pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
-    no_huge_pages();
+    memory_settings();
     if !(4..=31).contains(&args.validators) {
         bail!(
             "--validators must be between 4 and 31, got {}",
@@ -311,7 +313,7 @@ pub struct LoadArgs {
 }
 
 pub fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
-    no_huge_pages();
+    memory_settings();
     let mut targets = Vec::new();
     for t in &args.targets {
         let (addr, key) = t
