@@ -8,7 +8,7 @@
 
 pub mod plot;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::client_proto::{ClientRequest, ClientResponse, TxStatus};
 use crate::codec::{decode, encode_infallible};
-use crate::mempool::{tx_id, TxId};
+use crate::mempool::{tx_id, IdMap, TxId};
 
 /// Transactions per submit frame, at most.
 pub const SUBMIT_BATCH_MAX: usize = 512;
@@ -107,7 +107,7 @@ pub struct LoadReport {
 }
 
 struct Conn {
-    pending: Mutex<HashMap<TxId, u64>>,
+    pending: Mutex<IdMap<u64>>,
     batches: Mutex<VecDeque<Vec<TxId>>>,
 }
 
@@ -177,7 +177,7 @@ pub fn run(
     let warmup_us = cfg.warmup.min(cfg.duration).as_micros() as u64;
     for (ci, (sender, mut rx)) in links.into_iter().enumerate() {
         let conn = Arc::new(Conn {
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(IdMap::default()),
             batches: Mutex::new(VecDeque::new()),
         });
         conns.push(Arc::clone(&conn));

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::client_proto::{ClientRequest, ClientResponse, TxStatus};
 use crate::codec::{decode, encode_infallible};
-use crate::mempool::{Mempool, MempoolError, TxId};
+use crate::mempool::{IdMap, Mempool, MempoolError, TxId};
 
 use super::stages::Executed;
 
@@ -20,7 +20,7 @@ pub const MAX_TRACKED_TXS: usize = 1 << 20;
 pub struct Gateway {
     mempool: Arc<Mutex<Mempool>>,
     server: ClientServerHandle,
-    owners: Mutex<HashMap<TxId, u64>>,
+    owners: Mutex<IdMap<u64>>,
 }
 
 impl Gateway {
@@ -29,7 +29,7 @@ impl Gateway {
         Self {
             mempool,
             server,
-            owners: Mutex::new(HashMap::new()),
+            owners: Mutex::new(IdMap::default()),
         }
     }
 

@@ -11,13 +11,13 @@
 //! forwards them again, so a transaction crosses at most one extra hop. Everything is bounded:
 //! a hand-off holds at most [`MAX_HANDED_BYTES`]; beyond it transactions stay local.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::consensus::{Message, TxBatch};
-use crate::mempool::{Mempool, TxId};
+use crate::mempool::{IdMap, Mempool, TxId};
 use crate::types::ValidatorIndex;
 
 /// The forwarder sends to the leader of (current round + this).
@@ -45,7 +45,7 @@ pub const MAX_HANDED_BYTES: usize = 64 << 20;
 /// Transactions handed to another leader and not yet seen committed.
 #[derive(Debug, Default)]
 pub struct HandOff {
-    txs: HashMap<TxId, Vec<u8>>,
+    txs: IdMap<Vec<u8>>,
     /// Hand-off batches in time order: when they expire, and their ids.
     deadlines: VecDeque<(Instant, Vec<TxId>)>,
     bytes: usize,
