@@ -258,6 +258,12 @@ impl<'a> Payload<'a> {
         Self::with_ids(txs.iter().map(AsRef::as_ref), &ids)
     }
 
+    /// The `tx_root` of an encoded payload, read without decoding the transactions (the
+    /// encoding starts with it: a fixed 32-byte array). `None` if the bytes are shorter.
+    pub fn root_of(bytes: &[u8]) -> Option<Digest32> {
+        bytes.get(..32)?.try_into().ok()
+    }
+
     /// Decodes an encoded payload, borrowing its transactions from `bytes`.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         decode_borrowed(bytes)
@@ -397,6 +403,8 @@ mod tests {
         assert_eq!(p.check(), Ok(ids.clone()));
         assert_eq!(Payload::with_ids(txs.iter().map(|t| t.as_slice()), &ids), p);
         let bytes = p.encode();
+        assert_eq!(Payload::root_of(&bytes), Some(p.tx_root));
+        assert_eq!(Payload::root_of(&bytes[..31]), None);
         let back = Payload::decode(&bytes).unwrap();
         assert_eq!(back, p);
         assert_eq!(back.txs().collect::<Vec<_>>(), vec![&b"x"[..], b"y", b"z"]);

@@ -313,7 +313,11 @@ impl App for NodeApp {
     }
 
     fn validate_payload(&self, block: &Block) -> Result<(), String> {
-        let payload = Payload::decode(&block.payload).map_err(|e| format!("payload: {e}"))?;
+        // The root alone (no decoding of the transactions on this thread): a payload checked
+        // ahead was decoded and checked in full on the ingress thread, and any other is decoded
+        // and checked below.
+        let tx_root = Payload::root_of(&block.payload)
+            .ok_or("payload: too short to hold its transaction root")?;
         // A proposer can only have executed committed ancestors of this block.
         if block.exec_height >= block.height {
             return Err(format!(
@@ -326,7 +330,7 @@ impl App for NodeApp {
             && self
                 .in_flight
                 .get(&block.round)
-                .is_some_and(|f| f.tx_root == payload.tx_root);
+                .is_some_and(|f| f.tx_root == tx_root);
         if !own {
             let ahead = self
                 .payload_checks
@@ -335,10 +339,13 @@ impl App for NodeApp {
                 .and_then(|mut c| c.take(&block.payload.digest()));
             let ids: Arc<[TxId]> = match ahead {
                 Some(result) => result?,
-                None => payload.check()?.into(),
+                None => Payload::decode(&block.payload)
+                    .map_err(|e| format!("payload: {e}"))?
+                    .check()?
+                    .into(),
             };
             if !ids.is_empty() {
-                self.remember_ids(payload.tx_root, ids);
+                self.remember_ids(tx_root, ids);
             }
         }
         // Last: a claim is recorded (for later settling) only for an otherwise valid block.
