@@ -151,7 +151,9 @@ pub struct LedgerState {
     /// XOR of H(account, balance) over accounts with a non-zero balance (updated per change).
     balances_digest: [u8; 32],
     /// `H(previous head ‖ ids of the block's logged transactions)` after each block that logged
-    /// any (one hash per block, not per transaction).
+    /// any (one hash per block, not per transaction). This changed the state roots of
+    /// 2026-11-24 builds (one hash per transaction, context `ledger log v1`): validators of the
+    /// two kinds disagree on roots, so such an upgrade is a stop-all one, not rolling.
     log_head: Digest32,
     log_len: u64,
 }

@@ -128,8 +128,12 @@ pub fn verify(
         .zip(bad)
         .filter_map(|((from, p), bad)| {
             if bad {
-                border.bad_signature.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target: "pipeline.verify", %from, "bad signature: message dropped");
+                let n = border.bad_signature.fetch_add(1, Ordering::Relaxed) + 1;
+                // Logged at the 1st, 2nd, 4th, 8th, ... (a peer sending junk cannot flood the
+                // log); `border.bad_signature` in stats.json counts every one.
+                if n.is_power_of_two() {
+                    tracing::warn!(target: "pipeline.verify", %from, total = n, "bad signature: message dropped");
+                }
                 None
             } else {
                 Some((from, p.into_verified_after_check()))

@@ -243,7 +243,9 @@ pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: prctl with PR_SET_THP_DISABLE reads only its integer arguments.
-        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        let zero: libc::c_ulong = 0;
+        let one: libc::c_ulong = 1;
+        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, one, zero, zero, zero) };
         if rc != 0 {
             return Err(std::io::Error::last_os_error());
         }

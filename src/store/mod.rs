@@ -74,7 +74,8 @@ impl ChainWriter {
     /// One durable group commit: every block of `items` (in height order) with the proof that
     /// commits it where one is given, plus `extra` writes in the same redb transaction. The
     /// records reach the value log and are synced before the index commits, and the log's new
-    /// end is recorded in the same transaction (so reopening cuts exactly the unindexed tail).
+    /// end is recorded in the same transaction (so a reopened log appends exactly where the
+    /// index ends, over any unindexed tail).
     /// Sync serves ranges ending at a stored proof: give the proof of every committed batch.
     pub fn commit_group(
         &self,

@@ -90,9 +90,7 @@ impl SafetyFile {
             p.push(format!(".{i}"));
             PathBuf::from(p)
         });
-        let mut created = false;
-        let mut open = |p: &Path| {
-            created |= !p.exists();
+        let open = |p: &Path| {
             OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -102,20 +100,41 @@ impl SafetyFile {
                 .map_err(|e| io_err(p, "open", e))
         };
         let files = [open(&paths[0])?, open(&paths[1])?];
-        if created {
-            // The files' directory entries must outlive a power loss as their contents will.
-            if let Some(dir) = base.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| io_err(base, "syncing its directory", e))?;
-            }
-        }
+        // The files' directory entries must outlive a power loss as their contents will: synced
+        // on every open (cheap, once), so a crash right after creating them cannot leave entries
+        // that a later open would take as already durable.
+        let dir = base
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(base, "syncing its directory", e))?;
         let mut me = Self {
             files,
             paths,
             seq: 0,
         };
         let newest = me.read_newest()?;
+        if newest.is_none() {
+            // Record 1 goes to `.1` and `.0` is first written with record 2, after record 1 was
+            // durable; a crash can therefore tear at most the record being written, and one
+            // intact record stays. Bytes in `.0` with no intact record anywhere are damage (disk,
+            // restore), not a crash: starting as a node that never voted could sign twice.
+            let len0 = me.files[0]
+                .metadata()
+                .map_err(|e| io_err(&me.paths[0], "metadata", e))?
+                .len();
+            if len0 > 0 {
+                return Err(StorageError::Backend(format!(
+                    "safety files {} and {} hold no intact record: refusing to start without the \
+                     safety state (restore it, or remove both files only if this validator \
+                     never voted with this key)",
+                    me.paths[0].display(),
+                    me.paths[1].display()
+                )));
+            }
+        }
         me.seq = newest.as_ref().map_or(0, |(s, _)| *s);
         Ok((me, newest.map(|(_, p)| p)))
     }
@@ -205,5 +224,27 @@ mod tests {
             SafetyFile::open(&base).unwrap().1.as_deref(),
             Some(&b"third"[..])
         );
+        // Both damaged: refused, naming the files, rather than starting as a node that never
+        // voted.
+        std::fs::write(dir.path().join("safety.1"), b"garbage").unwrap();
+        let err = SafetyFile::open(&base).unwrap_err().to_string();
+        assert!(
+            err.contains("safety.0") && err.contains("no intact record"),
+            "{err}"
+        );
+    }
+
+    /// A crash during the very first write (record 1, in `.1`) leaves no record and an empty
+    /// `.0`: no vote left the node, so it starts as new.
+    #[test]
+    fn a_torn_first_write_starts_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("safety");
+        drop(SafetyFile::open(&base).unwrap());
+        std::fs::write(dir.path().join("safety.1"), b"BPCISAF1 torn").unwrap();
+        let (mut f, none) = SafetyFile::open(&base).unwrap();
+        assert_eq!(none, None);
+        f.write(b"first").unwrap();
+        assert_eq!(f.newest().unwrap().as_deref(), Some(&b"first"[..]));
     }
 }
