@@ -81,6 +81,17 @@ fn the_spec_example_parses() {
     assert_eq!(c.file.triple_consensus.hotstuff.pipeline_depth, 3);
 }
 
+/// The shipped tuning profile's `tuning` section is a valid one (every key it documents exists).
+#[test]
+fn the_shipped_tuning_section_parses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/validator-tuning.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let at = text.find("\ntuning:").expect("a tuning section");
+    let c = Config::from_yaml(&format!("{}{}", yaml(""), &text[at + 1..])).unwrap();
+    assert!(c.file.tuning.pin_threads);
+    assert!(!c.file.tuning.transparent_huge_pages);
+}
+
 #[test]
 fn bad_values_name_their_key() {
     let table: Vec<(&str, &str, &str)> = vec![
