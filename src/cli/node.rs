@@ -21,11 +21,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let config =
         Config::load(&args.config).with_context(|| format!("config {}", args.config.display()))?;
     bpci::logs::init(config.file.logging.as_ref()).context("setting up logging")?;
-    bpci::pipeline::keep_freed_memory();
-    if !config.file.tuning.transparent_huge_pages {
-        if let Err(e) = bpci::pipeline::disable_transparent_huge_pages() {
-            tracing::warn!(target: "bpci", error = %e, "could not turn transparent huge pages off");
-        }
+    if let Err(e) = bpci::pipeline::apply_memory_settings(config.file.tuning.transparent_huge_pages)
+    {
+        tracing::warn!(target: "bpci", error = %e, "could not turn transparent huge pages off");
     }
     let key = bpci::node::keys::read(&config.file.node.key_file)?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -73,12 +73,10 @@ pub struct TestnetArgs {
     json: bool,
 }
 
-/// The load generator's heap grows and swings as fast as the validators': the same memory
-/// settings as `bpci node` (see `bpci::pipeline::disable_transparent_huge_pages` and
-/// `keep_freed_memory`).
+/// The load generator's memory settings, as `bpci node`'s (see
+/// `bpci::pipeline::apply_memory_settings`).
 fn memory_settings() {
-    bpci::pipeline::keep_freed_memory();
-    if let Err(e) = bpci::pipeline::disable_transparent_huge_pages() {
+    if let Err(e) = bpci::pipeline::apply_memory_settings(false) {
         eprintln!("warning: could not turn transparent huge pages off: {e}");
     }
 }

@@ -128,77 +128,75 @@ impl ExecRoots {
     }
 }
 
-/// Transaction ids (Merkle leaf hashes) of recently checked or built payloads, by `tx_root`, so
-/// execution does not hash the transactions again. The root binds the leaf hashes, so a root
-/// names one id list. FIFO-bounded.
-#[derive(Debug, Default)]
-pub struct TxIdCache {
-    map: HashMap<Digest32, Arc<[TxId]>>,
+/// A map keyed by digests holding at most `MAX` entries: inserting past it drops the oldest.
+#[derive(Debug)]
+pub struct FifoMap<V, const MAX: usize> {
+    map: HashMap<Digest32, V>,
     order: VecDeque<Digest32>,
 }
 
-impl TxIdCache {
-    /// Remembers the ids of the payload with root `tx_root`.
-    pub fn insert(&mut self, tx_root: Digest32, ids: Arc<[TxId]>) {
-        if self.map.insert(tx_root, ids).is_none() {
-            self.order.push_back(tx_root);
+impl<V, const MAX: usize> Default for FifoMap<V, MAX> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
         }
-        while self.order.len() > TX_ID_CACHE_MAX {
+    }
+}
+
+impl<V, const MAX: usize> FifoMap<V, MAX> {
+    /// Keeps `value` under `key` (replacing an earlier one in place).
+    pub fn insert(&mut self, key: Digest32, value: V) {
+        if self.map.insert(key, value).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > MAX {
             if let Some(old) = self.order.pop_front() {
                 self.map.remove(&old);
             }
         }
     }
 
-    /// The ids of the payload with root `tx_root`, if remembered.
-    pub fn get(&self, tx_root: &Digest32) -> Option<Arc<[TxId]>> {
-        self.map.get(tx_root).cloned()
+    /// The value under `key`, if kept.
+    pub fn get(&self, key: &Digest32) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    /// Removes and returns the value under `key`, if kept.
+    pub fn take(&mut self, key: &Digest32) -> Option<V> {
+        let v = self.map.remove(key)?;
+        self.order.retain(|k| k != key);
+        Some(v)
     }
 }
+
+/// Transaction ids (Merkle leaf hashes) of recently checked or built payloads, by `tx_root`, so
+/// execution does not hash the transactions again. The root binds the leaf hashes, so a root
+/// names one id list.
+pub type TxIdCache = FifoMap<Arc<[TxId]>, TX_ID_CACHE_MAX>;
 
 /// Most payload check results kept for the core (FIFO).
 pub const PAYLOAD_CHECKS_MAX: usize = 64;
 
-/// Payload checks done ahead of the core, on the ingress thread: hashing every transaction of
-/// a proposal (leaf hashes and Merkle root) then overlaps with the consensus thread's work
-/// instead of adding to it. Keyed by the payload digest, which binds the exact payload bytes, so
-/// a result is used only for the payload it was computed on. FIFO-bounded; a miss means the core
-/// checks the payload itself.
-#[derive(Debug, Default)]
-pub struct PayloadChecks {
-    map: HashMap<Digest32, Result<Arc<[TxId]>, String>>,
-    order: VecDeque<Digest32>,
-}
+/// Payload checks done ahead of the core, on the ingress thread (see [`precheck`]), by payload
+/// digest. A miss means the core checks the payload itself.
+pub type PayloadChecks = FifoMap<Result<Arc<[TxId]>, String>, PAYLOAD_CHECKS_MAX>;
 
-impl PayloadChecks {
-    /// Checks `payload` (a block's payload bytes) and keeps the result. Undecodable payloads
-    /// are left to the core, which refuses them with the decoding error.
-    pub fn precheck(checks: &Mutex<PayloadChecks>, payload: &PayloadBytes) {
-        let Ok(decoded) = Payload::decode(payload) else {
-            return;
-        };
-        let result = decoded.check().map(Arc::from);
-        // Kept from the block id's computation on this thread: no second pass over the bytes.
-        let digest = payload.digest();
-        let mut c = checks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if c.map.insert(digest, result).is_none() {
-            c.order.push_back(digest);
-        }
-        while c.order.len() > PAYLOAD_CHECKS_MAX {
-            if let Some(old) = c.order.pop_front() {
-                c.map.remove(&old);
-            }
-        }
-    }
-
-    /// The result for the payload with this digest, if it was checked ahead.
-    pub fn take(&mut self, digest: &Digest32) -> Option<Result<Arc<[TxId]>, String>> {
-        let r = self.map.remove(digest)?;
-        self.order.retain(|d| d != digest);
-        Some(r)
-    }
+/// Checks `payload` (a block's payload bytes) ahead of the core and keeps the result: hashing
+/// every transaction of a proposal (leaf hashes and Merkle root) then overlaps with the
+/// consensus thread's work instead of adding to it. Keyed by the payload digest, which binds the
+/// exact payload bytes, so a result is used only for the payload it was computed on.
+/// Undecodable payloads are left to the core, which refuses them with the decoding error.
+pub fn precheck(checks: &Mutex<PayloadChecks>, payload: &PayloadBytes) {
+    let Ok(decoded) = Payload::decode(payload) else {
+        return;
+    };
+    let result = decoded.check().map(Arc::from);
+    // Kept from the block id's computation on this thread: no second pass over the bytes.
+    checks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(payload.digest(), result);
 }
 
 /// Block-building limits.
@@ -451,6 +449,7 @@ mod tests {
             .lock()
             .unwrap()
             .get(&good.tx_root)
+            .cloned()
             .expect("ids kept");
         assert_eq!(ids.len(), 2);
         // A different executed root at a height we executed: refused, counted.
@@ -495,7 +494,7 @@ mod tests {
         let txs = vec![b"t1".to_vec(), b"t2".to_vec()];
         let good = Payload::new(&txs);
         let bytes = good.encode();
-        PayloadChecks::precheck(&a.payload_checks, &bytes.clone().into());
+        precheck(&a.payload_checks, &bytes.clone().into());
         let digest = crate::consensus::payload_digest(&bytes);
         assert!(a.payload_checks.lock().unwrap().map.contains_key(&digest));
         assert_eq!(
@@ -516,8 +515,8 @@ mod tests {
         let mut forged = Payload::new(&txs[..1]);
         forged.tx_root = good.tx_root;
         let forged_bytes = forged.encode();
-        PayloadChecks::precheck(&a.payload_checks, &bytes.clone().into());
-        PayloadChecks::precheck(&a.payload_checks, &forged_bytes.clone().into());
+        precheck(&a.payload_checks, &bytes.clone().into());
+        precheck(&a.payload_checks, &forged_bytes.clone().into());
         let err = a
             .validate_payload(&block_with(1, 8, forged_bytes, (0, [0; 32])))
             .unwrap_err();
@@ -529,11 +528,11 @@ mod tests {
         );
 
         // Undecodable bytes are left to the core; the cache is bounded.
-        PayloadChecks::precheck(&a.payload_checks, &vec![1, 2, 3].into());
+        precheck(&a.payload_checks, &vec![1, 2, 3].into());
         assert_eq!(a.payload_checks.lock().unwrap().map.len(), 1);
         for i in 0..(PAYLOAD_CHECKS_MAX as u32 + 3) {
             let tx = i.to_le_bytes().to_vec();
-            PayloadChecks::precheck(&a.payload_checks, &Payload::new(&[tx]).encode().into());
+            precheck(&a.payload_checks, &Payload::new(&[tx]).encode().into());
         }
         let c = a.payload_checks.lock().unwrap();
         assert_eq!(

@@ -387,7 +387,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                     match stages::ingress(&ingress_ctx, inb.from, &inb.frame, &ingress_border) {
                         stages::Ingress::Consensus(from, p) => {
                             if let crate::consensus::Message::Proposal(prop) = p.message() {
-                                app::PayloadChecks::precheck(&payload_checks, &prop.block.payload);
+                                app::precheck(&payload_checks, &prop.block.payload);
                             }
                             if verify_in.send((from, p)).is_err() {
                                 break;

@@ -531,7 +531,7 @@ impl ExecStage {
     ) -> Result<(StateRoot, Arc<[TxId]>), String> {
         let tx_ids = &self.tx_ids;
         execute_block(&mut self.ledger, parent, block, |root| {
-            tx_ids.lock().ok().and_then(|c| c.get(root))
+            tx_ids.lock().ok().and_then(|c| c.get(root).cloned())
         })
     }
 }

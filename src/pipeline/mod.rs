@@ -268,6 +268,18 @@ pub fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
+/// The process memory settings of `bpci node` and of the load generator (whose heap grows and
+/// swings as fast as a validator's): freed memory kept ([`keep_freed_memory`]) and, unless
+/// `keep_huge_pages`, transparent huge pages off ([`disable_transparent_huge_pages`]). Errors
+/// are reported, not fatal: they change speed, not correctness.
+pub fn apply_memory_settings(keep_huge_pages: bool) -> std::io::Result<()> {
+    keep_freed_memory();
+    if keep_huge_pages {
+        return Ok(());
+    }
+    disable_transparent_huge_pages()
+}
+
 /// Cores available to pin to.
 pub fn core_count() -> usize {
     core_affinity::get_core_ids().map(|v| v.len()).unwrap_or(1)

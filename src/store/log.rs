@@ -96,7 +96,7 @@ const GROW_STEP: u64 = 1 << 20;
 const GROW_FOR_LESS_THAN: u64 = 64 << 10;
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> StorageError {
-    StorageError::Backend(format!("value log {}: {what}: {e}", path.display()))
+    super::io_err("value log", path, what, e)
 }
 
 impl ValueLog {
@@ -106,7 +106,6 @@ impl ValueLog {
     /// # Errors
     /// I/O errors, and a file shorter than `indexed_end` (the index points past the data).
     pub fn open(path: &Path, indexed_end: u64) -> Result<Self, StorageError> {
-        let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -118,15 +117,10 @@ impl ValueLog {
             .metadata()
             .map_err(|e| io_err(path, "metadata", e))?
             .len();
-        if !existed {
-            // The new file's directory entry must survive a power loss as well as the index
-            // that will point into it.
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| io_err(path, "syncing its directory", e))?;
-            }
-        }
+        // The file's directory entry must survive a power loss as well as the index that will
+        // point into it (synced on every open: a crash right after creating the file must not
+        // leave an entry a later open takes as durable).
+        super::sync_parent_dir("value log", path)?;
         if on_disk < indexed_end {
             return Err(StorageError::Backend(format!(
                 "value log {} has {on_disk} bytes but its index reaches byte {indexed_end}: the log is damaged",

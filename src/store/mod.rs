@@ -58,6 +58,24 @@ pub struct RedbStore {
     defer_commits: bool,
 }
 
+/// An I/O error on one of the store's files, naming the file and what failed.
+fn io_err(kind: &str, path: &Path, what: &str, e: std::io::Error) -> StorageError {
+    StorageError::Backend(format!("{kind} {}: {what}: {e}", path.display()))
+}
+
+/// Syncs the directory holding `path`, so the file's entry survives a power loss as its
+/// contents will. Done on every open (cheap, once): a crash right after a file was created must
+/// not leave an entry that a later open takes as already durable.
+fn sync_parent_dir(kind: &str, path: &Path) -> Result<(), StorageError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(kind, path, "syncing its directory", e))
+}
+
 fn backend(e: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(e.to_string())
 }

@@ -37,7 +37,7 @@ pub struct SafetyFile {
 }
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> StorageError {
-    StorageError::Backend(format!("safety file {}: {what}: {e}", path.display()))
+    super::io_err("safety file", path, what, e)
 }
 
 fn digest(seq: u64, payload: &[u8]) -> [u8; 32] {
@@ -100,16 +100,8 @@ impl SafetyFile {
                 .map_err(|e| io_err(p, "open", e))
         };
         let files = [open(&paths[0])?, open(&paths[1])?];
-        // The files' directory entries must outlive a power loss as their contents will: synced
-        // on every open (cheap, once), so a crash right after creating them cannot leave entries
-        // that a later open would take as already durable.
-        let dir = base
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err(base, "syncing its directory", e))?;
+        // The files' directory entries must outlive a power loss as their contents will.
+        super::sync_parent_dir("safety file", base)?;
         let mut me = Self {
             files,
             paths,
