@@ -8,12 +8,16 @@
 //!   included (as each library does it from bytes).
 //!
 //! - `crypto::merkle_root/leaves=10000/leaf_bytes=512`: a block's transaction root.
+//! - `crypto::tx_ids/impl=<one_at_a_time|many>/txs=256/tx_bytes=512`: transaction ids on one
+//!   thread, each hashed alone (`tx_id`) against all at once in BLAKE3's SIMD lanes
+//!   (`crypto::many`, what the mempool, payload checks and load generator use).
 //!
 //! Throughput is in signatures (leaves for the Merkle root). Run: `cargo bench --bench crypto`.
 
 use std::time::Duration;
 
 use bpci::crypto::{merkle_root, verify_key_bytes, BatchVerifier, Keypair, Signature};
+use bpci::mempool::{tx_id, tx_ids};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -164,6 +168,21 @@ fn merkle(c: &mut Criterion) {
     group.finish();
 }
 
+/// Transaction ids of 256 transactions of 512 bytes on one thread (under the rayon threshold).
+fn ids(c: &mut Criterion) {
+    let txs: Vec<Vec<u8>> = (0..256)
+        .map(|i| vec![(i % 251) as u8; MERKLE_LEAF_LEN])
+        .collect();
+    let mut group = c.benchmark_group("crypto::tx_ids");
+    group.throughput(Throughput::Elements(txs.len() as u64));
+    let name = |i: &str| format!("impl={i}/txs={}/tx_bytes={MERKLE_LEAF_LEN}", txs.len());
+    group.bench_function(name("one_at_a_time"), |bench| {
+        bench.iter(|| txs.iter().map(|t| tx_id(t)).collect::<Vec<_>>())
+    });
+    group.bench_function(name("many"), |bench| bench.iter(|| tx_ids(&txs)));
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -174,6 +193,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = batch_verify, single_verify, merkle
+    targets = batch_verify, single_verify, merkle, ids
 }
 criterion_main!(benches);

@@ -34,6 +34,47 @@ pub fn tx_id(tx: &[u8]) -> TxId {
     leaf_hash(tx)
 }
 
+/// The ids of many transactions, hashed together (SIMD lanes, rayon for long lists).
+pub fn tx_ids<T: AsRef<[u8]>>(txs: &[T]) -> Vec<TxId> {
+    leaf_hashes(txs)
+}
+
+/// Transactions with their ids. The ids are computed here, many at once
+/// ([`crate::crypto::leaf_hashes`]), so a batch is hashed before the pool's lock is taken and
+/// no id can disagree with its transaction.
+#[derive(Debug)]
+pub struct HashedTxs {
+    txs: Vec<Vec<u8>>,
+    ids: Vec<TxId>,
+}
+
+impl HashedTxs {
+    /// Hashes `txs`.
+    pub fn new(txs: Vec<Vec<u8>>) -> Self {
+        let ids = tx_ids(&txs);
+        Self { txs, ids }
+    }
+
+    /// The number of transactions.
+    pub fn len(&self) -> usize {
+        self.txs.len()
+    }
+
+    /// No transactions.
+    pub fn is_empty(&self) -> bool {
+        self.txs.is_empty()
+    }
+
+    /// The ids, in order.
+    pub fn ids(&self) -> &[TxId] {
+        &self.ids
+    }
+
+    fn into_iter(self) -> impl Iterator<Item = (TxId, Vec<u8>)> {
+        self.ids.into_iter().zip(self.txs)
+    }
+}
+
 /// Why a transaction was not taken.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MempoolError {
@@ -124,24 +165,43 @@ impl Mempool {
 
     /// Adds a transaction from one of our clients, returning its id.
     pub fn insert(&mut self, tx: Vec<u8>) -> Result<TxId, MempoolError> {
-        let id = self.admit(&tx)?;
+        let id = tx_id(&tx);
+        self.insert_local(id, tx)
+    }
+
+    /// Adds a batch of our clients' transactions (hashed beforehand, outside the pool's lock):
+    /// one result per transaction, in order.
+    pub fn insert_batch(&mut self, batch: HashedTxs) -> Vec<Result<TxId, MempoolError>> {
+        batch
+            .into_iter()
+            .map(|(id, tx)| self.insert_local(id, tx))
+            .collect()
+    }
+
+    /// Adds a batch another validator forwarded to us (proposed here, never forwarded again):
+    /// one result per transaction, in order.
+    pub fn insert_forwarded_batch(&mut self, batch: HashedTxs) -> Vec<Result<TxId, MempoolError>> {
+        batch
+            .into_iter()
+            .map(|(id, tx)| {
+                self.admit(&tx, id)?;
+                self.bytes += tx.len();
+                self.forwarded.push_back((id, tx));
+                Ok(id)
+            })
+            .collect()
+    }
+
+    fn insert_local(&mut self, id: TxId, tx: Vec<u8>) -> Result<TxId, MempoolError> {
+        self.admit(&tx, id)?;
         self.bytes += tx.len();
         self.local_inserted += 1;
         self.queue.push_back((id, tx));
         Ok(id)
     }
 
-    /// Adds a transaction another validator forwarded to us (it is proposed here, never
-    /// forwarded again), returning its id.
-    pub fn insert_forwarded(&mut self, tx: Vec<u8>) -> Result<TxId, MempoolError> {
-        let id = self.admit(&tx)?;
-        self.bytes += tx.len();
-        self.forwarded.push_back((id, tx));
-        Ok(id)
-    }
-
-    /// Checks size, room and novelty; records the id.
-    fn admit(&mut self, tx: &[u8]) -> Result<TxId, MempoolError> {
+    /// Checks size, room and novelty; records the id (`id` is `tx_id(tx)`).
+    fn admit(&mut self, tx: &[u8], id: TxId) -> Result<TxId, MempoolError> {
         if tx.is_empty() {
             return Err(MempoolError::Empty);
         }
@@ -157,7 +217,6 @@ impl Mempool {
                 bytes: self.bytes,
             });
         }
-        let id = tx_id(tx);
         if !self.ids.insert(id) {
             return Err(MempoolError::Duplicate);
         }
@@ -353,6 +412,42 @@ mod tests {
         assert_eq!(m.bytes(), 0);
     }
 
+    /// One forwarded transaction through the batch path.
+    fn fwd1(m: &mut Mempool, tx: Vec<u8>) -> Result<TxId, MempoolError> {
+        let mut r = m.insert_forwarded_batch(HashedTxs::new(vec![tx]));
+        assert_eq!(r.len(), 1);
+        r.remove(0)
+    }
+
+    #[test]
+    fn a_batch_gets_one_result_per_transaction_in_order() {
+        let mut m = Mempool::new(MempoolLimits {
+            max_txs: 3,
+            max_bytes: 1 << 20,
+        });
+        let txs = vec![
+            vec![1; 600],
+            Vec::new(),
+            vec![1; 600],
+            vec![2; 70],
+            vec![3; 5],
+            vec![4; 5],
+        ];
+        let batch = HashedTxs::new(txs.clone());
+        assert_eq!(batch.len(), 6);
+        let ids: Vec<TxId> = txs.iter().map(|t| tx_id(t)).collect();
+        assert_eq!(batch.ids(), ids.as_slice());
+        let r = m.insert_batch(batch);
+        assert_eq!(r[0], Ok(ids[0]));
+        assert_eq!(r[1], Err(MempoolError::Empty));
+        assert_eq!(r[2], Err(MempoolError::Duplicate));
+        assert_eq!(r[3], Ok(ids[3]));
+        assert_eq!(r[4], Ok(ids[4]));
+        assert!(matches!(r[5], Err(MempoolError::Full { txs: 3, .. })));
+        assert_eq!(m.local_inserted(), 3);
+        assert_eq!(m.bytes(), 675);
+    }
+
     #[test]
     fn forwarded_transactions_are_proposed_first_and_never_taken_for_forwarding() {
         let mut m = Mempool::new(MempoolLimits {
@@ -360,12 +455,12 @@ mod tests {
             max_bytes: 1 << 20,
         });
         let own = m.insert(vec![1; 4]).unwrap();
-        let fwd = m.insert_forwarded(vec![2; 4]).unwrap();
-        assert_eq!(m.insert_forwarded(vec![1; 4]), Err(MempoolError::Duplicate));
+        let fwd = fwd1(&mut m, vec![2; 4]).unwrap();
+        assert_eq!(fwd1(&mut m, vec![1; 4]), Err(MempoolError::Duplicate));
         assert_eq!(m.insert(vec![2; 4]), Err(MempoolError::Duplicate));
         m.insert(vec![3; 4]).unwrap();
         assert!(matches!(
-            m.insert_forwarded(vec![4; 4]),
+            fwd1(&mut m, vec![4; 4]),
             Err(MempoolError::Full { txs: 3, .. })
         ));
         assert_eq!(m.len(), 3);

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::client_proto::{ClientRequest, ClientResponse, TxStatus};
 use crate::codec::{decode, encode_infallible};
-use crate::mempool::{tx_id, IdMap, TxId};
+use crate::mempool::{tx_ids, IdMap, TxId};
 
 /// Transactions per submit frame, at most.
 pub const SUBMIT_BATCH_MAX: usize = 512;
@@ -371,8 +371,7 @@ fn send_loop(
                 break;
             }
             let n = ((due - k) as usize).min(SUBMIT_BATCH_MAX);
-            let mut txs = Vec::with_capacity(n);
-            let mut ids = Vec::with_capacity(n);
+            let mut raw = Vec::with_capacity(n);
             let mut scheduled = Vec::with_capacity(n);
             for j in 0..n as u64 {
                 let seq = k + j;
@@ -380,11 +379,13 @@ fn send_loop(
                 tx[..4].copy_from_slice(&conn_id.to_le_bytes());
                 tx[4..12].copy_from_slice(&seq.to_le_bytes());
                 tx[12..16].copy_from_slice(&(start.elapsed().subsec_nanos()).to_le_bytes());
-                let id = tx_id(&tx);
-                ids.push(id);
                 scheduled.push((seq as f64 / rate * 1e6) as u64);
-                txs.push(serde_bytes::ByteBuf::from(tx));
+                raw.push(tx);
             }
+            // Ids of the whole batch at once (the validator computes the same ones).
+            let ids = tx_ids(&raw);
+            let txs: Vec<serde_bytes::ByteBuf> =
+                raw.into_iter().map(serde_bytes::ByteBuf::from).collect();
             if let Ok(mut p) = conn.pending.lock() {
                 for (id, t) in ids.iter().zip(&scheduled) {
                     p.insert(*id, *t);

@@ -39,6 +39,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::digest::Digest32;
+use super::many::{hash_tagged, hash_tagged_many, ManyKey};
 
 /// The BLAKE3 derive_key context of the Merkle hashing key.
 pub const MERKLE_CONTEXT: &str = "bpci 2026-11 merkle v1";
@@ -53,8 +54,13 @@ const NODE_TAG: u8 = 0x01;
 /// Tag byte of the root (which binds the leaf count).
 const ROOT_TAG: u8 = 0x02;
 
+/// Leaves or nodes per rayon task when a list is hashed in parallel.
+const PARALLEL_CHUNK_LEN: usize = 256;
+
 /// The hashing key `K`, derived once.
 static MERKLE_KEY: LazyLock<[u8; 32]> = LazyLock::new(|| blake3::derive_key(MERKLE_CONTEXT, b""));
+/// `K` prepared for hashing many messages at once.
+static MANY_KEY: LazyLock<ManyKey> = LazyLock::new(|| ManyKey::new(&MERKLE_KEY));
 
 /// Why a Merkle proof was not produced or did not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -251,9 +257,7 @@ fn tagged_hasher(tag: u8) -> blake3::Hasher {
 
 /// `H(0x00 ‖ data)`: the hash of one leaf (a transaction's id is its leaf hash).
 pub fn leaf_hash(data: &[u8]) -> Digest32 {
-    let mut hasher = tagged_hasher(LEAF_TAG);
-    hasher.update(data);
-    *hasher.finalize().as_bytes()
+    hash_tagged(&MANY_KEY, LEAF_TAG, data)
 }
 
 /// `H(0x01 ‖ left ‖ right)`.
@@ -262,6 +266,11 @@ fn node_hash(left: &Digest32, right: &Digest32) -> Digest32 {
     hasher.update(left);
     hasher.update(right);
     *hasher.finalize().as_bytes()
+}
+
+/// Leaf hashes of `leaves` into `out`, many at once (see [`super::many`]).
+fn leaf_hashes_into(leaves: &[&[u8]], out: &mut [Digest32]) {
+    hash_tagged_many(&MANY_KEY, LEAF_TAG, leaves, out);
 }
 
 /// `H(0x02 ‖ u64_le(leaf_count) ‖ top)`, `top` absent for the empty tree.
@@ -274,28 +283,54 @@ fn root_hash(leaf_count: u64, top: Option<&Digest32>) -> Digest32 {
     *hasher.finalize().as_bytes()
 }
 
-/// Leaf hashes, in parallel for long lists.
+/// Leaf hashes, many at once (SIMD lanes), and on rayon threads for long lists.
 pub fn leaf_hashes<T: AsRef<[u8]>>(leaves: &[T]) -> Vec<Digest32> {
-    if leaves.len() < PARALLEL_HASH_LEN_MIN {
-        return leaves.iter().map(|l| leaf_hash(l.as_ref())).collect();
-    }
     // Borrow as slices first: `T` itself need not be `Sync`.
     let slices: Vec<&[u8]> = leaves.iter().map(AsRef::as_ref).collect();
-    slices.par_iter().map(|l| leaf_hash(l)).collect()
+    let mut out = vec![Digest32::default(); slices.len()];
+    if slices.len() < PARALLEL_HASH_LEN_MIN {
+        leaf_hashes_into(&slices, &mut out);
+    } else {
+        slices
+            .par_chunks(PARALLEL_CHUNK_LEN)
+            .zip(out.par_chunks_mut(PARALLEL_CHUNK_LEN))
+            .for_each(|(l, o)| leaf_hashes_into(l, o));
+    }
+    out
 }
 
-/// The level above `level`: pairs hashed, an odd last node promoted unchanged.
+/// The level above `level`: pairs hashed (many at once), an odd last node promoted unchanged.
 fn next_level(level: &[Digest32]) -> Vec<Digest32> {
-    let pair = |chunk: &[Digest32]| match chunk {
-        [left, right] => node_hash(left, right),
-        // `chunks(2)` yields one or two nodes: a lone node is promoted unchanged.
-        lone => lone.first().copied().unwrap_or_default(),
+    let pairs = |level: &[Digest32], out: &mut [Digest32]| {
+        let joined: Vec<[u8; 64]> = level
+            .chunks_exact(2)
+            .map(|p| {
+                let mut j = [0u8; 64];
+                j[..32].copy_from_slice(&p[0]);
+                j[32..].copy_from_slice(&p[1]);
+                j
+            })
+            .collect();
+        let msgs: Vec<&[u8]> = joined.iter().map(|j| j.as_slice()).collect();
+        hash_tagged_many(&MANY_KEY, NODE_TAG, &msgs, &mut out[..msgs.len()]);
     };
+    let mut out = vec![Digest32::default(); level.len().div_ceil(2)];
     if level.len() < PARALLEL_HASH_LEN_MIN {
-        level.chunks(2).map(pair).collect()
+        pairs(level, &mut out);
     } else {
-        level.par_chunks(2).map(pair).collect()
+        // Chunks of an even length keep the pairs whole.
+        level
+            .par_chunks(2 * PARALLEL_CHUNK_LEN)
+            .zip(out.par_chunks_mut(PARALLEL_CHUNK_LEN))
+            .for_each(|(l, o)| pairs(l, o));
     }
+    if level.len() % 2 == 1 {
+        // A lone last node is promoted unchanged.
+        if let (Some(o), Some(l)) = (out.last_mut(), level.last()) {
+            *o = *l;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -368,6 +403,25 @@ mod tests {
         let n0123 = node_hash(&node_hash(&l[0], &l[1]), &node_hash(&l[2], &l[3]));
         let five = node_hash(&n0123, &l[4]);
         assert_eq!(merkle_root(&leaves(5)), root_hash(5, Some(&five)));
+    }
+
+    #[test]
+    fn long_lists_match_the_plain_hashes() {
+        // Past the parallel threshold, odd counts at every level, lengths from 0 to past one
+        // BLAKE3 chunk mixed: the batched leaf and node hashing equal the one-at-a-time hashes.
+        for n in [PARALLEL_HASH_LEN_MIN - 1, 2 * PARALLEL_CHUNK_LEN + 1, 1501] {
+            let data: Vec<Vec<u8>> = (0..n)
+                .map(|i| (0..(i * 37) % 1100).map(|j| (i + j) as u8).collect())
+                .collect();
+            let plain: Vec<Digest32> = data.iter().map(|x| leaf_hash(x)).collect();
+            assert_eq!(leaf_hashes(&data), plain, "n = {n}");
+            let top = reference_top(plain);
+            assert_eq!(
+                merkle_root(&data),
+                root_hash(n as u64, Some(&top)),
+                "n = {n}"
+            );
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@
 pub mod batch;
 pub mod digest;
 pub mod keys;
+pub mod many;
 pub mod merkle;
 pub mod signature;
 pub mod verify;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::client_proto::{ClientRequest, ClientResponse, TxStatus};
 use crate::codec::{decode, encode_infallible};
-use crate::mempool::{IdMap, Mempool, MempoolError, TxId};
+use crate::mempool::{HashedTxs, IdMap, Mempool, MempoolError, TxId};
 
 use super::stages::Executed;
 
@@ -47,11 +47,19 @@ impl Gateway {
     }
 
     fn submit(&self, conn: u64, txs: Vec<serde_bytes::ByteBuf>) -> Vec<TxStatus> {
-        let mut accepted = Vec::with_capacity(txs.len());
+        let n = txs.len();
+        let mut accepted = Vec::with_capacity(n);
+        // Hashed before the lock: the consensus thread takes the same lock to propose.
+        let batch = HashedTxs::new(
+            txs.into_iter()
+                .map(serde_bytes::ByteBuf::into_vec)
+                .collect(),
+        );
         let statuses = match self.mempool.lock() {
-            Ok(mut pool) => txs
+            Ok(mut pool) => pool
+                .insert_batch(batch)
                 .into_iter()
-                .map(|tx| match pool.insert(tx.into_vec()) {
+                .map(|r| match r {
                     Ok(id) => {
                         accepted.push(id);
                         TxStatus::Accepted
@@ -61,7 +69,7 @@ impl Gateway {
                     Err(_) => TxStatus::Invalid,
                 })
                 .collect(),
-            Err(_) => vec![TxStatus::Busy; txs.len()],
+            Err(_) => vec![TxStatus::Busy; n],
         };
         if let Ok(mut owners) = self.owners.lock() {
             for id in accepted {

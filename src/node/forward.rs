@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::consensus::{Message, TxBatch};
-use crate::mempool::{IdMap, Mempool, TxId};
+use crate::mempool::{HashedTxs, IdMap, Mempool, TxId};
 use crate::types::ValidatorIndex;
 
 /// The forwarder sends to the leader of (current round + this).
@@ -240,10 +240,11 @@ impl Forwarder {
 /// Puts transactions another validator forwarded into the mempool (apart from our clients',
 /// so they are not forwarded again).
 pub fn accept_forwarded(batch: TxBatch, mempool: &Mutex<Mempool>, counters: &ForwardCounters) {
+    let hashed = HashedTxs::new(batch.txs.into_iter().map(|t| t.into_vec()).collect());
     let mut pool = mempool.lock().unwrap_or_else(PoisonError::into_inner);
     let (mut ok, mut refused) = (0u64, 0u64);
-    for tx in batch.txs {
-        match pool.insert_forwarded(tx.into_vec()) {
+    for r in pool.insert_forwarded_batch(hashed) {
+        match r {
             Ok(_) => ok += 1,
             Err(_) => refused += 1,
         }
