@@ -414,7 +414,11 @@ mod tests {
     fn long_lists_match_the_plain_hashes() {
         // Past the parallel threshold, odd counts at every level, lengths from 0 to past one
         // BLAKE3 chunk mixed: the batched leaf and node hashing equal the one-at-a-time hashes.
-        for n in [PARALLEL_HASH_LEN_MIN - 1, 2 * PARALLEL_CHUNK_LEN + 1, 1501] {
+        for n in [
+            PARALLEL_HASH_LEN_MIN - 1,
+            PARALLEL_HASH_LEN_MIN + 2 * PARALLEL_CHUNK_LEN + 1,
+            1501,
+        ] {
             let data: Vec<Vec<u8>> = (0..n)
                 .map(|i| (0..(i * 37) % 1100).map(|j| (i + j) as u8).collect())
                 .collect();
