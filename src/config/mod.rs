@@ -273,7 +273,18 @@ pub struct Tuning {
     /// [`crate::pipeline::disable_transparent_huge_pages`]).
     #[serde(default)]
     pub transparent_huge_pages: bool,
+    /// Most transaction bytes in one of this node's proposals
+    /// ([`MIN_BLOCK_BYTES`]..=[`MAX_BLOCK_BYTES`]). Absent:
+    /// [`crate::node::DEFAULT_MAX_BLOCK_BYTES`].
+    #[serde(default)]
+    pub max_block_bytes: Option<u32>,
 }
+
+/// Smallest `tuning.max_block_bytes`: one largest transaction fits.
+pub const MIN_BLOCK_BYTES: u32 = 64 << 10;
+/// Largest `tuning.max_block_bytes`: the encoded payload (transactions plus a length prefix
+/// each, at most 20,000 of them) stays under the 8 MiB every validator accepts.
+pub const MAX_BLOCK_BYTES: u32 = 7 << 20;
 
 /// The whole file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -448,6 +459,17 @@ impl Config {
                     "tuning.max_udp_payload_bytes",
                     format!(
                         "must be in {min}..={max} (QUIC's minimum; ten GSO segments must fit one 64 KiB send), got {n}"
+                    ),
+                ));
+            }
+        }
+
+        if let Some(n) = file.tuning.max_block_bytes {
+            if !(MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&n) {
+                return Err(invalid(
+                    "tuning.max_block_bytes",
+                    format!(
+                        "must be in {MIN_BLOCK_BYTES}..={MAX_BLOCK_BYTES} (one largest transaction; the 8 MiB payload limit), got {n}"
                     ),
                 ));
             }

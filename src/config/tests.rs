@@ -251,3 +251,28 @@ fn udp_payload_size_is_checked_against_quic_and_gso_limits() {
     // Beyond u16 the YAML type check refuses it.
     assert!(Config::from_yaml(&with(70000)).is_err());
 }
+
+#[test]
+fn block_size_limit_is_checked() {
+    let with = |n: u64| format!("{}tuning:\n  max_block_bytes: {n}\n", yaml(""));
+    let ok = Config::from_yaml(&with(2 << 20)).expect("2 MiB is accepted");
+    assert_eq!(ok.file.tuning.max_block_bytes, Some(2 << 20));
+    assert_eq!(
+        Config::from_yaml(&yaml(""))
+            .expect("fixture parses")
+            .file
+            .tuning
+            .max_block_bytes,
+        None
+    );
+    for bad in [1000, 8 << 20] {
+        match Config::from_yaml(&with(bad)) {
+            Err(ConfigError::Invalid { key, message }) => {
+                assert_eq!(key, "tuning.max_block_bytes");
+                assert!(message.contains(&bad.to_string()), "{message}");
+            }
+            other => panic!("{bad}: expected an error naming the key, got {other:?}"),
+        }
+    }
+    assert!(Config::from_yaml(&with(1 << 40)).is_err(), "beyond u32");
+}

@@ -33,6 +33,7 @@ use crate::pipeline::{self, StageConfig, StageSnapshot, StageStats};
 use crate::store::RedbStore;
 use crate::types::{Height, ValidatorIndex};
 
+pub use app::DEFAULT_MAX_BLOCK_BYTES;
 use app::{BlockLimits, ExecRoots, NodeApp, Progress};
 use stages::{
     BorderStats, CoreSnapshot, CoreStage, ExecCounters, ExecStage, Executed, Notify, Outbound,
@@ -192,7 +193,14 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         Arc::clone(&mempool),
         Arc::clone(&progress),
         u64::from(hs.pipeline_depth),
-        BlockLimits::default(),
+        BlockLimits {
+            max_bytes: config
+                .file
+                .tuning
+                .max_block_bytes
+                .map_or(DEFAULT_MAX_BLOCK_BYTES, |n| n as usize),
+            ..BlockLimits::default()
+        },
     );
     let core_cfg = CoreConfig {
         me,
