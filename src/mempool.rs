@@ -49,9 +49,20 @@ pub struct HashedTxs {
 }
 
 impl HashedTxs {
-    /// Hashes `txs`.
+    /// Hashes `txs`. A transaction the pool refuses by size (empty, or over [`MAX_TX_BYTES`]) is
+    /// not hashed: its id is never read.
     pub fn new(txs: Vec<Vec<u8>>) -> Self {
-        let ids = tx_ids(&txs);
+        let admissible: Vec<&[u8]> = txs
+            .iter()
+            .map(|t| {
+                if t.len() > MAX_TX_BYTES {
+                    &[][..]
+                } else {
+                    t.as_slice()
+                }
+            })
+            .collect();
+        let ids = tx_ids(&admissible);
         Self { txs, ids }
     }
 
@@ -65,7 +76,7 @@ impl HashedTxs {
         self.txs.is_empty()
     }
 
-    /// The ids, in order.
+    /// The ids, in order (for a transaction refused by size, the empty transaction's id).
     pub fn ids(&self) -> &[TxId] {
         &self.ids
     }
@@ -432,11 +443,13 @@ mod tests {
             vec![2; 70],
             vec![3; 5],
             vec![4; 5],
+            vec![5; MAX_TX_BYTES + 1],
         ];
         let batch = HashedTxs::new(txs.clone());
-        assert_eq!(batch.len(), 6);
+        assert_eq!(batch.len(), 7);
         let ids: Vec<TxId> = txs.iter().map(|t| tx_id(t)).collect();
-        assert_eq!(batch.ids(), ids.as_slice());
+        assert_eq!(batch.ids()[..6], ids[..6]);
+        assert_eq!(batch.ids()[6], tx_id(b""), "too large: not hashed");
         let r = m.insert_batch(batch);
         assert_eq!(r[0], Ok(ids[0]));
         assert_eq!(r[1], Err(MempoolError::Empty));
@@ -444,6 +457,7 @@ mod tests {
         assert_eq!(r[3], Ok(ids[3]));
         assert_eq!(r[4], Ok(ids[4]));
         assert!(matches!(r[5], Err(MempoolError::Full { txs: 3, .. })));
+        assert!(matches!(r[6], Err(MempoolError::TooLarge { .. })));
         assert_eq!(m.local_inserted(), 3);
         assert_eq!(m.bytes(), 675);
     }

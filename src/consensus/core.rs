@@ -8,7 +8,7 @@ use super::certs::{EpochContext, Verified};
 use super::messages::{
     Block, BlockRequest, BlockResponse, CommitProof, Evidence, Message, Proposal, ProposalData,
     QuorumCert, SyncRequest, SyncResponse, Timeout, TimeoutCert, TimeoutData, Vote, VoteData,
-    MAX_BLOCKS_PER_RESPONSE, MAX_EVIDENCE_PER_BLOCK,
+    MAX_BLOCKS_PER_RESPONSE, MAX_EVIDENCE_PER_BLOCK, RESPONSE_BLOCK_BYTES_MAX,
 };
 use super::safety::{SafetyState, Storage, StorageError};
 use super::tree::{BlockTree, Insert, Root};
@@ -990,19 +990,35 @@ impl<S: Storage, A: App> Core<S, A> {
     fn serve_blocks(&mut self, from: ValidatorIndex, req: BlockRequest) {
         let count = usize::from(req.count).clamp(1, MAX_BLOCKS_PER_RESPONSE);
         let mut blocks = Vec::new();
+        let mut bytes = 0;
         let mut cur = req.id;
         let root = self.tree.root();
         let mut committed_height: Option<Height> = None;
+        // At least one block; more while the response stays within its byte budget.
+        let fits = |blocks: &[Block], bytes: &mut usize, b: &Block| {
+            let n = encoded_len(b);
+            if !blocks.is_empty() && *bytes + n > RESPONSE_BLOCK_BYTES_MAX {
+                return false;
+            }
+            *bytes += n;
+            true
+        };
         while blocks.len() < count {
             if let Some(h) = committed_height {
                 match self.store.committed_block(h) {
                     Some(b) if h.0 > 0 => {
+                        if !fits(&blocks, &mut bytes, &b) {
+                            break;
+                        }
                         committed_height = Some(Height(h.0 - 1));
                         blocks.push((*b).clone());
                     }
                     _ => break,
                 }
             } else if let Some(b) = self.tree.block(&cur) {
+                if !fits(&blocks, &mut bytes, b) {
+                    break;
+                }
                 cur = b.parent_id;
                 blocks.push((**b).clone());
             } else if cur == root.id {
@@ -1049,7 +1065,26 @@ impl<S: Storage, A: App> Core<S, A> {
         if start > root.height {
             return;
         }
-        let limit = Height(start.0 + MAX_BLOCKS_PER_RESPONSE as u64 - 1);
+        // As many committed blocks as the count and byte budget allow (at least one)...
+        let mut blocks: Vec<Block> = Vec::new();
+        let mut bytes = 0;
+        for h in start.0..start.0 + MAX_BLOCKS_PER_RESPONSE as u64 {
+            let Some(b) = self.store.committed_block(Height(h)) else {
+                break;
+            };
+            let n = encoded_len(&b);
+            if !blocks.is_empty() && bytes + n > RESPONSE_BLOCK_BYTES_MAX {
+                break;
+            }
+            bytes += n;
+            blocks.push((*b).clone());
+        }
+        if blocks.is_empty() {
+            return;
+        }
+        // ...ending at a stored commit proof: the last one among them, or else the batch that
+        // the first one belongs to, which must then fit whole.
+        let limit = Height(start.0 + blocks.len() as u64 - 1);
         let Some((end, proof)) = self
             .store
             .commit_proof_in(start, limit)
@@ -1060,12 +1095,19 @@ impl<S: Storage, A: App> Core<S, A> {
         if end.0 - start.0 + 1 > MAX_BLOCKS_PER_RESPONSE as u64 {
             return self.drop_msg("commit batch too long to serve in one sync response");
         }
-        let mut blocks = Vec::with_capacity((end.0 - start.0 + 1) as usize);
-        for h in start.0..=end.0 {
+        blocks.truncate((end.0 - start.0 + 1) as usize);
+        for h in start.0 + blocks.len() as u64..=end.0 {
             match self.store.committed_block(Height(h)) {
-                Some(b) => blocks.push((*b).clone()),
+                Some(b) => {
+                    bytes += encoded_len(&b);
+                    blocks.push((*b).clone());
+                }
                 None => return,
             }
+        }
+        // The proof and framing need well under 1 MiB.
+        if blocks.len() > 1 && bytes > crate::codec::MAX_MESSAGE_BYTES - (1 << 20) {
+            return self.drop_msg("commit batch too large to serve in one sync response");
         }
         self.out.push(Action::Send {
             to: from,
@@ -1085,7 +1127,10 @@ impl<S: Storage, A: App> Core<S, A> {
         let Some(last_id) = ids.get(n - 1).copied() else {
             return;
         };
-        let full = n == MAX_BLOCKS_PER_RESPONSE;
+        // The peer may have more: it stopped at the count or near its byte budget (an extra
+        // request once we are level goes unanswered).
+        let full = n == MAX_BLOCKS_PER_RESPONSE
+            || resp.blocks.iter().map(encoded_len).sum::<usize>() >= RESPONSE_BLOCK_BYTES_MAX / 3;
         let path: Vec<Arc<Block>> = resp.blocks.into_iter().map(Arc::new).collect();
         if let Err(e) = self.store.persist_commit(&path, &resp.proof) {
             self.stats.storage_failures += 1;
@@ -1131,4 +1176,9 @@ impl<S: Storage, A: App> Core<S, A> {
             msg: Message::Evidence(e),
         });
     }
+}
+
+/// A block's encoded size (what it adds to a response).
+fn encoded_len(b: &Block) -> usize {
+    bcs::serialized_size(b).unwrap_or(usize::MAX)
 }

@@ -15,6 +15,10 @@ pub const MAX_PAYLOAD_BYTES: usize = 8 << 20;
 pub const MAX_EVIDENCE_PER_BLOCK: usize = 16;
 /// Most blocks in one `BlockResponse` or `SyncResponse`.
 pub const MAX_BLOCKS_PER_RESPONSE: usize = 64;
+/// Encoded block bytes a block or sync response carries, beyond its first block (which always
+/// goes, and is at most [`MAX_PAYLOAD_BYTES`] plus its header): the response stays under the
+/// 16 MiB message and frame limits with its proof and framing.
+pub const RESPONSE_BLOCK_BYTES_MAX: usize = 12 << 20;
 
 /// A block of the chain. Its id is its [`BlockHeader`]'s id (the payload enters by its digest).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -698,3 +698,84 @@ fn payload_bytes_encode_as_a_byte_string_and_keep_their_own_digest() {
     assert_ne!(other.digest(), p.digest());
     assert_ne!(other, p);
 }
+
+/// Catch-up responses stay under the message limit when blocks are large: of 8 committed blocks
+/// with 4 MiB payloads, a sync response and a block response each carry two (the third would
+/// pass the 12 MiB budget), and the sync response ends at the proof of its last block.
+#[test]
+fn catch_up_responses_respect_their_byte_budget() {
+    let fx = Fx::new(4);
+    let payload = vec![7u8; 4 << 20];
+    let mut store = MemStorage::default();
+    let mut qc = fx.genesis_qc();
+    let mut chain = Vec::new();
+    for r in 1..=9u64 {
+        let (b, id) = fx.block((r % 4) as u16, r, &qc, &payload);
+        qc = fx.qc(&b, id, &[0, 1, 2]);
+        chain.push((b, id, qc.clone()));
+    }
+    for k in 0..8 {
+        let (child, _, child_qc) = &chain[k + 1];
+        let proof = CommitProof {
+            child: child.header(),
+            child_qc: child_qc.clone(),
+        };
+        store
+            .persist_commit(&[Arc::new(chain[k].0.clone())], &proof)
+            .unwrap();
+    }
+    let mut core = fx.core(3, store);
+    core.start(0);
+    let fits = |m: &Message| {
+        let n = crate::codec::encode_infallible(m).len();
+        assert!(n <= crate::codec::MAX_MESSAGE_BYTES, "{n} bytes");
+    };
+
+    let sync = Message::SyncRequest(SyncRequest {
+        from_height: Height(1),
+    });
+    let acts = core.handle_message(v(1), fx.verified(sync), 1);
+    let resp = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Send {
+                msg: m @ Message::SyncResponse(_),
+                ..
+            } => Some(m.clone()),
+            _ => None,
+        })
+        .expect("a sync response");
+    fits(&resp);
+    let Message::SyncResponse(resp) = resp else {
+        unreachable!()
+    };
+    let heights: Vec<u64> = resp.blocks.iter().map(|b| b.height.0).collect();
+    assert_eq!(heights, vec![1, 2]);
+    assert_eq!(
+        resp.proof.child,
+        chain[2].0.header(),
+        "the proof of height 2"
+    );
+
+    let fetch = Message::BlockRequest(BlockRequest {
+        id: chain[7].1,
+        count: 64,
+    });
+    let acts = core.handle_message(v(2), fx.verified(fetch), 2);
+    let resp = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Send {
+                msg: m @ Message::BlockResponse(_),
+                ..
+            } => Some(m.clone()),
+            _ => None,
+        })
+        .expect("a block response");
+    fits(&resp);
+    let Message::BlockResponse(resp) = resp else {
+        unreachable!()
+    };
+    let heights: Vec<u64> = resp.blocks.iter().map(|b| b.height.0).collect();
+    assert_eq!(heights, vec![8, 7]);
+}

@@ -7,7 +7,7 @@
 //! A forwarded transaction is *handed off*, not given away: the forwarder keeps it until a
 //! committed block carries it, and puts it back into its own mempool if none has after
 //! [`HANDOFF_TIMEOUT`] (the leader crashed, was full, or censors). The receiving leader keeps
-//! forwarded transactions apart from its own clients' ([`Mempool::insert_forwarded`]) and never
+//! forwarded transactions apart from its own clients' ([`Mempool::insert_forwarded_batch`]) and never
 //! forwards them again, so a transaction crosses at most one extra hop. Everything is bounded:
 //! a hand-off holds at most [`MAX_HANDED_BYTES`]; beyond it transactions stay local.
 

@@ -259,7 +259,8 @@ fn wait<T>(
     tick: Option<Duration>,
     spin_polls: u32,
 ) -> Option<Option<T>> {
-    let deadline = tick.map(|t| Instant::now() + t);
+    // A tick too far to represent is no tick.
+    let deadline = tick.and_then(|t| Instant::now().checked_add(t));
     let mut polls = 0;
     loop {
         match rx.try_recv() {
