@@ -726,28 +726,24 @@ fn catch_up_responses_respect_their_byte_budget() {
     }
     let mut core = fx.core(3, store);
     core.start(0);
-    let fits = |m: &Message| {
-        let n = crate::codec::encode_infallible(m).len();
-        assert!(n <= crate::codec::MAX_MESSAGE_BYTES, "{n} bytes");
-    };
-
     let sync = Message::SyncRequest(SyncRequest {
         from_height: Height(1),
     });
-    let acts = core.handle_message(v(1), fx.verified(sync), 1);
-    let resp = acts
-        .iter()
-        .find_map(|a| match a {
-            Action::Send {
-                msg: m @ Message::SyncResponse(_),
-                ..
-            } => Some(m.clone()),
-            _ => None,
-        })
-        .expect("a sync response");
-    fits(&resp);
-    let Message::SyncResponse(resp) = resp else {
-        unreachable!()
+    let first_sent = |acts: Vec<Action>| {
+        let m = acts
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Send { msg, .. } => Some(msg),
+                _ => None,
+            })
+            .expect("a response");
+        let n = crate::codec::encode_infallible(&m).len();
+        assert!(n <= crate::codec::MAX_MESSAGE_BYTES, "{n} bytes");
+        m
+    };
+    let Message::SyncResponse(resp) = first_sent(core.handle_message(v(1), fx.verified(sync), 1))
+    else {
+        panic!("not a sync response")
     };
     let heights: Vec<u64> = resp.blocks.iter().map(|b| b.height.0).collect();
     assert_eq!(heights, vec![1, 2]);
@@ -761,20 +757,9 @@ fn catch_up_responses_respect_their_byte_budget() {
         id: chain[7].1,
         count: 64,
     });
-    let acts = core.handle_message(v(2), fx.verified(fetch), 2);
-    let resp = acts
-        .iter()
-        .find_map(|a| match a {
-            Action::Send {
-                msg: m @ Message::BlockResponse(_),
-                ..
-            } => Some(m.clone()),
-            _ => None,
-        })
-        .expect("a block response");
-    fits(&resp);
-    let Message::BlockResponse(resp) = resp else {
-        unreachable!()
+    let Message::BlockResponse(resp) = first_sent(core.handle_message(v(2), fx.verified(fetch), 2))
+    else {
+        panic!("not a block response")
     };
     let heights: Vec<u64> = resp.blocks.iter().map(|b| b.height.0).collect();
     assert_eq!(heights, vec![8, 7]);
