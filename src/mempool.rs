@@ -177,7 +177,7 @@ impl Mempool {
     /// Adds a transaction from one of our clients, returning its id.
     pub fn insert(&mut self, tx: Vec<u8>) -> Result<TxId, MempoolError> {
         let id = tx_id(&tx);
-        self.insert_local(id, tx)
+        self.enqueue(id, tx, true)
     }
 
     /// Adds a batch of our clients' transactions (hashed beforehand, outside the pool's lock):
@@ -185,7 +185,7 @@ impl Mempool {
     pub fn insert_batch(&mut self, batch: HashedTxs) -> Vec<Result<TxId, MempoolError>> {
         batch
             .into_iter()
-            .map(|(id, tx)| self.insert_local(id, tx))
+            .map(|(id, tx)| self.enqueue(id, tx, true))
             .collect()
     }
 
@@ -194,20 +194,20 @@ impl Mempool {
     pub fn insert_forwarded_batch(&mut self, batch: HashedTxs) -> Vec<Result<TxId, MempoolError>> {
         batch
             .into_iter()
-            .map(|(id, tx)| {
-                self.admit(&tx, id)?;
-                self.bytes += tx.len();
-                self.forwarded.push_back((id, tx));
-                Ok(id)
-            })
+            .map(|(id, tx)| self.enqueue(id, tx, false))
             .collect()
     }
 
-    fn insert_local(&mut self, id: TxId, tx: Vec<u8>) -> Result<TxId, MempoolError> {
+    /// Admits `tx` (whose id is `id`) into our clients' queue (`local`) or the forwarded one.
+    fn enqueue(&mut self, id: TxId, tx: Vec<u8>, local: bool) -> Result<TxId, MempoolError> {
         self.admit(&tx, id)?;
         self.bytes += tx.len();
-        self.local_inserted += 1;
-        self.queue.push_back((id, tx));
+        if local {
+            self.local_inserted += 1;
+            self.queue.push_back((id, tx));
+        } else {
+            self.forwarded.push_back((id, tx));
+        }
         Ok(id)
     }
 

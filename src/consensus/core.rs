@@ -994,20 +994,11 @@ impl<S: Storage, A: App> Core<S, A> {
         let mut cur = req.id;
         let root = self.tree.root();
         let mut committed_height: Option<Height> = None;
-        // At least one block; more while the response stays within its byte budget.
-        let fits = |blocks: &[Block], bytes: &mut usize, b: &Block| {
-            let n = encoded_len(b);
-            if !blocks.is_empty() && *bytes + n > RESPONSE_BLOCK_BYTES_MAX {
-                return false;
-            }
-            *bytes += n;
-            true
-        };
         while blocks.len() < count {
             if let Some(h) = committed_height {
                 match self.store.committed_block(h) {
                     Some(b) if h.0 > 0 => {
-                        if !fits(&blocks, &mut bytes, &b) {
+                        if !fits_response(blocks.len(), &mut bytes, &b) {
                             break;
                         }
                         committed_height = Some(Height(h.0 - 1));
@@ -1016,7 +1007,7 @@ impl<S: Storage, A: App> Core<S, A> {
                     _ => break,
                 }
             } else if let Some(b) = self.tree.block(&cur) {
-                if !fits(&blocks, &mut bytes, b) {
+                if !fits_response(blocks.len(), &mut bytes, b) {
                     break;
                 }
                 cur = b.parent_id;
@@ -1072,11 +1063,9 @@ impl<S: Storage, A: App> Core<S, A> {
             let Some(b) = self.store.committed_block(Height(h)) else {
                 break;
             };
-            let n = encoded_len(&b);
-            if !blocks.is_empty() && bytes + n > RESPONSE_BLOCK_BYTES_MAX {
+            if !fits_response(blocks.len(), &mut bytes, &b) {
                 break;
             }
-            bytes += n;
             blocks.push((*b).clone());
         }
         if blocks.is_empty() {
@@ -1099,7 +1088,7 @@ impl<S: Storage, A: App> Core<S, A> {
         for h in start.0 + blocks.len() as u64..=end.0 {
             match self.store.committed_block(Height(h)) {
                 Some(b) => {
-                    bytes += encoded_len(&b);
+                    bytes = bytes.saturating_add(encoded_len(&b));
                     blocks.push((*b).clone());
                 }
                 None => return,
@@ -1181,4 +1170,16 @@ impl<S: Storage, A: App> Core<S, A> {
 /// A block's encoded size (what it adds to a response).
 fn encoded_len(b: &Block) -> usize {
     bcs::serialized_size(b).unwrap_or(usize::MAX)
+}
+
+/// Whether block `b` joins a response already holding `taken` blocks of `bytes` encoded bytes
+/// (counted in when it does): the first always, later ones within
+/// [`RESPONSE_BLOCK_BYTES_MAX`].
+fn fits_response(taken: usize, bytes: &mut usize, b: &Block) -> bool {
+    let n = encoded_len(b);
+    if taken > 0 && bytes.saturating_add(n) > RESPONSE_BLOCK_BYTES_MAX {
+        return false;
+    }
+    *bytes = bytes.saturating_add(n);
+    true
 }

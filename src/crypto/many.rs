@@ -54,6 +54,14 @@ impl ManyKey {
             words: words_from_le_bytes_32(key),
         }
     }
+
+    /// A plain hasher keyed with this key and fed `tag`: for messages to hash one at a time,
+    /// or built from parts.
+    pub fn hasher(&self, tag: u8) -> blake3::Hasher {
+        let mut hasher = blake3::Hasher::new_keyed(&self.bytes);
+        hasher.update(&[tag]);
+        hasher
+    }
 }
 
 /// `out[i] = BLAKE3-keyed(key, tag ‖ msgs[i])` for every `i`.
@@ -93,8 +101,7 @@ pub fn hash_tagged_many(key: &ManyKey, tag: u8, msgs: &[&[u8]], out: &mut [Diges
 
 /// The plain hasher: `BLAKE3-keyed(key, tag ‖ m)`.
 pub fn hash_tagged(key: &ManyKey, tag: u8, m: &[u8]) -> Digest32 {
-    let mut hasher = blake3::Hasher::new_keyed(&key.bytes);
-    hasher.update(&[tag]);
+    let mut hasher = key.hasher(tag);
     hasher.update(m);
     *hasher.finalize().as_bytes()
 }

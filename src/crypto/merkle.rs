@@ -44,7 +44,8 @@ use super::many::{hash_tagged, hash_tagged_many, ManyKey};
 /// The BLAKE3 derive_key context of the Merkle hashing key.
 pub const MERKLE_CONTEXT: &str = "bpci 2026-11 merkle v1";
 
-/// Levels (or leaf lists) with at least this many nodes are hashed on rayon threads. Hashed in
+/// Lists of at least this many messages (leaves, or the node pairs of a level) are hashed on
+/// rayon threads. Hashed in
 /// SIMD lanes ([`super::many`]), 4,096 leaves of 512 bytes take under 1 ms on one core, and
 /// waking rayon's workers for less cost more than it saved: with the threshold at 512, a
 /// 4-validator testnet on 2 cores at 100,000 tx/s (blocks of about 1,300 transactions) spent
@@ -62,10 +63,9 @@ const ROOT_TAG: u8 = 0x02;
 /// Leaves or nodes per rayon task when a list is hashed in parallel.
 const PARALLEL_CHUNK_LEN: usize = 256;
 
-/// The hashing key `K`, derived once.
-static MERKLE_KEY: LazyLock<[u8; 32]> = LazyLock::new(|| blake3::derive_key(MERKLE_CONTEXT, b""));
-/// `K` prepared for hashing many messages at once.
-static MANY_KEY: LazyLock<ManyKey> = LazyLock::new(|| ManyKey::new(&MERKLE_KEY));
+/// The hashing key `K`, derived once (prepared for hashing many messages at once too).
+static MERKLE_KEY: LazyLock<ManyKey> =
+    LazyLock::new(|| ManyKey::new(&blake3::derive_key(MERKLE_CONTEXT, b"")));
 
 /// Why a Merkle proof was not produced or did not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -253,34 +253,22 @@ fn path_len(index: u64, leaf_count: u64) -> usize {
     len
 }
 
-/// A new hasher keyed with `K`, fed `tag`.
-fn tagged_hasher(tag: u8) -> blake3::Hasher {
-    let mut hasher = blake3::Hasher::new_keyed(&MERKLE_KEY);
-    hasher.update(&[tag]);
-    hasher
-}
-
 /// `H(0x00 ‖ data)`: the hash of one leaf (a transaction's id is its leaf hash).
 pub fn leaf_hash(data: &[u8]) -> Digest32 {
-    hash_tagged(&MANY_KEY, LEAF_TAG, data)
+    hash_tagged(&MERKLE_KEY, LEAF_TAG, data)
 }
 
 /// `H(0x01 ‖ left ‖ right)`.
 fn node_hash(left: &Digest32, right: &Digest32) -> Digest32 {
-    let mut hasher = tagged_hasher(NODE_TAG);
+    let mut hasher = MERKLE_KEY.hasher(NODE_TAG);
     hasher.update(left);
     hasher.update(right);
     *hasher.finalize().as_bytes()
 }
 
-/// Leaf hashes of `leaves` into `out`, many at once (see [`super::many`]).
-fn leaf_hashes_into(leaves: &[&[u8]], out: &mut [Digest32]) {
-    hash_tagged_many(&MANY_KEY, LEAF_TAG, leaves, out);
-}
-
 /// `H(0x02 ‖ u64_le(leaf_count) ‖ top)`, `top` absent for the empty tree.
 fn root_hash(leaf_count: u64, top: Option<&Digest32>) -> Digest32 {
-    let mut hasher = tagged_hasher(ROOT_TAG);
+    let mut hasher = MERKLE_KEY.hasher(ROOT_TAG);
     hasher.update(&leaf_count.to_le_bytes());
     if let Some(top) = top {
         hasher.update(top);
@@ -288,53 +276,40 @@ fn root_hash(leaf_count: u64, top: Option<&Digest32>) -> Digest32 {
     *hasher.finalize().as_bytes()
 }
 
-/// Leaf hashes, many at once (SIMD lanes), and on rayon threads for long lists.
-pub fn leaf_hashes<T: AsRef<[u8]>>(leaves: &[T]) -> Vec<Digest32> {
-    // Borrow as slices first: `T` itself need not be `Sync`.
-    let slices: Vec<&[u8]> = leaves.iter().map(AsRef::as_ref).collect();
-    let mut out = vec![Digest32::default(); slices.len()];
-    if slices.len() < PARALLEL_HASH_LEN_MIN {
-        leaf_hashes_into(&slices, &mut out);
+/// `H(tag ‖ m)` for every `m`, many at once (SIMD lanes), and on rayon threads for long lists.
+fn hash_all(tag: u8, msgs: &[&[u8]]) -> Vec<Digest32> {
+    let mut out = vec![Digest32::default(); msgs.len()];
+    if msgs.len() < PARALLEL_HASH_LEN_MIN {
+        hash_tagged_many(&MERKLE_KEY, tag, msgs, &mut out);
     } else {
-        slices
-            .par_chunks(PARALLEL_CHUNK_LEN)
+        msgs.par_chunks(PARALLEL_CHUNK_LEN)
             .zip(out.par_chunks_mut(PARALLEL_CHUNK_LEN))
-            .for_each(|(l, o)| leaf_hashes_into(l, o));
+            .for_each(|(m, o)| hash_tagged_many(&MERKLE_KEY, tag, m, o));
     }
     out
 }
 
+/// Leaf hashes, many at once.
+pub fn leaf_hashes<T: AsRef<[u8]>>(leaves: &[T]) -> Vec<Digest32> {
+    // Borrow as slices first: `T` itself need not be `Sync`.
+    let slices: Vec<&[u8]> = leaves.iter().map(AsRef::as_ref).collect();
+    hash_all(LEAF_TAG, &slices)
+}
+
 /// The level above `level`: pairs hashed (many at once), an odd last node promoted unchanged.
 fn next_level(level: &[Digest32]) -> Vec<Digest32> {
-    let pairs = |level: &[Digest32], out: &mut [Digest32]| {
-        let joined: Vec<[u8; 64]> = level
-            .chunks_exact(2)
-            .map(|p| {
-                let mut j = [0u8; 64];
-                j[..32].copy_from_slice(&p[0]);
-                j[32..].copy_from_slice(&p[1]);
-                j
-            })
-            .collect();
-        let msgs: Vec<&[u8]> = joined.iter().map(|j| j.as_slice()).collect();
-        hash_tagged_many(&MANY_KEY, NODE_TAG, &msgs, &mut out[..msgs.len()]);
-    };
-    let mut out = vec![Digest32::default(); level.len().div_ceil(2)];
-    if level.len() < PARALLEL_HASH_LEN_MIN {
-        pairs(level, &mut out);
-    } else {
-        // Chunks of an even length keep the pairs whole.
-        level
-            .par_chunks(2 * PARALLEL_CHUNK_LEN)
-            .zip(out.par_chunks_mut(PARALLEL_CHUNK_LEN))
-            .for_each(|(l, o)| pairs(l, o));
-    }
-    if level.len() % 2 == 1 {
-        // A lone last node is promoted unchanged.
-        if let (Some(o), Some(l)) = (out.last_mut(), level.last()) {
-            *o = *l;
-        }
-    }
+    let joined: Vec<[u8; 64]> = level
+        .chunks_exact(2)
+        .map(|p| {
+            let mut j = [0u8; 64];
+            j[..32].copy_from_slice(&p[0]);
+            j[32..].copy_from_slice(&p[1]);
+            j
+        })
+        .collect();
+    let msgs: Vec<&[u8]> = joined.iter().map(|j| j.as_slice()).collect();
+    let mut out = hash_all(NODE_TAG, &msgs);
+    out.extend(level.chunks_exact(2).remainder().first().copied());
     out
 }
 

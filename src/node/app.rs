@@ -2,14 +2,14 @@
 //! check of the proposer's executed state root), and the `pipeline_depth` back-pressure on
 //! proposing.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::consensus::{App, Block, PayloadBytes};
 use crate::crypto::Digest32;
 use crate::exec::StateRoot;
-use crate::mempool::{Mempool, Payload, TxId, MAX_TXS_PER_BLOCK};
+use crate::mempool::{IdMap, Mempool, Payload, TxId, MAX_TXS_PER_BLOCK};
 use crate::types::{Height, Round, ValidatorIndex};
 
 /// Recent durable state roots kept for checking proposers' claims.
@@ -131,14 +131,14 @@ impl ExecRoots {
 /// A map keyed by digests holding at most `MAX` entries: inserting past it drops the oldest.
 #[derive(Debug)]
 pub struct FifoMap<V, const MAX: usize> {
-    map: HashMap<Digest32, V>,
+    map: IdMap<V>,
     order: VecDeque<Digest32>,
 }
 
 impl<V, const MAX: usize> Default for FifoMap<V, MAX> {
     fn default() -> Self {
         Self {
-            map: HashMap::new(),
+            map: IdMap::default(),
             order: VecDeque::new(),
         }
     }
