@@ -87,6 +87,15 @@ fn four_validators_commit_client_transactions() {
         assert!(exec["speculative_hits"].as_u64() > Some(0), "v{i}: {exec}");
         assert!(exec["roots_checked"].as_u64() > Some(0), "v{i}: {exec}");
         assert_eq!(exec["divergences"].as_u64(), Some(0), "v{i}: {exec}");
+        // Rounds and this validator's own proposals were timed.
+        let timing = &s["consensus_timing"];
+        assert!(timing["rounds"].as_u64() > Some(10), "v{i}: {timing}");
+        assert!(timing["round_us_p50"].as_u64() > Some(0), "v{i}: {timing}");
+        assert!(timing["own_commits"].as_u64() > Some(0), "v{i}: {timing}");
+        assert!(
+            timing["proposal_to_commit_us_p99"].as_u64() >= timing["round_us_p50"].as_u64(),
+            "a proposal commits two rounds on at the earliest: v{i}: {timing}"
+        );
         // Each validator forwarded its clients' transactions to upcoming leaders and proposed
         // some that others forwarded to it (their submitters still got commit notices: above).
         let fwd = &s["forward"];

@@ -219,6 +219,21 @@ fn summarise(
             }
         }
     }
+    // The slowest validator's figure for each (as for the stages).
+    let mut timing = serde_json::Map::new();
+    for key in [
+        "round_us_p50",
+        "round_us_p99",
+        "proposal_to_commit_us_p50",
+        "proposal_to_commit_us_p99",
+    ] {
+        let worst = after
+            .iter()
+            .filter_map(|s| s["consensus_timing"][key].as_u64())
+            .max()
+            .unwrap_or(0);
+        timing.insert(key.to_string(), json!(worst));
+    }
     json!({
         "validators": args.validators,
         "duration_s": secs,
@@ -235,6 +250,7 @@ fn summarise(
         "blocks_per_s": blocks.iter().copied().max().unwrap_or(0) as f64 / secs,
         "latency_ms": r.latency_ms,
         "stage_latency_us_p99": stage_p99,
+        "consensus_timing_us": timing,
         "view_changes": view_changes.iter().copied().max().unwrap_or(0),
         "peak_rss_mb": rss.iter().copied().fold(0.0, f64::max),
         "peak_rss_mb_per_validator": rss,
@@ -279,6 +295,15 @@ fn print_summary(v: &serde_json::Value, path: &std::path::Path, svg: &std::path:
             .collect();
         println!("  stage p99    {}", s.join(", "));
     }
+    let t = &v["consensus_timing_us"];
+    let ms = |k: &str| t[k].as_u64().unwrap_or(0) as f64 / 1000.0;
+    println!(
+        "  rounds ms    p50 {:.2}  p99 {:.2};  own proposal to commit ms  p50 {:.2}  p99 {:.2}",
+        ms("round_us_p50"),
+        ms("round_us_p99"),
+        ms("proposal_to_commit_us_p50"),
+        ms("proposal_to_commit_us_p99")
+    );
     println!("  view changes {}", v["view_changes"]);
     println!(
         "  peak RSS     {:.1} MiB per validator (max)",

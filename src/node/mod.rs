@@ -354,6 +354,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         Arc::clone(&progress),
         Arc::clone(&snapshot),
     );
+    let timing = Arc::clone(&core_stage.timing);
     core_stage.start();
     let (core_in, core_stage_handle) = pipeline::spawn(
         stage(
@@ -444,6 +445,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                     let doc = serde_json::json!({
                         "time_ms": stages::now_ms(),
                         "core": core,
+                        "consensus_timing": timing.lock().map(|t| t.snapshot()).unwrap_or_default(),
                         "durable_height": stats_progress.durable.load(Ordering::Relaxed),
                         "txs_executed": stats_exec.txs.load(Ordering::Relaxed),
                         "exec": {

@@ -208,6 +208,113 @@ impl CoreSnapshot {
     }
 }
 
+/// Most of our own proposals waiting for their commit in [`ConsensusTiming`].
+pub const TIMED_PROPOSALS_MAX: usize = 256;
+/// Longest interval the timing histograms hold (µs); longer ones count as this.
+const TIMING_MAX_US: u64 = 60_000_000;
+
+/// How long rounds take and how long this validator's own proposals take to commit, seen from
+/// its consensus stage (in `stats.json` under `consensus_timing`). Both are local intervals (one
+/// clock), so they mean the same on a testnet and across machines.
+#[derive(Debug)]
+pub struct ConsensusTiming {
+    entered: Option<(u64, std::time::Instant)>,
+    proposed: VecDeque<(Round, std::time::Instant)>,
+    rounds_us: Option<hdrhistogram::Histogram<u64>>,
+    to_commit_us: Option<hdrhistogram::Histogram<u64>>,
+}
+
+/// Percentiles of [`ConsensusTiming`] (µs), since the node started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TimingSnapshot {
+    /// Rounds entered.
+    pub rounds: u64,
+    /// Time from entering a round to entering the next, median.
+    pub round_us_p50: u64,
+    /// 99th percentile.
+    pub round_us_p99: u64,
+    /// Own proposals seen committed.
+    pub own_commits: u64,
+    /// Time from sending one of our proposals to its commit here, median.
+    pub proposal_to_commit_us_p50: u64,
+    /// 99th percentile.
+    pub proposal_to_commit_us_p99: u64,
+}
+
+impl Default for ConsensusTiming {
+    fn default() -> Self {
+        let hist = || hdrhistogram::Histogram::new_with_bounds(1, TIMING_MAX_US, 3).ok();
+        Self {
+            entered: None,
+            proposed: VecDeque::new(),
+            rounds_us: hist(),
+            to_commit_us: hist(),
+        }
+    }
+}
+
+fn record_us(h: &mut Option<hdrhistogram::Histogram<u64>>, d: Duration) {
+    if let Some(h) = h {
+        let _ = h.record((d.as_micros() as u64).clamp(1, TIMING_MAX_US));
+    }
+}
+
+fn quantiles(h: &Option<hdrhistogram::Histogram<u64>>) -> (u64, u64, u64) {
+    h.as_ref().map_or((0, 0, 0), |h| {
+        (h.len(), h.value_at_quantile(0.5), h.value_at_quantile(0.99))
+    })
+}
+
+impl ConsensusTiming {
+    /// The core is in `round` at `now`: a change of round ends the previous one.
+    pub fn round(&mut self, round: u64, now: std::time::Instant) {
+        match self.entered {
+            Some((r, _)) if r == round => {}
+            Some((_, since)) => {
+                record_us(&mut self.rounds_us, now.saturating_duration_since(since));
+                self.entered = Some((round, now));
+            }
+            None => self.entered = Some((round, now)),
+        }
+    }
+
+    /// We sent our proposal of `round` at `now`.
+    pub fn proposed(&mut self, round: Round, now: std::time::Instant) {
+        self.proposed.push_back((round, now));
+        while self.proposed.len() > TIMED_PROPOSALS_MAX {
+            self.proposed.pop_front();
+        }
+    }
+
+    /// Blocks up to `up_to` are decided; `ours` are the rounds of our own among them.
+    pub fn committed(&mut self, ours: &[Round], up_to: Round, now: std::time::Instant) {
+        while let Some((r, at)) = self.proposed.front().copied() {
+            if r > up_to {
+                break;
+            }
+            self.proposed.pop_front();
+            if ours.contains(&r) {
+                record_us(&mut self.to_commit_us, now.saturating_duration_since(at));
+            }
+        }
+    }
+
+    /// The figures so far.
+    pub fn snapshot(&self) -> TimingSnapshot {
+        let (rounds, round_us_p50, round_us_p99) = quantiles(&self.rounds_us);
+        let (own_commits, proposal_to_commit_us_p50, proposal_to_commit_us_p99) =
+            quantiles(&self.to_commit_us);
+        TimingSnapshot {
+            rounds,
+            round_us_p50,
+            round_us_p99,
+            own_commits,
+            proposal_to_commit_us_p50,
+            proposal_to_commit_us_p99,
+        }
+    }
+}
+
 /// The consensus stage: the one thread that owns the core.
 pub struct CoreStage {
     /// The core.
@@ -222,6 +329,8 @@ pub struct CoreStage {
     pub progress: Arc<Progress>,
     /// Published snapshot.
     pub snapshot: Arc<Mutex<CoreSnapshot>>,
+    /// Round and commit timing.
+    pub timing: Arc<Mutex<ConsensusTiming>>,
     loopback: VecDeque<Message>,
 }
 
@@ -242,8 +351,15 @@ impl CoreStage {
             exec,
             progress,
             snapshot,
+            timing: Arc::new(Mutex::new(ConsensusTiming::default())),
             loopback: VecDeque::new(),
         }
+    }
+
+    fn timing(&self) -> std::sync::MutexGuard<'_, ConsensusTiming> {
+        self.timing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Starts the core (the first leader proposes).
@@ -275,11 +391,11 @@ impl CoreStage {
         }
     }
 
-    /// Publishes the core's round (the mempool forwarder reads it).
+    /// Publishes the core's round (the mempool forwarder reads it) and times rounds.
     fn publish_round(&self) {
-        self.progress
-            .round
-            .store(self.core.round().0, Ordering::Release);
+        let round = self.core.round().0;
+        self.progress.round.store(round, Ordering::Release);
+        self.timing().round(round, std::time::Instant::now());
     }
 
     fn drain_loopback(&mut self) {
@@ -305,6 +421,12 @@ impl CoreStage {
                     let _ = self.egress.send(Outbound::To(to, msg));
                 }
                 Action::Broadcast { msg } => {
+                    if let Message::Proposal(p) = &msg {
+                        if p.block.author == me {
+                            self.timing()
+                                .proposed(p.block.round, std::time::Instant::now());
+                        }
+                    }
                     let _ = self.egress.send(Outbound::All(msg));
                 }
                 Action::Committed(batch) => {
@@ -321,6 +443,8 @@ impl CoreStage {
                         .map(|(_, b)| b.round)
                         .collect();
                     let up_to = last.round;
+                    self.timing()
+                        .committed(&mine, up_to, std::time::Instant::now());
                     self.core.app_mut().on_committed(&mine, up_to);
                     let _ = self.exec.send(ExecInput::Committed(Box::new(batch)));
                 }
@@ -619,5 +743,44 @@ impl PersistStage {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn rounds_and_own_proposals_are_timed_on_one_clock() {
+        let mut t = ConsensusTiming::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        t.round(1, at(0));
+        t.round(1, at(3)); // same round: nothing ends
+        t.proposed(Round(1), at(1));
+        t.round(2, at(5));
+        t.proposed(Round(3), at(9));
+        t.round(3, at(8));
+        t.round(5, at(20)); // through a TC: the round that failed counts whole
+                            // Rounds 1 and 3 decided; round 1 was ours and committed, round 3 was ours and
+                            // abandoned (not in `ours`): only round 1 is timed.
+        t.committed(&[Round(1)], Round(3), at(25));
+        let s = t.snapshot();
+        assert_eq!(s.rounds, 3);
+        // 5, 3 and 12 ms; hdrhistogram keeps 3 significant digits (0.1 %).
+        assert!((4_950..=5_050).contains(&s.round_us_p50), "{s:?}");
+        assert!((11_950..=12_050).contains(&s.round_us_p99), "{s:?}");
+        assert_eq!(s.own_commits, 1);
+        assert!(
+            (23_950..=24_050).contains(&s.proposal_to_commit_us_p50),
+            "{s:?}"
+        );
+        assert!(t.proposed.is_empty(), "decided rounds are forgotten");
+        // Bounded while nothing commits.
+        for r in 10..(10 + TIMED_PROPOSALS_MAX as u64 + 5) {
+            t.proposed(Round(r), at(30));
+        }
+        assert_eq!(t.proposed.len(), TIMED_PROPOSALS_MAX);
     }
 }
