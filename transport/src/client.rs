@@ -478,7 +478,6 @@ impl ClientServerHandle {
 /// streams, no datagrams, small windows.
 fn quinn_transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.ack_frequency_config(Some(crate::config::ack_frequency()));
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
         IDLE_TIMEOUT_MS,
     ))))

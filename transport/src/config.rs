@@ -25,22 +25,6 @@ pub const KEEP_ALIVE_INTERVAL_DEFAULT: Duration = Duration::from_secs(2);
 pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Default number of tokio worker threads the transport owns.
 pub const WORKER_THREADS_DEFAULT: usize = 2;
-/// Ack-eliciting packets a receiver may take in before it must acknowledge them (QUIC ACK
-/// frequency extension, which quinn implements at both ends). The QUIC default is 1 (an ACK for
-/// every second packet); at 75,000 tx/s a 4-validator testnet sent 10,900 UDP datagrams a
-/// second with it and 7,800-8,100 with 8.
-pub const ACK_ELICITING_THRESHOLD: u32 = 8;
-/// The longest a receiver delays an ACK below [`ACK_ELICITING_THRESHOLD`] (QUIC's own default
-/// is 25 ms).
-pub const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
-
-/// The ACK frequency both kinds of connection ask their peer for.
-pub(crate) fn ack_frequency() -> quinn::AckFrequencyConfig {
-    let mut a = quinn::AckFrequencyConfig::default();
-    a.ack_eliciting_threshold(quinn::VarInt::from_u32(ACK_ELICITING_THRESHOLD))
-        .max_ack_delay(Some(MAX_ACK_DELAY));
-    a
-}
 
 /// One validator of the set, as the transport needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -87,7 +87,6 @@ impl Transport {
 
         let mut transport = quinn::TransportConfig::default();
         transport
-            .ack_frequency_config(Some(crate::config::ack_frequency()))
             .keep_alive_interval(Some(cfg.keep_alive_interval))
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(cfg.idle_timeout).map_err(|_| {
