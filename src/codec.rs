@@ -167,6 +167,8 @@ mod tests {
         let expected = bcs::to_bytes(&big).unwrap();
         for out in [encode(&big).unwrap(), encode_infallible(&big)] {
             assert_eq!(out, expected);
+            // `Vec::with_capacity(n)` gives exactly n (std guarantees it): a larger capacity
+            // means the buffer was regrown.
             assert_eq!(out.capacity(), out.len(), "sized once, never regrown");
         }
         assert_eq!(

@@ -334,6 +334,12 @@ impl<'a> Payload<'a> {
         bytes.get(..32)?.try_into().ok()
     }
 
+    /// Whether an encoded payload holds any transaction, read without decoding them: the count
+    /// follows the 32-byte root as a canonical ULEB128, whose first byte is 0 only for 0.
+    pub fn carries_txs(bytes: &[u8]) -> bool {
+        bytes.get(32).is_some_and(|b| *b != 0)
+    }
+
     /// Decodes an encoded payload, borrowing its transactions from `bytes`.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         decode_borrowed(bytes)
@@ -514,6 +520,16 @@ mod tests {
         let bytes = p.encode();
         assert_eq!(Payload::root_of(&bytes), Some(p.tx_root));
         assert_eq!(Payload::root_of(&bytes[..31]), None);
+        assert!(Payload::carries_txs(&bytes));
+        assert!(!Payload::carries_txs(
+            &Payload::new(&[] as &[&[u8]]).encode()
+        ));
+        let many: Vec<Vec<u8>> = (0..128u8).map(|i| vec![i]).collect();
+        assert!(
+            Payload::carries_txs(&Payload::new(&many).encode()),
+            "count 128 starts 0x80"
+        );
+        assert!(!Payload::carries_txs(&bytes[..32]));
         let back = Payload::decode(&bytes).unwrap();
         assert_eq!(back, p);
         assert_eq!(back.txs().collect::<Vec<_>>(), vec![&b"x"[..], b"y", b"z"]);

@@ -213,12 +213,19 @@ pub const TIMED_PROPOSALS_MAX: usize = 256;
 /// Longest interval the timing histograms hold (µs); longer ones count as this.
 const TIMING_MAX_US: u64 = 60_000_000;
 
+/// Round entries kept for [`ConsensusTiming`] (rounds not yet decided).
+pub const TIMED_ROUNDS_MAX: usize = 1024;
+
 /// How long rounds take and how long this validator's own proposals take to commit, seen from
-/// its consensus stage (in `stats.json` under `consensus_timing`). Both are local intervals (one
-/// clock), so they mean the same on a testnet and across machines.
+/// its consensus stage (in `stats.json` under `consensus_timing`). Only rounds whose committed
+/// block carried transactions count, and only own proposals that did: a validator with no load
+/// proposes empty blocks back to back, and those would say nothing of a loaded round. Both are
+/// local intervals (one clock), so they mean the same on a testnet and across machines. The
+/// figures are kept since the node started.
 #[derive(Debug)]
 pub struct ConsensusTiming {
-    entered: Option<(u64, std::time::Instant)>,
+    /// When the core entered each round not yet decided.
+    entered: std::collections::BTreeMap<u64, std::time::Instant>,
     proposed: VecDeque<(Round, std::time::Instant)>,
     rounds_us: Option<hdrhistogram::Histogram<u64>>,
     to_commit_us: Option<hdrhistogram::Histogram<u64>>,
@@ -227,15 +234,15 @@ pub struct ConsensusTiming {
 /// Percentiles of [`ConsensusTiming`] (µs), since the node started.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TimingSnapshot {
-    /// Rounds entered.
+    /// Rounds timed (committed, with transactions).
     pub rounds: u64,
-    /// Time from entering a round to entering the next, median.
+    /// Time from entering such a round to entering the next, median.
     pub round_us_p50: u64,
     /// 99th percentile.
     pub round_us_p99: u64,
-    /// Own proposals seen committed.
+    /// Own proposals with transactions seen committed.
     pub own_commits: u64,
-    /// Time from sending one of our proposals to its commit here, median.
+    /// Time from sending one of them to its commit here, median.
     pub proposal_to_commit_us_p50: u64,
     /// 99th percentile.
     pub proposal_to_commit_us_p99: u64,
@@ -245,7 +252,7 @@ impl Default for ConsensusTiming {
     fn default() -> Self {
         let hist = || hdrhistogram::Histogram::new_with_bounds(1, TIMING_MAX_US, 3).ok();
         Self {
-            entered: None,
+            entered: std::collections::BTreeMap::new(),
             proposed: VecDeque::new(),
             rounds_us: hist(),
             to_commit_us: hist(),
@@ -266,19 +273,15 @@ fn quantiles(h: &Option<hdrhistogram::Histogram<u64>>) -> (u64, u64, u64) {
 }
 
 impl ConsensusTiming {
-    /// The core is in `round` at `now`: a change of round ends the previous one.
+    /// The core is in `round` at `now` (the first report of a round is its entry).
     pub fn round(&mut self, round: u64, now: std::time::Instant) {
-        match self.entered {
-            Some((r, _)) if r == round => {}
-            Some((_, since)) => {
-                record_us(&mut self.rounds_us, now.saturating_duration_since(since));
-                self.entered = Some((round, now));
-            }
-            None => self.entered = Some((round, now)),
+        self.entered.entry(round).or_insert(now);
+        while self.entered.len() > TIMED_ROUNDS_MAX {
+            self.entered.pop_first();
         }
     }
 
-    /// We sent our proposal of `round` at `now`.
+    /// We sent our proposal of `round`, with transactions, at `now`.
     pub fn proposed(&mut self, round: Round, now: std::time::Instant) {
         self.proposed.push_back((round, now));
         while self.proposed.len() > TIMED_PROPOSALS_MAX {
@@ -286,8 +289,23 @@ impl ConsensusTiming {
         }
     }
 
-    /// Blocks up to `up_to` are decided; `ours` are the rounds of our own among them.
-    pub fn committed(&mut self, ours: &[Round], up_to: Round, now: std::time::Instant) {
+    /// Blocks up to round `up_to` are decided. `loaded` are the rounds of the committed blocks
+    /// that carried transactions, `ours` those of them we proposed.
+    pub fn committed(
+        &mut self,
+        loaded: &[Round],
+        ours: &[Round],
+        up_to: Round,
+        now: std::time::Instant,
+    ) {
+        for r in loaded {
+            let start = self.entered.get(&r.0).copied();
+            let next = self.entered.range(r.0 + 1..).next().map(|(_, t)| *t);
+            if let (Some(start), Some(next)) = (start, next) {
+                record_us(&mut self.rounds_us, next.saturating_duration_since(start));
+            }
+        }
+        self.entered = self.entered.split_off(&(up_to.0 + 1));
         while let Some((r, at)) = self.proposed.front().copied() {
             if r > up_to {
                 break;
@@ -422,7 +440,7 @@ impl CoreStage {
                 }
                 Action::Broadcast { msg } => {
                     if let Message::Proposal(p) = &msg {
-                        if p.block.author == me {
+                        if p.block.author == me && Payload::carries_txs(&p.block.payload) {
                             self.timing()
                                 .proposed(p.block.round, std::time::Instant::now());
                         }
@@ -443,8 +461,14 @@ impl CoreStage {
                         .map(|(_, b)| b.round)
                         .collect();
                     let up_to = last.round;
+                    let loaded: Vec<Round> = batch
+                        .blocks
+                        .iter()
+                        .filter(|(_, b)| Payload::carries_txs(&b.payload))
+                        .map(|(_, b)| b.round)
+                        .collect();
                     self.timing()
-                        .committed(&mine, up_to, std::time::Instant::now());
+                        .committed(&loaded, &mine, up_to, std::time::Instant::now());
                     self.core.app_mut().on_committed(&mine, up_to);
                     let _ = self.exec.send(ExecInput::Committed(Box::new(batch)));
                 }
@@ -757,30 +781,38 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         t.round(1, at(0));
-        t.round(1, at(3)); // same round: nothing ends
-        t.proposed(Round(1), at(1));
+        t.round(1, at(3)); // reported again: still entered at 0
+        t.proposed(Round(2), at(6));
         t.round(2, at(5));
-        t.proposed(Round(3), at(9));
         t.round(3, at(8));
-        t.round(5, at(20)); // through a TC: the round that failed counts whole
-                            // Rounds 1 and 3 decided; round 1 was ours and committed, round 3 was ours and
-                            // abandoned (not in `ours`): only round 1 is timed.
-        t.committed(&[Round(1)], Round(3), at(25));
+        t.round(5, at(20)); // round 4 was skipped (a TC): round 3 lasted until 20
+        t.round(6, at(24));
+        // Rounds 1 and 3 committed with transactions, round 2 was ours but abandoned (round 3
+        // extends round 1 through a TC), so round 2 is not timed for commit.
+        t.committed(&[Round(1), Round(3)], &[], Round(3), at(25));
         let s = t.snapshot();
-        assert_eq!(s.rounds, 3);
-        // 5, 3 and 12 ms; hdrhistogram keeps 3 significant digits (0.1 %).
+        assert_eq!(s.rounds, 2);
+        // 5 and 12 ms; hdrhistogram keeps 3 significant digits (0.1 %).
         assert!((4_950..=5_050).contains(&s.round_us_p50), "{s:?}");
         assert!((11_950..=12_050).contains(&s.round_us_p99), "{s:?}");
-        assert_eq!(s.own_commits, 1);
+        assert_eq!(s.own_commits, 0);
+        assert!(t.proposed.is_empty(), "decided rounds are forgotten");
+        assert_eq!(t.entered.keys().copied().collect::<Vec<_>>(), vec![5, 6]);
+        // Our proposal of round 5 commits with round 6's entry already known.
+        t.proposed(Round(5), at(21));
+        t.committed(&[Round(5)], &[Round(5)], Round(5), at(45));
+        let s = t.snapshot();
+        assert_eq!((s.rounds, s.own_commits), (3, 1));
         assert!(
             (23_950..=24_050).contains(&s.proposal_to_commit_us_p50),
             "{s:?}"
         );
-        assert!(t.proposed.is_empty(), "decided rounds are forgotten");
         // Bounded while nothing commits.
-        for r in 10..(10 + TIMED_PROPOSALS_MAX as u64 + 5) {
-            t.proposed(Round(r), at(30));
+        for r in 10..(10 + TIMED_PROPOSALS_MAX.max(TIMED_ROUNDS_MAX) as u64 + 5) {
+            t.proposed(Round(r), at(50));
+            t.round(r, at(50));
         }
         assert_eq!(t.proposed.len(), TIMED_PROPOSALS_MAX);
+        assert_eq!(t.entered.len(), TIMED_ROUNDS_MAX);
     }
 }
