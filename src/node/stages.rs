@@ -20,7 +20,7 @@ use crate::consensus::{
 use crate::crypto::{leaf_hashes, BatchVerifier};
 use crate::exec::{BlockTxs, Ledger, StateMachine, StateRoot};
 use crate::mempool::{Payload, TxId};
-use crate::pipeline::StageInput;
+use crate::pipeline::{LatencyHistogram, StageInput};
 use crate::store::{ChainWriter, RedbStore};
 use crate::types::{BlockId, Round, TimeMs, ValidatorIndex};
 
@@ -210,9 +210,6 @@ impl CoreSnapshot {
 
 /// Most of our own proposals waiting for their commit in [`ConsensusTiming`].
 pub const TIMED_PROPOSALS_MAX: usize = 256;
-/// Longest interval the timing histograms hold (µs); longer ones count as this.
-const TIMING_MAX_US: u64 = 60_000_000;
-
 /// Round entries kept for [`ConsensusTiming`] (rounds not yet decided).
 pub const TIMED_ROUNDS_MAX: usize = 1024;
 
@@ -227,8 +224,8 @@ pub struct ConsensusTiming {
     /// When the core entered each round not yet decided.
     entered: std::collections::BTreeMap<u64, std::time::Instant>,
     proposed: VecDeque<(Round, std::time::Instant)>,
-    rounds_us: Option<hdrhistogram::Histogram<u64>>,
-    to_commit_us: Option<hdrhistogram::Histogram<u64>>,
+    rounds_us: LatencyHistogram,
+    to_commit_us: LatencyHistogram,
 }
 
 /// Percentiles of [`ConsensusTiming`] (µs), since the node started.
@@ -250,26 +247,17 @@ pub struct TimingSnapshot {
 
 impl Default for ConsensusTiming {
     fn default() -> Self {
-        let hist = || hdrhistogram::Histogram::new_with_bounds(1, TIMING_MAX_US, 3).ok();
         Self {
             entered: std::collections::BTreeMap::new(),
             proposed: VecDeque::new(),
-            rounds_us: hist(),
-            to_commit_us: hist(),
+            rounds_us: LatencyHistogram::new("consensus.round"),
+            to_commit_us: LatencyHistogram::new("consensus.proposal_to_commit"),
         }
     }
 }
 
-fn record_us(h: &mut Option<hdrhistogram::Histogram<u64>>, d: Duration) {
-    if let Some(h) = h {
-        let _ = h.record((d.as_micros() as u64).clamp(1, TIMING_MAX_US));
-    }
-}
-
-fn quantiles(h: &Option<hdrhistogram::Histogram<u64>>) -> (u64, u64, u64) {
-    h.as_ref().map_or((0, 0, 0), |h| {
-        (h.len(), h.value_at_quantile(0.5), h.value_at_quantile(0.99))
-    })
+fn quantiles(h: &LatencyHistogram) -> (u64, u64, u64) {
+    (h.len(), h.quantile_us(0.5), h.quantile_us(0.99))
 }
 
 impl ConsensusTiming {
@@ -302,7 +290,8 @@ impl ConsensusTiming {
             let start = self.entered.get(&r.0).copied();
             let next = self.entered.range(r.0 + 1..).next().map(|(_, t)| *t);
             if let (Some(start), Some(next)) = (start, next) {
-                record_us(&mut self.rounds_us, next.saturating_duration_since(start));
+                self.rounds_us
+                    .record_n(next.saturating_duration_since(start), 1);
             }
         }
         self.entered = self.entered.split_off(&(up_to.0 + 1));
@@ -312,7 +301,8 @@ impl ConsensusTiming {
             }
             self.proposed.pop_front();
             if ours.contains(&r) {
-                record_us(&mut self.to_commit_us, now.saturating_duration_since(at));
+                self.to_commit_us
+                    .record_n(now.saturating_duration_since(at), 1);
             }
         }
     }

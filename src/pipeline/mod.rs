@@ -27,6 +27,52 @@ use hdrhistogram::Histogram;
 /// Largest time-in-stage recorded, in microseconds (longer samples are clamped).
 const HIST_MAX_US: u64 = 60_000_000;
 
+/// A histogram of durations in microseconds, 1 µs to 60 s at 3 significant digits (longer
+/// samples count as 60 s). Used for time in stage and for the consensus stage's round timing.
+#[derive(Debug)]
+pub struct LatencyHistogram(Option<Histogram<u64>>);
+
+impl LatencyHistogram {
+    /// An empty histogram; `what` names it in the error log if one cannot be made (then it
+    /// records nothing and reads as zeros).
+    pub fn new(what: &'static str) -> Self {
+        match Histogram::new_with_bounds(1, HIST_MAX_US, 3) {
+            Ok(h) => Self(Some(h)),
+            Err(e) => {
+                tracing::error!(target: "pipeline", histogram = what, error = %e, "no latency histogram");
+                Self(None)
+            }
+        }
+    }
+
+    /// Records `n` samples of `d`.
+    pub fn record_n(&mut self, d: Duration, n: u64) {
+        if let Some(h) = &mut self.0 {
+            let _ = h.record_n((d.as_micros() as u64).clamp(1, HIST_MAX_US), n);
+        }
+    }
+
+    /// Samples recorded.
+    pub fn len(&self) -> u64 {
+        self.0.as_ref().map_or(0, Histogram::len)
+    }
+
+    /// No samples recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The value at quantile `q` (µs; 0 when empty).
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        self.0.as_ref().map_or(0, |h| h.value_at_quantile(q))
+    }
+
+    /// The largest sample (µs; 0 when empty).
+    pub fn max_us(&self) -> u64 {
+        self.0.as_ref().map_or(0, Histogram::max)
+    }
+}
+
 /// Empty polls a pinned stage makes (with a spin hint between them) before it parks.
 const PINNED_SPIN_POLLS: u32 = 200;
 
@@ -38,7 +84,7 @@ pub struct StageStats {
     queue_depth: AtomicUsize,
     items: AtomicU64,
     batches: AtomicU64,
-    hist_us: Mutex<Option<Histogram<u64>>>,
+    hist_us: Mutex<LatencyHistogram>,
 }
 
 /// A copy of a stage's figures at one instant.
@@ -62,27 +108,20 @@ pub struct StageSnapshot {
 
 impl StageStats {
     fn new(name: &'static str) -> Self {
-        let hist = match Histogram::new_with_bounds(1, HIST_MAX_US, 3) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::error!(target: "pipeline", stage = name, error = %e, "no latency histogram");
-                None
-            }
-        };
         Self {
             name,
             queue_depth: AtomicUsize::new(0),
             items: AtomicU64::new(0),
             batches: AtomicU64::new(0),
-            hist_us: Mutex::new(hist),
+            hist_us: Mutex::new(LatencyHistogram::new(name)),
         }
     }
 
     /// The current figures.
     pub fn snapshot(&self) -> StageSnapshot {
-        let (p50, p99, max) = match self.hist_us.lock().as_deref() {
-            Ok(Some(h)) => (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()),
-            _ => (0, 0, 0),
+        let (p50, p99, max) = match self.hist_us.lock() {
+            Ok(h) => (h.quantile_us(0.5), h.quantile_us(0.99), h.max_us()),
+            Err(_) => (0, 0, 0),
         };
         StageSnapshot {
             name: self.name,
@@ -98,11 +137,8 @@ impl StageStats {
     fn record(&self, items: usize, per_item: Duration) {
         self.items.fetch_add(items as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
-        let us = (per_item.as_micros() as u64).clamp(1, HIST_MAX_US);
-        if let Ok(mut guard) = self.hist_us.lock() {
-            if let Some(h) = guard.as_mut() {
-                let _ = h.record_n(us, items as u64);
-            }
+        if let Ok(mut h) = self.hist_us.lock() {
+            h.record_n(per_item, items as u64);
         }
     }
 }
