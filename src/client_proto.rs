@@ -5,6 +5,13 @@
 //! [`ClientResponse::Ack`] with one status per transaction (in order), and later
 //! [`ClientResponse::Committed`] with the ids of that client's transactions once the block holding
 //! them is committed, executed and durable (the commit notice).
+//!
+//! A client that sends [`ClientRequest::WatchLeaders`] also gets a [`ClientResponse::Leaders`]
+//! each time this validator sends a proposal of its own: the round and the keys of the leaders
+//! of the next rounds. A transaction waits in the mempool of the validator it was submitted to
+//! until that validator leads; with round-robin leaders that is up to n rounds. A client that
+//! submits to the upcoming leader instead waits about one round (the load generator's
+//! `--route leader`). The hint is advice: a transaction sent to any validator still commits.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,12 +20,16 @@ use crate::mempool::{TxId, MAX_TXS_PER_BLOCK};
 
 /// Most transactions in one submit.
 pub const MAX_SUBMIT_TXS: usize = 4096;
+/// Upcoming leaders named in one [`ClientResponse::Leaders`].
+pub const LEADER_HINTS: usize = 3;
 
 /// Client → validator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
     /// Transactions to include (each encoded as one byte string).
     Submit(Vec<serde_bytes::ByteBuf>),
+    /// Send me [`ClientResponse::Leaders`] from now on (no reply of its own).
+    WatchLeaders,
 }
 
 /// What happened to one submitted transaction.
@@ -48,12 +59,21 @@ pub enum ClientResponse {
     },
     /// The request could not be decoded.
     Error(String),
+    /// This validator has just sent its proposal for `round`; `next` are the public keys of the
+    /// leaders of rounds `round + 1`, `round + 2`, ... (at most [`LEADER_HINTS`]).
+    Leaders {
+        /// The round just proposed.
+        round: u64,
+        /// Ed25519 public keys of the next leaders, in round order.
+        next: Vec<[u8; 32]>,
+    },
 }
 
 impl Bounded for ClientRequest {
     fn check_bounds(&self) -> Result<(), DecodeError> {
         match self {
             ClientRequest::Submit(txs) => check_len("submit.txs", txs.len(), MAX_SUBMIT_TXS),
+            ClientRequest::WatchLeaders => Ok(()),
         }
     }
 }
@@ -66,6 +86,34 @@ impl Bounded for ClientResponse {
                 check_len("committed.tx_ids", tx_ids.len(), MAX_TXS_PER_BLOCK * 16)
             }
             ClientResponse::Error(e) => check_len("error", e.len(), 1024),
+            ClientResponse::Leaders { next, .. } => {
+                check_len("leaders.next", next.len(), LEADER_HINTS)
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode_infallible};
+
+    #[test]
+    fn leader_hints_round_trip_and_are_bounded() {
+        let hint = ClientResponse::Leaders {
+            round: 7,
+            next: vec![[1; 32], [2; 32], [3; 32]],
+        };
+        let back: ClientResponse = decode(&encode_infallible(&hint)).unwrap();
+        assert_eq!(back, hint);
+        let too_many = ClientResponse::Leaders {
+            round: 7,
+            next: vec![[1; 32]; LEADER_HINTS + 1],
+        };
+        let e = decode::<ClientResponse>(&encode_infallible(&too_many)).unwrap_err();
+        assert!(e.to_string().contains("leaders.next"), "{e}");
+        let watch: ClientRequest =
+            decode(&encode_infallible(&ClientRequest::WatchLeaders)).unwrap();
+        assert_eq!(watch, ClientRequest::WatchLeaders);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use bpci::consensus::Storage;
-use bpci::loadgen::{self, LoadConfig, Target};
+use bpci::loadgen::{self, LoadConfig, Route, Target};
 use bpci::store::RedbStore;
 use bpci::testnet::{self, Testnet, TestnetConfig};
 use bpci::types::Height;
@@ -56,6 +56,7 @@ fn four_validators_commit_client_transactions() {
             duration: Duration::from_secs(3),
             warmup: Duration::ZERO,
             drain: Duration::from_secs(10),
+            route: Route::Leader,
         },
         &AtomicBool::new(false),
         |_| {},
@@ -116,6 +117,7 @@ fn killed_validator_is_not_needed_and_catches_up_with_the_same_chain() {
         duration: Duration::from_secs(8),
         warmup: Duration::ZERO,
         drain: Duration::from_secs(5),
+        route: Route::Spread,
     };
     std::thread::scope(|s| {
         let load_thread = s.spawn(|| loadgen::run(&load, &stop, |_| {}).unwrap());

@@ -5,13 +5,20 @@
 //! falls behind sends late but keeps the scheduled time as the latency origin, so a stalled system
 //! shows its stall in the latency (coordinated-omission corrected). Latencies go into an
 //! hdrhistogram (microseconds, 3 significant digits).
+//!
+//! Routing ([`Route`]): with `spread` each connection's sender submits to its own validator, so
+//! a transaction waits in that validator's mempool until the validator leads (up to n rounds
+//! with round-robin leaders). With `leader` the generator watches the validators' leader hints
+//! ([`ClientResponse::Leaders`]) and sends each batch to the validator that will propose next
+//! and can still include it, which cuts that wait to about a round. Without a fresh hint (no
+//! progress, old validators) it falls back to spreading.
 
 pub mod plot;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bpci_transport::{ClientRuntime, ClientSender};
@@ -29,6 +36,89 @@ pub const SUBMIT_BATCH_MAX: usize = 512;
 pub const PENDING_MAX: usize = 2_000_000;
 /// Highest latency recorded (µs); larger values are clamped.
 const LATENCY_US_MAX: u64 = 600_000_000;
+
+/// Where the load generator sends each batch of transactions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// Each connection's share to its own validator.
+    Spread,
+    /// Every batch to the upcoming leader, from the validators' leader hints.
+    #[default]
+    Leader,
+}
+
+impl std::str::FromStr for Route {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "spread" => Ok(Route::Spread),
+            "leader" => Ok(Route::Leader),
+            _ => Err(format!("{s:?}: route must be leader or spread")),
+        }
+    }
+}
+
+/// A batch sent less than this share of a round after the hint goes to the next round's
+/// leader; later ones go to the leader after it. The next leader proposes as soon as it holds
+/// the votes for the hinted round, about 0.7-0.8 of a round after the proposal left; the hint's
+/// trip to the client and the batch's trip into that leader's mempool take the rest.
+pub const EARLY_FRACTION: f64 = 0.4;
+/// A hint older than this many rounds is stale: batches spread again.
+pub const STALE_ROUNDS: f64 = 3.0;
+/// Round length assumed until two hints have measured it (µs).
+const DEFAULT_ROUND_US: f64 = 5_000.0;
+
+/// The latest leader hint.
+#[derive(Clone, Debug)]
+pub struct Hint {
+    /// The round just proposed.
+    pub round: u64,
+    /// When the hint arrived.
+    pub at: Instant,
+    /// Target indices of the next leaders (rounds `round + 1 ..`), if they are targets.
+    pub next: Vec<Option<usize>>,
+    /// Estimated round length (µs), smoothed over hints.
+    pub round_us: f64,
+}
+
+impl Hint {
+    /// The hint that follows `prev` (if any) when `round` arrives at `at`; `None` for a round
+    /// not newer than `prev`'s (a late or repeated hint).
+    pub fn next_after(
+        prev: Option<&Hint>,
+        round: u64,
+        next: Vec<Option<usize>>,
+        at: Instant,
+    ) -> Option<Hint> {
+        let round_us = match prev {
+            Some(p) if round <= p.round => return None,
+            Some(p) => {
+                let sample = at.saturating_duration_since(p.at).as_micros() as f64
+                    / (round - p.round) as f64;
+                (0.8 * p.round_us + 0.2 * sample).clamp(200.0, 1_000_000.0)
+            }
+            None => DEFAULT_ROUND_US,
+        };
+        Some(Hint {
+            round,
+            at,
+            next,
+            round_us,
+        })
+    }
+
+    /// The target for a batch sent at `now`: the leader that proposes next and that the batch
+    /// can still reach in time, or `own` when the hint is stale or names no target.
+    pub fn pick(&self, own: usize, now: Instant) -> usize {
+        let rounds = now.saturating_duration_since(self.at).as_micros() as f64 / self.round_us;
+        if rounds > STALE_ROUNDS {
+            return own;
+        }
+        let k = ((rounds + 1.0 - EARLY_FRACTION).floor() as usize).min(self.next.len().max(1) - 1);
+        self.next.get(k).copied().flatten().unwrap_or(own)
+    }
+}
 
 /// A validator's client endpoint.
 #[derive(Clone, Debug)]
@@ -55,6 +145,8 @@ pub struct LoadConfig {
     pub warmup: Duration,
     /// How long to wait for outstanding commit notices afterwards.
     pub drain: Duration,
+    /// Where batches go.
+    pub route: Route,
 }
 
 /// Latency percentiles in milliseconds.
@@ -104,10 +196,19 @@ pub struct LoadReport {
     pub latency_curve: Vec<(f64, f64)>,
     /// Per-second progress.
     pub ticks: Vec<Tick>,
+    /// How batches were routed.
+    pub route: Route,
+    /// Leader hints received (`route: leader`).
+    pub leader_hints: u64,
+    /// Batches sent to a validator other than their connection's own (`route: leader`).
+    pub routed_batches: u64,
 }
 
 struct Conn {
+    sender: ClientSender,
     pending: Mutex<IdMap<u64>>,
+    /// The ids of each submit awaiting its ack, in send order (held while sending, so that
+    /// several senders keep the order the acks come back in).
     batches: Mutex<VecDeque<Vec<TxId>>>,
 }
 
@@ -116,6 +217,8 @@ struct Counters {
     sent: AtomicU64,
     busy: AtomicU64,
     committed: AtomicU64,
+    hints: AtomicU64,
+    routed: AtomicU64,
 }
 
 fn new_hist() -> Option<Histogram<u64>> {
@@ -169,24 +272,42 @@ pub fn run(
             }
         })?);
     }
+    if cfg.route == Route::Leader {
+        let watch = Bytes::from(encode_infallible(&ClientRequest::WatchLeaders));
+        for (sender, _) in &links {
+            sender
+                .send(watch.clone())
+                .map_err(|e| LoadError::Runtime(format!("asking for leader hints: {e}")))?;
+        }
+    }
+    let keys: Arc<Vec<[u8; 32]>> = Arc::new(cfg.targets.iter().map(|t| t.key).collect());
+    let hint: Arc<Mutex<Option<Hint>>> = Arc::new(Mutex::new(None));
     let start = Instant::now();
     let done = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
-    let mut conns = Vec::new();
-    let per_conn_rate = cfg.rate_tps as f64 / cfg.targets.len() as f64;
-    let warmup_us = cfg.warmup.min(cfg.duration).as_micros() as u64;
-    for (ci, (sender, mut rx)) in links.into_iter().enumerate() {
-        let conn = Arc::new(Conn {
+    let mut receivers = Vec::with_capacity(links.len());
+    let mut conns = Vec::with_capacity(links.len());
+    for (sender, rx) in links {
+        conns.push(Arc::new(Conn {
+            sender,
             pending: Mutex::new(IdMap::default()),
             batches: Mutex::new(VecDeque::new()),
-        });
-        conns.push(Arc::clone(&conn));
-        // Receiver: acks and notices.
-        let (c2, counters2, total2, interval2) = (
+        }));
+        receivers.push(rx);
+    }
+    let conns = Arc::new(conns);
+    let per_conn_rate = cfg.rate_tps as f64 / cfg.targets.len() as f64;
+    let warmup_us = cfg.warmup.min(cfg.duration).as_micros() as u64;
+    for (ci, mut rx) in receivers.into_iter().enumerate() {
+        let conn = Arc::clone(&conns[ci]);
+        // Receiver: acks, notices and leader hints.
+        let (c2, counters2, total2, interval2, hint2, keys2) = (
             Arc::clone(&conn),
             Arc::clone(&counters),
             Arc::clone(&total),
             Arc::clone(&interval),
+            Arc::clone(&hint),
+            Arc::clone(&keys),
         );
         threads.push(std::thread::spawn(move || {
             while let Some(frame) = rx.blocking_recv() {
@@ -243,17 +364,31 @@ pub fn run(
                     ClientResponse::Error(e) => {
                         tracing::warn!(target: "loadgen", error = %e, "validator refused a request")
                     }
+                    ClientResponse::Leaders { round, next } => {
+                        counters2.hints.fetch_add(1, Ordering::Relaxed);
+                        let next = next
+                            .iter()
+                            .map(|k| keys2.iter().position(|t| t == k))
+                            .collect();
+                        let mut h = hint2.lock().unwrap_or_else(PoisonError::into_inner);
+                        if let Some(new) = Hint::next_after(h.as_ref(), round, next, Instant::now())
+                        {
+                            *h = Some(new);
+                        }
+                    }
                 }
             }
         }));
-        let (c3, counters3, done3) = (Arc::clone(&conn), Arc::clone(&counters), Arc::clone(&done));
+        let (conns3, counters3, done3) =
+            (Arc::clone(&conns), Arc::clone(&counters), Arc::clone(&done));
+        let hint3 = (cfg.route == Route::Leader).then(|| Arc::clone(&hint));
         let tx_bytes = cfg.tx_bytes;
         let duration = cfg.duration;
         threads.push(std::thread::spawn(move || {
             send_loop(
-                ci as u32,
-                &sender,
-                &c3,
+                ci,
+                &conns3,
+                hint3.as_deref(),
                 &counters3,
                 per_conn_rate,
                 tx_bytes,
@@ -343,14 +478,17 @@ pub fn run(
         latency_ms,
         latency_curve,
         ticks,
+        route: cfg.route,
+        leader_hints: counters.hints.load(Ordering::Relaxed),
+        routed_batches: counters.routed.load(Ordering::Relaxed),
     })
 }
 
 #[allow(clippy::too_many_arguments)]
 fn send_loop(
-    conn_id: u32,
-    sender: &ClientSender,
-    conn: &Conn,
+    own: usize,
+    conns: &[Arc<Conn>],
+    hint: Option<&Mutex<Option<Hint>>>,
     counters: &Counters,
     rate: f64,
     tx_bytes: usize,
@@ -358,6 +496,7 @@ fn send_loop(
     start: Instant,
     done: &AtomicBool,
 ) {
+    let conn_id = own as u32;
     let mut k: u64 = 0;
     while !done.load(Ordering::Acquire) {
         let elapsed = start.elapsed();
@@ -366,10 +505,6 @@ fn send_loop(
         }
         let due = (rate * elapsed.as_secs_f64()) as u64;
         while k < due && !done.load(Ordering::Acquire) {
-            if conn.pending.lock().map(|p| p.len()).unwrap_or(0) >= PENDING_MAX {
-                std::thread::sleep(Duration::from_millis(1));
-                break;
-            }
             let n = ((due - k) as usize).min(SUBMIT_BATCH_MAX);
             let mut raw = Vec::with_capacity(n);
             let mut scheduled = Vec::with_capacity(n);
@@ -386,28 +521,137 @@ fn send_loop(
             let ids = tx_ids(&raw);
             let txs: Vec<serde_bytes::ByteBuf> =
                 raw.into_iter().map(serde_bytes::ByteBuf::from).collect();
+            let frame = Bytes::from(encode_infallible(&ClientRequest::Submit(txs)));
+            // Chosen as late as possible: the hint is fresher.
+            let target = hint
+                .and_then(|h| {
+                    let h = h.lock().unwrap_or_else(PoisonError::into_inner);
+                    h.as_ref().map(|h| h.pick(own, Instant::now()))
+                })
+                .filter(|t| *t < conns.len() && !conns[*t].sender.is_closed())
+                .unwrap_or(own);
+            let conn = &conns[target];
+            if conn.pending.lock().map(|p| p.len()).unwrap_or(0) >= PENDING_MAX {
+                std::thread::sleep(Duration::from_millis(1));
+                break;
+            }
             if let Ok(mut p) = conn.pending.lock() {
                 for (id, t) in ids.iter().zip(&scheduled) {
                     p.insert(*id, *t);
                 }
             }
-            if let Ok(mut b) = conn.batches.lock() {
-                b.push_back(ids);
-            }
-            let frame = Bytes::from(encode_infallible(&ClientRequest::Submit(txs)));
-            loop {
-                match sender.send(frame.clone()) {
-                    Ok(()) => break,
-                    Err(_) if sender.is_closed() => return,
-                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            let sent = {
+                let mut batches = conn.batches.lock().unwrap_or_else(PoisonError::into_inner);
+                batches.push_back(ids);
+                loop {
+                    match conn.sender.send(frame.clone()) {
+                        Ok(()) => break true,
+                        Err(_) if conn.sender.is_closed() => {
+                            // Not sent: forget it here, and send it elsewhere (or stop, when
+                            // our own validator is gone).
+                            if let Some(ids) = batches.pop_back() {
+                                if let Ok(mut p) = conn.pending.lock() {
+                                    for id in &ids {
+                                        p.remove(id);
+                                    }
+                                }
+                            }
+                            break false;
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_micros(200)),
+                    }
+                    if done.load(Ordering::Acquire) {
+                        return;
+                    }
                 }
-                if done.load(Ordering::Acquire) {
+            };
+            if !sent {
+                if target == own {
                     return;
                 }
+                continue;
+            }
+            if target != own {
+                counters.routed.fetch_add(1, Ordering::Relaxed);
             }
             counters.sent.fetch_add(n as u64, Ordering::Relaxed);
             k += n as u64;
         }
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(base: Instant, us: u64) -> Instant {
+        base + Duration::from_micros(us)
+    }
+
+    #[test]
+    fn route_parses_and_refuses_other_words() {
+        assert_eq!("leader".parse::<Route>(), Ok(Route::Leader));
+        assert_eq!("spread".parse::<Route>(), Ok(Route::Spread));
+        let e = "nearest".parse::<Route>().unwrap_err();
+        assert!(
+            e.contains("nearest") && e.contains("leader or spread"),
+            "{e}"
+        );
+    }
+
+    /// Early in a round a batch goes to the next round's leader, later to the one after it,
+    /// then the one after that; a stale hint or a leader that is not a target falls back to the
+    /// connection's own validator.
+    #[test]
+    fn a_batch_goes_to_the_leader_that_can_still_include_it() {
+        let t0 = Instant::now();
+        let h = Hint {
+            round: 10,
+            at: t0,
+            next: vec![Some(1), Some(2), None],
+            round_us: 5_000.0,
+        };
+        assert_eq!(h.pick(0, at(t0, 0)), 1);
+        assert_eq!(h.pick(0, at(t0, 1_900)), 1);
+        assert_eq!(h.pick(0, at(t0, 2_100)), 2);
+        assert_eq!(h.pick(0, at(t0, 6_900)), 2);
+        // The third leader is not among the targets.
+        assert_eq!(h.pick(0, at(t0, 7_100)), 0);
+        assert_eq!(h.pick(3, at(t0, 14_000)), 3);
+        // Stale: more than three rounds without a newer hint.
+        let fresh_third = Hint {
+            next: vec![Some(1), Some(2), Some(3)],
+            ..h.clone()
+        };
+        assert_eq!(fresh_third.pick(0, at(t0, 12_000)), 3);
+        assert_eq!(fresh_third.pick(0, at(t0, 15_100)), 0);
+        // Long past the hint the index stays within the named leaders.
+        let one = Hint {
+            next: vec![Some(2)],
+            ..h.clone()
+        };
+        assert_eq!(one.pick(0, at(t0, 9_000)), 2);
+        let none = Hint { next: vec![], ..h };
+        assert_eq!(none.pick(1, at(t0, 100)), 1);
+    }
+
+    /// Hints measure the round length from their spacing; an older or repeated round is
+    /// ignored.
+    #[test]
+    fn hints_measure_the_round_and_ignore_old_rounds() {
+        let t0 = Instant::now();
+        let first = Hint::next_after(None, 5, vec![Some(0)], t0).unwrap();
+        assert_eq!(first.round_us, DEFAULT_ROUND_US);
+        // Two rounds in 4 ms: 2 ms a round, smoothed 0.8 / 0.2.
+        let second = Hint::next_after(Some(&first), 7, vec![Some(1)], at(t0, 4_000)).unwrap();
+        assert!((second.round_us - (0.8 * 5_000.0 + 0.2 * 2_000.0)).abs() < 1e-6);
+        assert_eq!(second.round, 7);
+        assert_eq!(second.next, vec![Some(1)]);
+        assert!(Hint::next_after(Some(&second), 7, vec![], at(t0, 5_000)).is_none());
+        assert!(Hint::next_after(Some(&second), 6, vec![], at(t0, 5_000)).is_none());
+        // A huge gap is clamped to a second.
+        let late = Hint::next_after(Some(&second), 8, vec![], at(t0, 60_000_000)).unwrap();
+        assert_eq!(late.round_us, 1_000_000.0);
     }
 }

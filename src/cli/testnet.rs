@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bpci::loadgen::{self, LoadConfig, LoadReport, Target};
+use bpci::loadgen::{self, LoadConfig, LoadReport, Route, Target};
 use bpci::testnet::{self, Testnet, TestnetConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -65,6 +65,10 @@ pub struct TestnetArgs {
     /// `hotstuff.pipeline_depth` of every validator.
     #[arg(long, default_value_t = 3)]
     pipeline_depth: u32,
+    /// Where the load generator sends each batch: `leader` (the upcoming leader, from the
+    /// validators' leader hints) or `spread` (each connection to its own validator).
+    #[arg(long, default_value = "leader")]
+    route: Route,
     /// Where keys, configs, data, logs, results.json and the latency plot go.
     #[arg(long, default_value = "target/testnet")]
     dir: PathBuf,
@@ -136,6 +140,7 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration,
         warmup: args.warmup,
         drain: Duration::from_secs(5),
+        route: args.route,
     };
     let bar = if args.json {
         ProgressBar::hidden()
@@ -241,6 +246,9 @@ fn summarise(
         "wall_s": wall,
         "tx_size": args.tx_size,
         "pipeline_depth": args.pipeline_depth,
+        "route": r.route,
+        "leader_hints": r.leader_hints,
+        "routed_batches": r.routed_batches,
         "offered_tps": r.offered_tps,
         "committed_tps": r.committed_tps,
         "sent": r.sent,
@@ -330,6 +338,9 @@ pub struct LoadArgs {
     /// The first part of the load whose latencies are left out of the percentiles.
     #[arg(long, default_value = "2s", value_parser = parse_duration_or_zero)]
     warmup: Duration,
+    /// `leader` (send to the upcoming leader, from the validators' leader hints) or `spread`.
+    #[arg(long, default_value = "leader")]
+    route: Route,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -362,6 +373,7 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration,
         warmup: args.warmup,
         drain: Duration::from_secs(5),
+        route: args.route,
     };
     let report = loadgen::run(&cfg, &stop, |t| {
         if !args.json {

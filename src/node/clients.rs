@@ -15,12 +15,16 @@ use super::stages::Executed;
 
 /// Most transactions whose submitter is remembered for a commit notice.
 pub const MAX_TRACKED_TXS: usize = 1 << 20;
+/// Most client connections watching leader hints at once.
+pub const MAX_LEADER_WATCHERS: usize = 1024;
 
 /// Shared by the client reader thread and the persistence stage.
 pub struct Gateway {
     mempool: Arc<Mutex<Mempool>>,
     server: ClientServerHandle,
     owners: Mutex<IdMap<u64>>,
+    /// Connections that asked for leader hints ([`ClientRequest::WatchLeaders`]).
+    watchers: Mutex<Vec<u64>>,
 }
 
 impl Gateway {
@@ -30,6 +34,7 @@ impl Gateway {
             mempool,
             server,
             owners: Mutex::new(IdMap::default()),
+            watchers: Mutex::new(Vec::new()),
         }
     }
 
@@ -38,12 +43,54 @@ impl Gateway {
         while let Some(f) = frames.blocking_recv() {
             let reply = match decode::<ClientRequest>(&f.frame) {
                 Ok(ClientRequest::Submit(txs)) => ClientResponse::Ack(self.submit(f.conn, txs)),
+                Ok(ClientRequest::WatchLeaders) => match self.watch(f.conn) {
+                    Ok(()) => continue,
+                    Err(e) => ClientResponse::Error(e),
+                },
                 Err(e) => ClientResponse::Error(e.to_string()),
             };
             let _ = self
                 .server
                 .send(f.conn, Bytes::from(encode_infallible(&reply)));
         }
+    }
+
+    fn watch(&self, conn: u64) -> Result<(), String> {
+        let mut w = self
+            .watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.contains(&conn) {
+            return Ok(());
+        }
+        if w.len() >= MAX_LEADER_WATCHERS {
+            return Err(format!(
+                "watch_leaders: {MAX_LEADER_WATCHERS} connections already watch"
+            ));
+        }
+        w.push(conn);
+        Ok(())
+    }
+
+    /// Tells every watching client that this validator has just proposed for `round` and who
+    /// leads the rounds after it (called by the consensus stage). Best effort: a client whose
+    /// queue is full misses this hint; a closed connection stops watching.
+    pub fn announce_leaders(&self, round: u64, next: Vec<[u8; 32]>) {
+        let mut w = self
+            .watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.is_empty() {
+            return;
+        }
+        let frame = Bytes::from(encode_infallible(&ClientResponse::Leaders { round, next }));
+        w.retain(|conn| {
+            !matches!(
+                self.server.send(*conn, frame.clone()),
+                Err(bpci_transport::SendError::UnknownConnection(_)
+                    | bpci_transport::SendError::Closed)
+            )
+        });
     }
 
     fn submit(&self, conn: u64, txs: Vec<serde_bytes::ByteBuf>) -> Vec<TxStatus> {

@@ -297,6 +297,21 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let exec_counters = Arc::new(ExecCounters::default());
     let notices: Arc<Mutex<Vec<Notify>>> = Arc::new(Mutex::new(Vec::new()));
 
+    // Leader hints for watching clients, sent by the consensus stage with each own proposal.
+    let mut leader_hints: Option<stages::OnOwnProposal> = None;
+    if let Some(g) = &gateway {
+        let g = Arc::clone(g);
+        let validators = ctx.validators.clone();
+        leader_hints = Some(Box::new(move |round: crate::types::Round| {
+            let next = (1..=crate::client_proto::LEADER_HINTS as u64)
+                .filter_map(|k| {
+                    let leader = validators.leader(crate::types::Round(round.0 + k));
+                    validators.member(leader).map(|v| v.key.to_bytes())
+                })
+                .collect();
+            g.announce_leaders(round.0, next);
+        }));
+    }
     if let Some(g) = gateway {
         if let Ok(mut list) = notices.lock() {
             list.push(Box::new(move |executed: &[Executed]| g.notify(executed)));
@@ -354,6 +369,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         Arc::clone(&progress),
         Arc::clone(&snapshot),
     );
+    core_stage.on_own_proposal = leader_hints;
     let timing = Arc::clone(&core_stage.timing);
     core_stage.start();
     let (core_in, core_stage_handle) = pipeline::spawn(

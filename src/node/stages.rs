@@ -323,6 +323,10 @@ impl ConsensusTiming {
     }
 }
 
+/// Called by the consensus stage right after it sends a proposal of its own (the leader hints
+/// for clients, [`crate::client_proto::ClientResponse::Leaders`]). Must not block.
+pub type OnOwnProposal = Box<dyn Fn(Round) + Send>;
+
 /// The consensus stage: the one thread that owns the core.
 pub struct CoreStage {
     /// The core.
@@ -339,6 +343,8 @@ pub struct CoreStage {
     pub snapshot: Arc<Mutex<CoreSnapshot>>,
     /// Round and commit timing.
     pub timing: Arc<Mutex<ConsensusTiming>>,
+    /// Told of each own proposal once it is on its way.
+    pub on_own_proposal: Option<OnOwnProposal>,
     loopback: VecDeque<Message>,
 }
 
@@ -360,6 +366,7 @@ impl CoreStage {
             progress,
             snapshot,
             timing: Arc::new(Mutex::new(ConsensusTiming::default())),
+            on_own_proposal: None,
             loopback: VecDeque::new(),
         }
     }
@@ -429,13 +436,20 @@ impl CoreStage {
                     let _ = self.egress.send(Outbound::To(to, msg));
                 }
                 Action::Broadcast { msg } => {
-                    if let Message::Proposal(p) = &msg {
-                        if p.block.author == me && Payload::carries_txs(&p.block.payload) {
-                            self.timing()
-                                .proposed(p.block.round, std::time::Instant::now());
+                    let own_round = match &msg {
+                        Message::Proposal(p) if p.block.author == me => {
+                            if Payload::carries_txs(&p.block.payload) {
+                                self.timing()
+                                    .proposed(p.block.round, std::time::Instant::now());
+                            }
+                            Some(p.block.round)
                         }
-                    }
+                        _ => None,
+                    };
                     let _ = self.egress.send(Outbound::All(msg));
+                    if let (Some(round), Some(hint)) = (own_round, &self.on_own_proposal) {
+                        hint(round);
+                    }
                 }
                 Action::Committed(batch) => {
                     let Some((_, last)) = batch.blocks.last() else {
