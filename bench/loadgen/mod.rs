@@ -9,9 +9,9 @@
 //! Routing ([`Route`]): with `spread` each connection's sender submits to its own validator, so
 //! a transaction waits in that validator's mempool until the validator leads (up to n rounds
 //! with round-robin leaders). With `leader` the generator watches the validators' leader hints
-//! ([`ClientResponse::Leaders`]) and sends each batch to the validator that will propose next
-//! and can still include it, which cuts that wait to about a round. Without a fresh hint (no
-//! progress, old validators) it falls back to spreading.
+//! ([`ClientResponse::Leaders`]) and one sender sends each batch to the validator that will
+//! propose next and can still include it, which cuts that wait to about a round. Without a fresh
+//! hint (no progress, old validators) it sends round-robin.
 
 pub mod plot;
 
@@ -111,14 +111,14 @@ impl Hint {
     }
 
     /// The target for a batch sent at `now`: the leader that proposes next and that the batch
-    /// can still reach in time, or `own` when the hint is stale or names no target.
-    pub fn pick(&self, own: usize, now: Instant) -> usize {
+    /// can still reach in time; `None` when the hint is stale or that leader is not a target.
+    pub fn pick(&self, now: Instant) -> Option<usize> {
         let rounds = now.saturating_duration_since(self.at).as_micros() as f64 / self.round_us;
         if rounds > STALE_ROUNDS {
-            return own;
+            return None;
         }
         let k = ((rounds + 1.0 - EARLY_FRACTION).floor() as usize).min(self.next.len().max(1) - 1);
-        self.next.get(k).copied().flatten().unwrap_or(own)
+        self.next.get(k).copied().flatten()
     }
 }
 
@@ -202,7 +202,7 @@ pub struct LoadReport {
     pub route: Route,
     /// Leader hints received (`route: leader`).
     pub leader_hints: u64,
-    /// Batches sent to a validator other than their connection's own (`route: leader`).
+    /// Batches sent where a leader hint pointed (`route: leader`).
     pub routed_batches: u64,
 }
 
@@ -298,7 +298,6 @@ pub fn run(
         receivers.push(rx);
     }
     let conns = Arc::new(conns);
-    let per_conn_rate = cfg.rate_tps as f64 / cfg.targets.len() as f64;
     let warmup_us = cfg.warmup.min(cfg.duration).as_micros() as u64;
     for (ci, mut rx) in receivers.into_iter().enumerate() {
         let conn = Arc::clone(&conns[ci]);
@@ -381,6 +380,16 @@ pub fn run(
                 }
             }
         }));
+    }
+    // Senders: one per connection when spreading; one for all of them when following the
+    // leader (a batch a millisecond to whichever validator proposes next: a quarter of the
+    // submit frames, acks and wake-ups of four senders each sending its share).
+    let owns: Vec<Option<usize>> = match cfg.route {
+        Route::Spread => (0..conns.len()).map(Some).collect(),
+        Route::Leader => vec![None],
+    };
+    let sender_rate = cfg.rate_tps as f64 / owns.len() as f64;
+    for (si, own) in owns.into_iter().enumerate() {
         let (conns3, counters3, done3) =
             (Arc::clone(&conns), Arc::clone(&counters), Arc::clone(&done));
         let hint3 = (cfg.route == Route::Leader).then(|| Arc::clone(&hint));
@@ -388,11 +397,12 @@ pub fn run(
         let duration = cfg.duration;
         threads.push(std::thread::spawn(move || {
             send_loop(
-                ci,
+                si as u32,
+                own,
                 &conns3,
                 hint3.as_deref(),
                 &counters3,
-                per_conn_rate,
+                sender_rate,
                 tx_bytes,
                 duration,
                 start,
@@ -486,9 +496,12 @@ pub fn run(
     })
 }
 
+/// Sends `rate` transactions a second on its own schedule (`sender_id` makes them unique): to
+/// connection `own` when it has one, else to the hinted leader, else round-robin.
 #[allow(clippy::too_many_arguments)]
 fn send_loop(
-    own: usize,
+    sender_id: u32,
+    own: Option<usize>,
     conns: &[Arc<Conn>],
     hint: Option<&Mutex<Option<Hint>>>,
     counters: &Counters,
@@ -498,8 +511,8 @@ fn send_loop(
     start: Instant,
     done: &AtomicBool,
 ) {
-    let conn_id = own as u32;
     let mut k: u64 = 0;
+    let mut batch_no: usize = 0;
     while !done.load(Ordering::Acquire) {
         let elapsed = start.elapsed();
         if elapsed >= duration {
@@ -513,7 +526,7 @@ fn send_loop(
             for j in 0..n as u64 {
                 let seq = k + j;
                 let mut tx = vec![0u8; tx_bytes];
-                tx[..4].copy_from_slice(&conn_id.to_le_bytes());
+                tx[..4].copy_from_slice(&sender_id.to_le_bytes());
                 tx[4..12].copy_from_slice(&seq.to_le_bytes());
                 tx[12..16].copy_from_slice(&(start.elapsed().subsec_nanos()).to_le_bytes());
                 scheduled.push((seq as f64 / rate * 1e6) as u64);
@@ -525,13 +538,23 @@ fn send_loop(
                 raw.into_iter().map(serde_bytes::ByteBuf::from).collect();
             let frame = Bytes::from(encode_infallible(&ClientRequest::Submit(txs)));
             // Chosen as late as possible: the hint is fresher.
-            let target = hint
+            let open = |t: &usize| *t < conns.len() && !conns[*t].sender.is_closed();
+            let hinted = hint
                 .and_then(|h| {
                     let h = h.lock().unwrap_or_else(PoisonError::into_inner);
-                    h.as_ref().map(|h| h.pick(own, Instant::now()))
+                    h.as_ref().and_then(|h| h.pick(Instant::now()))
                 })
-                .filter(|t| *t < conns.len() && !conns[*t].sender.is_closed())
-                .unwrap_or(own);
+                .filter(open);
+            let fallback = match own {
+                Some(o) => Some(o),
+                None => (0..conns.len())
+                    .map(|j| (batch_no + j) % conns.len())
+                    .find(open),
+            };
+            let Some(target) = hinted.or(fallback) else {
+                return;
+            };
+            batch_no += 1;
             let conn = &conns[target];
             if conn.pending.lock().map(|p| p.len()).unwrap_or(0) >= PENDING_MAX {
                 std::thread::sleep(Duration::from_millis(1));
@@ -568,12 +591,12 @@ fn send_loop(
                 }
             };
             if !sent {
-                if target == own {
+                if own == Some(target) {
                     return;
                 }
                 continue;
             }
-            if target != own {
+            if hinted.is_some() {
                 counters.routed.fetch_add(1, Ordering::Relaxed);
             }
             counters.sent.fetch_add(n as u64, Ordering::Relaxed);
@@ -603,8 +626,8 @@ mod tests {
     }
 
     /// Early in a round a batch goes to the next round's leader, later to the one after it,
-    /// then the one after that; a stale hint or a leader that is not a target falls back to the
-    /// connection's own validator.
+    /// then the one after that; a stale hint or a leader that is not a target names none (the
+    /// sender then falls back to its own connection, or round-robin).
     #[test]
     fn a_batch_goes_to_the_leader_that_can_still_include_it() {
         let t0 = Instant::now();
@@ -614,28 +637,28 @@ mod tests {
             next: vec![Some(1), Some(2), None],
             round_us: 5_000.0,
         };
-        assert_eq!(h.pick(0, at(t0, 0)), 1);
-        assert_eq!(h.pick(0, at(t0, 1_100)), 1);
-        assert_eq!(h.pick(0, at(t0, 1_400)), 2);
-        assert_eq!(h.pick(0, at(t0, 6_100)), 2);
+        assert_eq!(h.pick(at(t0, 0)), Some(1));
+        assert_eq!(h.pick(at(t0, 1_100)), Some(1));
+        assert_eq!(h.pick(at(t0, 1_400)), Some(2));
+        assert_eq!(h.pick(at(t0, 6_100)), Some(2));
         // The third leader is not among the targets.
-        assert_eq!(h.pick(0, at(t0, 6_400)), 0);
-        assert_eq!(h.pick(3, at(t0, 14_000)), 3);
+        assert_eq!(h.pick(at(t0, 6_400)), None);
+        assert_eq!(h.pick(at(t0, 14_000)), None);
         // Stale: more than three rounds without a newer hint.
         let fresh_third = Hint {
             next: vec![Some(1), Some(2), Some(3)],
             ..h.clone()
         };
-        assert_eq!(fresh_third.pick(0, at(t0, 12_000)), 3);
-        assert_eq!(fresh_third.pick(0, at(t0, 15_100)), 0);
+        assert_eq!(fresh_third.pick(at(t0, 12_000)), Some(3));
+        assert_eq!(fresh_third.pick(at(t0, 15_100)), None);
         // Long past the hint the index stays within the named leaders.
         let one = Hint {
             next: vec![Some(2)],
             ..h.clone()
         };
-        assert_eq!(one.pick(0, at(t0, 9_000)), 2);
+        assert_eq!(one.pick(at(t0, 9_000)), Some(2));
         let none = Hint { next: vec![], ..h };
-        assert_eq!(none.pick(1, at(t0, 100)), 1);
+        assert_eq!(none.pick(at(t0, 100)), None);
     }
 
     /// Hints measure the round length from their spacing; an older or repeated round is
