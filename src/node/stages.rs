@@ -755,6 +755,7 @@ impl PersistStage {
         }
         self.progress.durable.store(last.height, Ordering::Release);
         (self.notify)(&executed);
+        self.writer.release_cache();
     }
 
     /// One group commit: blocks, the proof of each committed batch (a header and a QC) and the

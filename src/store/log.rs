@@ -80,6 +80,8 @@ pub struct ValueLog {
     len: Mutex<Ends>,
     /// Bytes before this offset have been synced and dropped from the page cache.
     uncached_before: AtomicU64,
+    /// Bytes before this offset have been synced.
+    synced_to: AtomicU64,
 }
 
 /// Where the records end, and how far the file is allocated (zero-filled) beyond that.
@@ -135,6 +137,7 @@ impl ValueLog {
                 allocated: on_disk,
             }),
             uncached_before: AtomicU64::new(0),
+            synced_to: AtomicU64::new(0),
         })
     }
 
@@ -195,35 +198,43 @@ impl ValueLog {
             .records
     }
 
-    /// Makes every append so far durable, then lets the kernel drop the synced pages from its
-    /// cache: the log is written once and read rarely (peers catching up), and a page cache
-    /// that grows by every committed byte costs a fresh page (zeroing, and on a VM a host fault)
-    /// for every write, which measured as the largest single cost of the persistence stage.
+    /// Makes every append so far durable.
     pub fn sync(&self) -> Result<(), StorageError> {
         let end = self.end();
         self.file
             .sync_data()
             .map_err(|e| io_err(&self.path, "fdatasync", e))?;
+        self.synced_to.fetch_max(end, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Lets the kernel drop the synced pages from its cache: the log is written once and read
+    /// rarely (peers catching up), and a page cache that grows by every committed byte costs a
+    /// fresh page (zeroing, and on a VM a host fault) for every write, which measured as the
+    /// largest single cost of the persistence stage. Separate from [`ValueLog::sync`] so that
+    /// the persistence stage sends its commit notices first.
+    pub fn drop_synced_pages(&self) {
+        let end = self.synced_to.load(Ordering::Relaxed);
         // Whole pages only: the kernel keeps a partly covered one, so start at a page boundary.
         let from = self.uncached_before.load(Ordering::Relaxed) & !4095;
-        if end > from {
-            let (Ok(off), Ok(len)) = (
-                libc::off_t::try_from(from),
-                libc::off_t::try_from(end - from),
-            ) else {
-                return Ok(());
-            };
-            // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is owned
-            // by `self.file` and open for the whole call.
-            let rc = unsafe {
-                libc::posix_fadvise(self.file.as_raw_fd(), off, len, libc::POSIX_FADV_DONTNEED)
-            };
-            // Advice only: a failure changes speed, not what is stored.
-            if rc == 0 {
-                self.uncached_before.store(end, Ordering::Relaxed);
-            }
+        if end <= from {
+            return;
         }
-        Ok(())
+        let (Ok(off), Ok(len)) = (
+            libc::off_t::try_from(from),
+            libc::off_t::try_from(end - from),
+        ) else {
+            return;
+        };
+        // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is owned by
+        // `self.file` and open for the whole call.
+        let rc = unsafe {
+            libc::posix_fadvise(self.file.as_raw_fd(), off, len, libc::POSIX_FADV_DONTNEED)
+        };
+        // Advice only: a failure changes speed, not what is stored.
+        if rc == 0 {
+            self.uncached_before.store(end, Ordering::Relaxed);
+        }
     }
 
     /// Reads the record at `extent`.
@@ -247,6 +258,9 @@ mod tests {
         let log = ValueLog::open(&path, 0).unwrap();
         let ex = log.append(&[b"hello", b"", b"world!"]).unwrap();
         log.sync().unwrap();
+        log.drop_synced_pages();
+        // Synced bytes are still read back (from disk) after their pages are dropped.
+        assert_eq!(log.read(ex[0]).unwrap(), b"hello");
         assert_eq!(ex[0], Extent { offset: 0, len: 5 });
         assert_eq!(ex[2], Extent { offset: 5, len: 6 });
         assert_eq!(log.read(ex[2]).unwrap(), b"world!");

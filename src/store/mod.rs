@@ -108,6 +108,12 @@ impl ChainWriter {
         result
     }
 
+    /// Drops the page cache of what the group commits so far wrote (see
+    /// [`ValueLog::drop_synced_pages`]); called after the notices that wait for the commit.
+    pub fn release_cache(&self) {
+        self.log.drop_synced_pages();
+    }
+
     fn write(
         &self,
         items: &[(&Block, Option<&CommitProof>)],
@@ -368,7 +374,9 @@ impl Storage for RedbStore {
                 .enumerate()
                 .map(|(i, b)| (b.as_ref(), (i + 1 == n).then_some(proof)))
                 .collect();
-            self.writer().commit_group(&items, |_| Ok(()))?;
+            let writer = self.writer();
+            writer.commit_group(&items, |_| Ok(()))?;
+            writer.release_cache();
         }
         self.tip = Some((Arc::clone(last), proof.clone()));
         Ok(())
