@@ -9,9 +9,13 @@
 //! A client that sends [`ClientRequest::WatchLeaders`] also gets a [`ClientResponse::Leaders`]
 //! each time this validator sends a proposal of its own: the round and the keys of the leaders
 //! of the next rounds. A transaction waits in the mempool of the validator it was submitted to
-//! until that validator leads; with round-robin leaders that is up to n rounds. A client that
-//! submits to the upcoming leader instead waits about one round (the load generator's
-//! `--route leader`). The hint is advice: a transaction sent to any validator still commits.
+//! until that validator leads; with round-robin leaders that is up to n rounds (below 5,000 tx/s
+//! of intake a validator's forwarder hands its clients' transactions to the leader two rounds
+//! ahead instead; above it, it does not, for the CPU). A client that submits to the upcoming
+//! leader waits about one round (the load generator's `--route leader`). A hint is advice from
+//! one validator: a faulty one can send false hints, so a client bounds what it believes (the
+//! load generator refuses far-ahead rounds and caps the share of batches any one validator gets
+//! through hints at twice an even share).
 
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +61,8 @@ pub enum ClientResponse {
         /// The client's transactions in it.
         tx_ids: Vec<TxId>,
     },
-    /// The request could not be decoded.
+    /// The request could not be decoded, or was refused (e.g. too many connections already
+    /// watch leaders).
     Error(String),
     /// This validator has just sent its proposal for `round`; `next` are the public keys of the
     /// leaders of rounds `round + 1`, `round + 2`, ... (at most [`LEADER_HINTS`]).

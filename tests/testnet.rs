@@ -48,27 +48,40 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 fn four_validators_commit_client_transactions() {
     let dir = tempfile::tempdir().unwrap();
     let net = start(dir.path(), 4);
-    let report = loadgen::run(
-        &LoadConfig {
-            targets: targets(&net, &[0, 1, 2, 3]),
-            rate_tps: 2_000,
-            tx_bytes: 512,
-            duration: Duration::from_secs(3),
-            warmup: Duration::ZERO,
-            drain: Duration::from_secs(10),
-            route: Route::Leader,
-        },
-        &AtomicBool::new(false),
-        |_| {},
-    )
-    .unwrap();
-    assert!(report.sent >= 5_000, "{report:?}");
-    assert_eq!(
-        report.committed + report.busy,
-        report.sent,
-        "every transaction answered: {report:?}"
-    );
-    assert!(report.committed > 0);
+    // Both routes: each connection's share to its own validator, then every batch to the
+    // hinted upcoming leader.
+    let mut committed = 0;
+    for route in [Route::Spread, Route::Leader] {
+        let report = loadgen::run(
+            &LoadConfig {
+                targets: targets(&net, &[0, 1, 2, 3]),
+                rate_tps: 2_000,
+                tx_bytes: 512,
+                duration: Duration::from_secs(3),
+                warmup: Duration::ZERO,
+                drain: Duration::from_secs(10),
+                route,
+            },
+            &AtomicBool::new(false),
+            |_| {},
+        )
+        .unwrap();
+        assert!(report.sent >= 5_000, "{report:?}");
+        assert_eq!(
+            report.committed + report.busy,
+            report.sent,
+            "every transaction answered: {report:?}"
+        );
+        assert!(report.committed > 0);
+        if route == Route::Leader {
+            // The validators' leader hints reached the generator and steered its batches.
+            assert!(report.leader_hints > 100, "{report:?}");
+            assert!(report.routed_batches > 100, "{report:?}");
+        } else {
+            assert_eq!(report.routed_batches, 0, "{report:?}");
+        }
+        committed += report.committed;
+    }
     wait_for(
         "every validator to execute them",
         Duration::from_secs(10),
@@ -76,7 +89,7 @@ fn four_validators_commit_client_transactions() {
             (0..4).all(|i| {
                 net.stats(i)
                     .and_then(|s| s["txs_executed"].as_u64())
-                    .is_some_and(|x| x >= report.committed)
+                    .is_some_and(|x| x >= committed)
             })
         },
     );
@@ -117,7 +130,7 @@ fn killed_validator_is_not_needed_and_catches_up_with_the_same_chain() {
         duration: Duration::from_secs(8),
         warmup: Duration::ZERO,
         drain: Duration::from_secs(5),
-        route: Route::Spread,
+        route: Route::Leader,
     };
     std::thread::scope(|s| {
         let load_thread = s.spawn(|| loadgen::run(&load, &stop, |_| {}).unwrap());

@@ -63,11 +63,22 @@ impl std::str::FromStr for Route {
 /// leader; later ones go to the leader after it. The next leader proposes as soon as it holds
 /// the votes for the hinted round, about 0.7-0.8 of a round after the proposal left; the hint's
 /// trip to the client and the batch's trip into that leader's mempool take much of the rest, and
-/// a batch that arrives too late waits for that leader's next turn (n rounds). At 75,000 tx/s,
-/// 0.2, 0.4 and 0.6 gave p99 29-40, 39-45 and 41-47 ms in alternating runs.
-pub const EARLY_FRACTION: f64 = 0.25;
-/// A hint older than this many rounds is stale: batches spread again.
-pub const STALE_ROUNDS: f64 = 3.0;
+/// a batch that arrives too late waits for that leader's next turn (n rounds, unless that
+/// validator's forwarder hands it on: only below 5,000 tx/s of intake). At 75,000 tx/s, 0.2, 0.4
+/// and 0.6 gave p99 29-40, 39-45 and 41-47 ms in alternating runs.
+pub const EARLY_FRACTION: f64 = 0.2;
+/// A hint is stale this many rounds after it arrived: past the last leader it names
+/// (`LEADER_HINTS` - 1 + [`EARLY_FRACTION`]). Without a fresh hint batches go round-robin.
+pub const STALE_ROUNDS: f64 = 2.2;
+/// A hint more than this many rounds ahead of the current one is refused while the current one
+/// is fresh (a false round from a faulty validator cannot freeze the routing).
+pub const MAX_ROUND_JUMP: u64 = 1_000;
+/// The share of batches any one validator may get through hints, over the last
+/// [`SHARE_WINDOW`] batches, is at most this many times an even share: a faulty validator that
+/// names itself as the next leader draws at most twice what spreading would send it.
+pub const MAX_SHARE: usize = 2;
+/// Batches over which [`MAX_SHARE`] is counted.
+pub const SHARE_WINDOW: usize = 256;
 /// Round length assumed until two hints have measured it (µs).
 const DEFAULT_ROUND_US: f64 = 5_000.0;
 
@@ -85,8 +96,10 @@ pub struct Hint {
 }
 
 impl Hint {
-    /// The hint that follows `prev` (if any) when `round` arrives at `at`; `None` for a round
-    /// not newer than `prev`'s (a late or repeated hint).
+    /// The hint that follows `prev` (if any) when `round` arrives at `at`. `None` while `prev`
+    /// is fresh for a round not newer than its own (a late or repeated hint) or more than
+    /// [`MAX_ROUND_JUMP`] ahead. A slow stretch (a view change) moves the round estimate by at
+    /// most a factor of 1.2 per hint.
     pub fn next_after(
         prev: Option<&Hint>,
         round: u64,
@@ -94,11 +107,12 @@ impl Hint {
         at: Instant,
     ) -> Option<Hint> {
         let round_us = match prev {
-            Some(p) if round <= p.round => return None,
+            Some(p) if p.rounds_since(at) >= STALE_ROUNDS => p.round_us,
+            Some(p) if round <= p.round || round - p.round > MAX_ROUND_JUMP => return None,
             Some(p) => {
                 let sample = at.saturating_duration_since(p.at).as_micros() as f64
                     / (round - p.round) as f64;
-                (0.8 * p.round_us + 0.2 * sample).clamp(200.0, 1_000_000.0)
+                (0.8 * p.round_us + 0.2 * sample.min(2.0 * p.round_us)).clamp(200.0, 1_000_000.0)
             }
             None => DEFAULT_ROUND_US,
         };
@@ -110,15 +124,56 @@ impl Hint {
         })
     }
 
-    /// The target for a batch sent at `now`: the leader that proposes next and that the batch
-    /// can still reach in time; `None` when the hint is stale or that leader is not a target.
+    fn rounds_since(&self, now: Instant) -> f64 {
+        now.saturating_duration_since(self.at).as_micros() as f64 / self.round_us
+    }
+
+    /// The target for a batch sent at `now`: the first leader, from the one that proposes next
+    /// and that the batch can still reach in time, that is a target; `None` once the hint is
+    /// stale.
     pub fn pick(&self, now: Instant) -> Option<usize> {
-        let rounds = now.saturating_duration_since(self.at).as_micros() as f64 / self.round_us;
-        if rounds > STALE_ROUNDS {
+        let rounds = self.rounds_since(now);
+        if rounds >= STALE_ROUNDS {
             return None;
         }
-        let k = ((rounds + 1.0 - EARLY_FRACTION).floor() as usize).min(self.next.len().max(1) - 1);
-        self.next.get(k).copied().flatten()
+        let k = (rounds + 1.0 - EARLY_FRACTION).floor() as usize;
+        self.next.iter().skip(k).find_map(|t| *t)
+    }
+}
+
+/// How many of the recent batches each target got (for [`MAX_SHARE`]).
+#[derive(Debug)]
+struct Shares {
+    recent: VecDeque<usize>,
+    counts: Vec<usize>,
+}
+
+impl Shares {
+    fn new(targets: usize) -> Self {
+        Self {
+            recent: VecDeque::with_capacity(SHARE_WINDOW),
+            counts: vec![0; targets],
+        }
+    }
+
+    /// Whether `target` may take one more batch.
+    fn allows(&self, target: usize) -> bool {
+        let n = self.counts.len().max(1);
+        self.counts
+            .get(target)
+            .is_some_and(|c| c * n < MAX_SHARE * SHARE_WINDOW)
+    }
+
+    fn record(&mut self, target: usize) {
+        if self.recent.len() == SHARE_WINDOW {
+            if let Some(old) = self.recent.pop_front() {
+                self.counts[old] -= 1;
+            }
+        }
+        if let Some(c) = self.counts.get_mut(target) {
+            *c += 1;
+            self.recent.push_back(target);
+        }
     }
 }
 
@@ -200,7 +255,7 @@ pub struct LoadReport {
     pub ticks: Vec<Tick>,
     /// How batches were routed.
     pub route: Route,
-    /// Leader hints received (`route: leader`).
+    /// Leader hints taken (newer than the one before; `route: leader`).
     pub leader_hints: u64,
     /// Batches sent where a leader hint pointed (`route: leader`).
     pub routed_batches: u64,
@@ -366,7 +421,6 @@ pub fn run(
                         tracing::warn!(target: "loadgen", error = %e, "validator refused a request")
                     }
                     ClientResponse::Leaders { round, next } => {
-                        counters2.hints.fetch_add(1, Ordering::Relaxed);
                         let next = next
                             .iter()
                             .map(|k| keys2.iter().position(|t| t == k))
@@ -375,6 +429,7 @@ pub fn run(
                         if let Some(new) = Hint::next_after(h.as_ref(), round, next, Instant::now())
                         {
                             *h = Some(new);
+                            counters2.hints.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -497,7 +552,9 @@ pub fn run(
 }
 
 /// Sends `rate` transactions a second on its own schedule (`sender_id` makes them unique): to
-/// connection `own` when it has one, else to the hinted leader, else round-robin.
+/// connection `own` when it has one; else to the hinted leader (within [`MAX_SHARE`]), and
+/// when that is not possible (no fresh hint, its queue full, its connection closed) to the
+/// next connection that takes the batch, round-robin.
 #[allow(clippy::too_many_arguments)]
 fn send_loop(
     sender_id: u32,
@@ -513,6 +570,7 @@ fn send_loop(
 ) {
     let mut k: u64 = 0;
     let mut batch_no: usize = 0;
+    let mut shares = Shares::new(conns.len());
     while !done.load(Ordering::Acquire) {
         let elapsed = start.elapsed();
         if elapsed >= duration {
@@ -533,70 +591,58 @@ fn send_loop(
                 raw.push(tx);
             }
             // Ids of the whole batch at once (the validator computes the same ones).
-            let ids = tx_ids(&raw);
+            let mut ids = tx_ids(&raw);
             let txs: Vec<serde_bytes::ByteBuf> =
                 raw.into_iter().map(serde_bytes::ByteBuf::from).collect();
             let frame = Bytes::from(encode_infallible(&ClientRequest::Submit(txs)));
-            // Chosen as late as possible: the hint is fresher.
-            let open = |t: &usize| *t < conns.len() && !conns[*t].sender.is_closed();
-            let hinted = hint
-                .and_then(|h| {
-                    let h = h.lock().unwrap_or_else(PoisonError::into_inner);
-                    h.as_ref().and_then(|h| h.pick(Instant::now()))
-                })
-                .filter(open);
-            let fallback = match own {
-                Some(o) => Some(o),
-                None => (0..conns.len())
-                    .map(|j| (batch_no + j) % conns.len())
-                    .find(open),
-            };
-            let Some(target) = hinted.or(fallback) else {
-                return;
-            };
-            batch_no += 1;
-            let conn = &conns[target];
-            if conn.pending.lock().map(|p| p.len()).unwrap_or(0) >= PENDING_MAX {
-                std::thread::sleep(Duration::from_millis(1));
-                break;
-            }
-            if let Ok(mut p) = conn.pending.lock() {
-                for (id, t) in ids.iter().zip(&scheduled) {
-                    p.insert(*id, *t);
-                }
-            }
-            let sent = {
-                let mut batches = conn.batches.lock().unwrap_or_else(PoisonError::into_inner);
-                batches.push_back(ids);
-                loop {
-                    match conn.sender.send(frame.clone()) {
-                        Ok(()) => break true,
-                        Err(_) if conn.sender.is_closed() => {
-                            // Not sent: forget it here, and send it elsewhere (or stop, when
-                            // our own validator is gone).
-                            if let Some(ids) = batches.pop_back() {
-                                if let Ok(mut p) = conn.pending.lock() {
-                                    for id in &ids {
-                                        p.remove(id);
-                                    }
-                                }
-                            }
-                            break false;
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_micros(200)),
-                    }
-                    if done.load(Ordering::Acquire) {
-                        return;
-                    }
-                }
-            };
-            if !sent {
-                if own == Some(target) {
+            let sent_to = loop {
+                if done.load(Ordering::Acquire) {
                     return;
                 }
-                continue;
-            }
-            if hinted.is_some() {
+                // Chosen as late as possible: the hint is fresher.
+                let hinted = hint
+                    .and_then(|h| {
+                        let h = h.lock().unwrap_or_else(PoisonError::into_inner);
+                        h.as_ref().and_then(|h| h.pick(Instant::now()))
+                    })
+                    .filter(|t| shares.allows(*t));
+                let candidates: Vec<usize> = match own {
+                    Some(o) => vec![o],
+                    None => hinted
+                        .into_iter()
+                        .chain((0..conns.len()).map(|j| (batch_no + j) % conns.len()))
+                        .collect(),
+                };
+                let mut open = false;
+                let mut taken = None;
+                for t in candidates {
+                    let Some(conn) = conns.get(t).filter(|c| !c.sender.is_closed()) else {
+                        continue;
+                    };
+                    open = true;
+                    match submit(conn, ids, &scheduled, &frame) {
+                        Ok(()) => {
+                            taken = Some((t, hinted == Some(t)));
+                            ids = Vec::new();
+                            break;
+                        }
+                        Err(back) => ids = back,
+                    }
+                }
+                if let Some(t) = taken {
+                    break t;
+                }
+                if !open {
+                    // Every connection this sender may use has closed.
+                    return;
+                }
+                // Every open connection's queue is full: wait (no lock held) and choose again.
+                std::thread::sleep(Duration::from_micros(200));
+            };
+            let (target, routed) = sent_to;
+            shares.record(target);
+            batch_no += 1;
+            if routed {
                 counters.routed.fetch_add(1, Ordering::Relaxed);
             }
             counters.sent.fetch_add(n as u64, Ordering::Relaxed);
@@ -604,6 +650,34 @@ fn send_loop(
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Queues one submit frame on `conn`, its ids awaiting their ack and their notices there.
+/// Gives the ids back, with nothing left behind, when the connection's queue (or its map of
+/// transactions awaiting notices) is full or it has closed.
+fn submit(conn: &Conn, ids: Vec<TxId>, scheduled: &[u64], frame: &Bytes) -> Result<(), Vec<TxId>> {
+    {
+        let mut pending = conn.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.len() >= PENDING_MAX {
+            return Err(ids);
+        }
+        for (id, t) in ids.iter().zip(scheduled) {
+            pending.insert(*id, *t);
+        }
+    }
+    // Pushed and sent under one lock: acks come back in the order the frames were queued.
+    let mut batches = conn.batches.lock().unwrap_or_else(PoisonError::into_inner);
+    batches.push_back(ids);
+    if conn.sender.send(frame.clone()).is_ok() {
+        return Ok(());
+    }
+    let ids = batches.pop_back().unwrap_or_default();
+    drop(batches);
+    let mut pending = conn.pending.lock().unwrap_or_else(PoisonError::into_inner);
+    for id in &ids {
+        pending.remove(id);
+    }
+    Err(ids)
 }
 
 #[cfg(test)]
@@ -626,45 +700,42 @@ mod tests {
     }
 
     /// Early in a round a batch goes to the next round's leader, later to the one after it,
-    /// then the one after that; a stale hint or a leader that is not a target names none (the
-    /// sender then falls back to its own connection, or round-robin).
+    /// then the one after that; a leader that is not a target is passed over for the next one
+    /// that is; past the last named leader the hint is stale and names none (the sender then
+    /// goes round-robin).
     #[test]
     fn a_batch_goes_to_the_leader_that_can_still_include_it() {
         let t0 = Instant::now();
         let h = Hint {
             round: 10,
             at: t0,
-            next: vec![Some(1), Some(2), None],
+            next: vec![Some(1), None, Some(3)],
             round_us: 5_000.0,
         };
+        // 0.2 of a round = 1 ms.
         assert_eq!(h.pick(at(t0, 0)), Some(1));
-        assert_eq!(h.pick(at(t0, 1_100)), Some(1));
-        assert_eq!(h.pick(at(t0, 1_400)), Some(2));
-        assert_eq!(h.pick(at(t0, 6_100)), Some(2));
-        // The third leader is not among the targets.
-        assert_eq!(h.pick(at(t0, 6_400)), None);
-        assert_eq!(h.pick(at(t0, 14_000)), None);
-        // Stale: more than three rounds without a newer hint.
-        let fresh_third = Hint {
-            next: vec![Some(1), Some(2), Some(3)],
+        assert_eq!(h.pick(at(t0, 900)), Some(1));
+        // The second leader is not among the targets: the third one is.
+        assert_eq!(h.pick(at(t0, 1_100)), Some(3));
+        assert_eq!(h.pick(at(t0, 10_900)), Some(3));
+        // Stale from 2.2 rounds on.
+        assert_eq!(h.pick(at(t0, 11_000)), None);
+        assert_eq!(h.pick(at(t0, 60_000)), None);
+        let two = Hint {
+            next: vec![Some(1), Some(2)],
             ..h.clone()
         };
-        assert_eq!(fresh_third.pick(at(t0, 12_000)), Some(3));
-        assert_eq!(fresh_third.pick(at(t0, 15_100)), None);
-        // Long past the hint the index stays within the named leaders.
-        let one = Hint {
-            next: vec![Some(2)],
-            ..h.clone()
-        };
-        assert_eq!(one.pick(at(t0, 9_000)), Some(2));
+        assert_eq!(two.pick(at(t0, 1_100)), Some(2));
+        // Past the named leaders: none.
+        assert_eq!(two.pick(at(t0, 6_100)), None);
         let none = Hint { next: vec![], ..h };
         assert_eq!(none.pick(at(t0, 100)), None);
     }
 
-    /// Hints measure the round length from their spacing; an older or repeated round is
-    /// ignored.
+    /// Hints measure the round length from their spacing; an older, repeated or far-ahead round
+    /// is refused while the current hint is fresh, and anything is taken once it is stale.
     #[test]
-    fn hints_measure_the_round_and_ignore_old_rounds() {
+    fn hints_measure_the_round_and_refuse_old_or_far_rounds() {
         let t0 = Instant::now();
         let first = Hint::next_after(None, 5, vec![Some(0)], t0).unwrap();
         assert_eq!(first.round_us, DEFAULT_ROUND_US);
@@ -675,8 +746,50 @@ mod tests {
         assert_eq!(second.next, vec![Some(1)]);
         assert!(Hint::next_after(Some(&second), 7, vec![], at(t0, 5_000)).is_none());
         assert!(Hint::next_after(Some(&second), 6, vec![], at(t0, 5_000)).is_none());
-        // A huge gap is clamped to a second.
-        let late = Hint::next_after(Some(&second), 8, vec![], at(t0, 60_000_000)).unwrap();
-        assert_eq!(late.round_us, 1_000_000.0);
+        assert!(
+            Hint::next_after(Some(&second), 7 + MAX_ROUND_JUMP + 1, vec![], at(t0, 5_000))
+                .is_none()
+        );
+        assert!(Hint::next_after(Some(&second), u64::MAX, vec![], at(t0, 5_000)).is_none());
+        let jump = Hint::next_after(Some(&second), 7 + MAX_ROUND_JUMP, vec![], at(t0, 5_000));
+        assert!(jump.is_some());
+        // A slow round moves the estimate by at most a factor of 1.2 (9 ms against 4.4, before
+        // the hint goes stale at 2.2 rounds).
+        let slow = Hint::next_after(Some(&second), 8, vec![], at(t0, 13_000)).unwrap();
+        assert!(
+            (slow.round_us - 1.2 * second.round_us).abs() < 1e-6,
+            "{slow:?}"
+        );
+        // Stale (10 rounds of 4.6 ms later): an older round is taken, the estimate kept.
+        let reset = Hint::next_after(Some(&second), 3, vec![], at(t0, 50_000)).unwrap();
+        assert_eq!(reset.round, 3);
+        assert_eq!(reset.round_us, second.round_us);
+    }
+
+    /// No target gets more than twice an even share of the recent batches through hints.
+    #[test]
+    fn hinted_batches_are_capped_at_twice_an_even_share() {
+        let mut s = Shares::new(4);
+        let mut taken = 0;
+        for _ in 0..1_000 {
+            if s.allows(2) {
+                s.record(2);
+                taken += 1;
+            } else {
+                s.record(taken % 4);
+            }
+        }
+        // Over the last window target 2 holds at most half of 256 (2 x an even quarter).
+        let recent_2 = s.recent.iter().filter(|t| **t == 2).count();
+        assert!(recent_2 <= MAX_SHARE * SHARE_WINDOW / 4, "{recent_2}");
+        assert!(recent_2 >= MAX_SHARE * SHARE_WINDOW / 4 - 1, "{recent_2}");
+        assert_eq!(s.counts.iter().sum::<usize>(), SHARE_WINDOW);
+        assert!(!s.allows(7), "no such target");
+        // A single target may take every batch.
+        let mut one = Shares::new(1);
+        for _ in 0..600 {
+            assert!(one.allows(0));
+            one.record(0);
+        }
     }
 }

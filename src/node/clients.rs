@@ -17,14 +17,18 @@ use super::stages::Executed;
 pub const MAX_TRACKED_TXS: usize = 1 << 20;
 /// Most client connections watching leader hints at once.
 pub const MAX_LEADER_WATCHERS: usize = 1024;
+/// A watcher whose queue was full for this many hints in a row (a client that does not read)
+/// stops watching.
+pub const WATCHER_MAX_MISSES: u32 = 64;
 
 /// Shared by the client reader thread and the persistence stage.
 pub struct Gateway {
     mempool: Arc<Mutex<Mempool>>,
     server: ClientServerHandle,
     owners: Mutex<IdMap<u64>>,
-    /// Connections that asked for leader hints ([`ClientRequest::WatchLeaders`]).
-    watchers: Mutex<Vec<u64>>,
+    /// Connections that asked for leader hints ([`ClientRequest::WatchLeaders`]), with the
+    /// hints each missed in a row.
+    watchers: Mutex<Vec<(u64, u32)>>,
 }
 
 impl Gateway {
@@ -60,7 +64,7 @@ impl Gateway {
             .watchers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if w.contains(&conn) {
+        if w.iter().any(|(c, _)| *c == conn) {
             return Ok(());
         }
         if w.len() >= MAX_LEADER_WATCHERS {
@@ -68,13 +72,14 @@ impl Gateway {
                 "watch_leaders: {MAX_LEADER_WATCHERS} connections already watch"
             ));
         }
-        w.push(conn);
+        w.push((conn, 0));
         Ok(())
     }
 
     /// Tells every watching client that this validator has just proposed for `round` and who
-    /// leads the rounds after it (called by the consensus stage). Best effort: a client whose
-    /// queue is full misses this hint; a closed connection stops watching.
+    /// leads the rounds after it (called by the consensus stage; never blocks). Best effort: a
+    /// client whose queue is full misses this hint, and after [`WATCHER_MAX_MISSES`] in a row
+    /// stops watching; a closed connection stops watching.
     pub fn announce_leaders(&self, round: u64, next: Vec<[u8; 32]>) {
         let mut w = self
             .watchers
@@ -84,13 +89,19 @@ impl Gateway {
             return;
         }
         let frame = Bytes::from(encode_infallible(&ClientResponse::Leaders { round, next }));
-        w.retain(|conn| {
-            !matches!(
-                self.server.send(*conn, frame.clone()),
-                Err(bpci_transport::SendError::UnknownConnection(_)
-                    | bpci_transport::SendError::Closed)
-            )
-        });
+        w.retain_mut(
+            |(conn, misses)| match self.server.send(*conn, frame.clone()) {
+                Ok(()) => {
+                    *misses = 0;
+                    true
+                }
+                Err(bpci_transport::SendError::QueueFull) => {
+                    *misses += 1;
+                    *misses < WATCHER_MAX_MISSES
+                }
+                Err(_) => false,
+            },
+        );
     }
 
     fn submit(&self, conn: u64, txs: Vec<serde_bytes::ByteBuf>) -> Vec<TxStatus> {

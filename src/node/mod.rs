@@ -303,13 +303,17 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         let g = Arc::clone(g);
         let validators = ctx.validators.clone();
         leader_hints = Some(Box::new(move |round: crate::types::Round| {
-            let next = (1..=crate::client_proto::LEADER_HINTS as u64)
-                .filter_map(|k| {
-                    let leader = validators.leader(crate::types::Round(round.0 + k));
+            // All or nothing: a missing leader would shift the others onto wrong rounds.
+            let next: Option<Vec<[u8; 32]>> = (1..=crate::client_proto::LEADER_HINTS as u64)
+                .map(|k| {
+                    let r = round.0.checked_add(k)?;
+                    let leader = validators.leader(crate::types::Round(r));
                     validators.member(leader).map(|v| v.key.to_bytes())
                 })
                 .collect();
-            g.announce_leaders(round.0, next);
+            if let Some(next) = next {
+                g.announce_leaders(round.0, next);
+            }
         }));
     }
     if let Some(g) = gateway {
