@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bpci_transport::{Class, TransportHandle};
 use bytes::Bytes;
-use redb::TableDefinition;
 
 use crate::codec::{decode, encode_infallible};
 use crate::consensus::StorageError;
@@ -21,13 +20,13 @@ use crate::crypto::{leaf_hashes, BatchVerifier};
 use crate::exec::{BlockTxs, Ledger, StateMachine, StateRoot};
 use crate::mempool::{Payload, TxId};
 use crate::pipeline::{LatencyHistogram, StageInput};
-use crate::store::{ChainWriter, RedbStore};
+use crate::store::{ChainWriter, GroupItem, RedbStore};
 use crate::types::{BlockId, Round, TimeMs, ValidatorIndex};
 
 use super::app::{NodeApp, Progress, TxIdCache};
 
 /// Executed state roots by height (written by the persistence stage).
-pub const EXEC_ROOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("exec_roots");
+pub use crate::store::EXEC_ROOTS;
 
 /// Wall-clock milliseconds (the core's notion of now).
 pub fn now_ms() -> TimeMs {
@@ -716,12 +715,8 @@ pub fn execute_block(
 /// Receives each durable batch of executed blocks (commit notices to clients).
 pub type Notify = Box<dyn FnMut(&[Executed]) + Send>;
 
-fn store_err(e: impl std::fmt::Display) -> StorageError {
-    StorageError::Backend(e.to_string())
-}
-
-/// The persistence stage: one durable group commit (one log fdatasync, one redb commit) per batch
-/// of executed blocks.
+/// The persistence stage: one durable group commit (one log fdatasync; the index commit syncs
+/// only every [`crate::store::INDEX_SYNC_INTERVAL`]) per batch of executed blocks.
 pub struct PersistStage {
     /// Group commits into the node's store.
     pub writer: ChainWriter,
@@ -761,17 +756,15 @@ impl PersistStage {
     /// One group commit: blocks, the proof of each committed batch (a header and a QC) and the
     /// exec roots.
     fn write(&self, executed: &[Executed]) -> Result<(), StorageError> {
-        let items: Vec<_> = executed
+        let items: Vec<GroupItem<'_>> = executed
             .iter()
-            .map(|e| (e.block.as_ref(), e.proof.as_ref()))
+            .map(|e| GroupItem {
+                block: e.block.as_ref(),
+                proof: e.proof.as_ref(),
+                exec_root: Some(e.root),
+            })
             .collect();
-        self.writer.commit_group(&items, |txn| {
-            let mut t = txn.open_table(EXEC_ROOTS).map_err(store_err)?;
-            for e in executed {
-                t.insert(e.height, e.root.as_slice()).map_err(store_err)?;
-            }
-            Ok(())
-        })
+        self.writer.commit_group(&items)
     }
 }
 

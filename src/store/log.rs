@@ -8,6 +8,16 @@
 //! bytes that are not on disk. Bytes past the last indexed record (a group commit interrupted by a
 //! crash, or space allocated ahead) are free space: the next append overwrites them.
 //!
+//! Each group commit is one self-describing *group*: a header (magic, body length, BLAKE3 digest
+//! of the body), a small BCS section naming what follows (each block's height and length, its
+//! proof's length, its execution state root), then the records. The group is durable when its
+//! `fdatasync` returns, before the index learns of it; the index commits without a sync of its
+//! own, and only every [`super::INDEX_SYNC_INTERVAL`] durably. A node that stops in between
+//! finds the index behind the log on restart and re-indexes, from the log, every whole group
+//! past the index's end ([`ValueLog::recover_groups`]); the first bytes that are not a whole
+//! group with a matching digest (a torn write, zeros allocated ahead, an older format) end it.
+//! That takes one of the two syncs of a group commit off the path to the commit notice.
+//!
 //! Small group commits go into space the file already has: the file is grown ahead of its end in
 //! zero-filled 1 MiB steps, so that such an append overwrites existing blocks and its `fdatasync`
 //! flushes data only, without a file-size change to commit to the journal. On this class of
@@ -91,6 +101,63 @@ struct Ends {
     allocated: u64,
 }
 
+/// First bytes of every group.
+pub const GROUP_MAGIC: [u8; 8] = *b"bpcigrp1";
+/// Header: magic, body length (u64 LE), section length (u32 LE), 4 zero bytes, digest.
+pub const GROUP_HEADER_LEN: usize = 56;
+/// Domain of the group digest (BLAKE3 key derivation context).
+const GROUP_DIGEST_CONTEXT: &str = "bpci 2026-11 value log group v1";
+/// Most entries one group may name.
+pub const MAX_GROUP_ENTRIES: usize = 1 << 16;
+
+/// One committed block as a group names it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GroupEntry {
+    /// Block height.
+    pub height: u64,
+    /// Length of the block's record.
+    pub block_len: u32,
+    /// Length of its commit proof's record (which follows the block's), if stored.
+    pub proof_len: Option<u32>,
+    /// The execution state root after the block, if recorded.
+    pub exec_root: Option<[u8; 32]>,
+}
+
+/// The section after a group's header.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GroupMeta {
+    /// In record order.
+    pub entries: Vec<GroupEntry>,
+}
+
+impl crate::codec::Bounded for GroupMeta {
+    fn check_bounds(&self) -> Result<(), crate::codec::DecodeError> {
+        crate::codec::check_len("group.entries", self.entries.len(), MAX_GROUP_ENTRIES)
+    }
+}
+
+/// A whole group found past the index's end on open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveredGroup {
+    /// What it names.
+    pub meta: GroupMeta,
+    /// Each entry's block extent and proof extent, in order.
+    pub extents: Vec<(Extent, Option<Extent>)>,
+    /// The first byte after it.
+    pub end: u64,
+}
+
+fn group_digest(body_len: u64, section: &[u8], records: &[&[u8]]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(GROUP_DIGEST_CONTEXT);
+    h.update(&body_len.to_le_bytes());
+    h.update(&(section.len() as u64).to_le_bytes());
+    h.update(section);
+    for r in records {
+        h.update(r);
+    }
+    *h.finalize().as_bytes()
+}
+
 /// Step by which the file grows ahead of its records.
 const GROW_STEP: u64 = 1 << 20;
 /// Group commits of at least this many bytes that do not fit the allocated space append past it
@@ -165,6 +232,113 @@ impl ValueLog {
         len.records = at;
         len.allocated = len.allocated.max(at);
         Ok(out)
+    }
+
+    /// Appends one group (see the module documentation): `meta` names `records`, which must be
+    /// each entry's block and then, if it has one, its proof. Returns the records' extents.
+    /// Not durable until [`ValueLog::sync`].
+    pub fn append_group(
+        &self,
+        meta: &GroupMeta,
+        records: &[&[u8]],
+    ) -> Result<Vec<Extent>, StorageError> {
+        let section = crate::codec::encode_infallible(meta);
+        let section_len = u32::try_from(section.len()).map_err(|_| {
+            StorageError::Backend(format!("group section of {} bytes", section.len()))
+        })?;
+        let body_len = section.len() as u64 + records.iter().map(|r| r.len() as u64).sum::<u64>();
+        let mut head = Vec::with_capacity(GROUP_HEADER_LEN + section.len());
+        head.extend_from_slice(&GROUP_MAGIC);
+        head.extend_from_slice(&body_len.to_le_bytes());
+        head.extend_from_slice(&section_len.to_le_bytes());
+        head.extend_from_slice(&[0; 4]);
+        head.extend_from_slice(&group_digest(body_len, &section, records));
+        head.extend_from_slice(&section);
+        let mut all = Vec::with_capacity(records.len() + 1);
+        all.push(head.as_slice());
+        all.extend_from_slice(records);
+        let mut extents = self.append(&all)?;
+        extents.remove(0);
+        Ok(extents)
+    }
+
+    /// Reads the whole, intact groups from `from` on (see the module documentation), stopping
+    /// at the first bytes that are not one, and makes the next append go after the last.
+    ///
+    /// # Errors
+    /// I/O errors only: damage ends the scan, it is not an error.
+    pub fn recover_groups(&self, from: u64) -> Result<Vec<RecoveredGroup>, StorageError> {
+        let file_len = self
+            .file
+            .metadata()
+            .map_err(|e| io_err(&self.path, "metadata", e))?
+            .len();
+        let mut at = from;
+        let mut out = Vec::new();
+        while let Some(g) = self.group_at(at, file_len)? {
+            at = g.end;
+            out.push(g);
+        }
+        let mut len = self.len.lock().unwrap_or_else(PoisonError::into_inner);
+        len.records = len.records.max(at);
+        Ok(out)
+    }
+
+    fn group_at(&self, at: u64, file_len: u64) -> Result<Option<RecoveredGroup>, StorageError> {
+        let Some(body_at) = at.checked_add(GROUP_HEADER_LEN as u64) else {
+            return Ok(None);
+        };
+        if body_at > file_len {
+            return Ok(None);
+        }
+        let mut head = [0u8; GROUP_HEADER_LEN];
+        self.file
+            .read_exact_at(&mut head, at)
+            .map_err(|e| io_err(&self.path, "read", e))?;
+        if head[..8] != GROUP_MAGIC {
+            return Ok(None);
+        }
+        let body_len = u64::from_le_bytes(head[8..16].try_into().unwrap_or([0; 8]));
+        let section_len = u64::from(u32::from_le_bytes(
+            head[16..20].try_into().unwrap_or([0; 4]),
+        ));
+        let end = match body_at.checked_add(body_len) {
+            Some(e) if e <= file_len && section_len <= body_len => e,
+            _ => return Ok(None),
+        };
+        let Ok(n) = usize::try_from(body_len) else {
+            return Ok(None);
+        };
+        let mut body = vec![0u8; n];
+        self.file
+            .read_exact_at(&mut body, body_at)
+            .map_err(|e| io_err(&self.path, "read", e))?;
+        let (section, records) = body.split_at(section_len as usize);
+        if group_digest(body_len, section, &[records]) != head[24..56] {
+            return Ok(None);
+        }
+        let Ok(meta) = crate::codec::decode::<GroupMeta>(section) else {
+            return Ok(None);
+        };
+        // The named lengths must add up to the records exactly.
+        let mut next = body_at + section_len;
+        let mut extents = Vec::with_capacity(meta.entries.len());
+        for e in &meta.entries {
+            let block = Extent {
+                offset: next,
+                len: e.block_len,
+            };
+            next = block.end();
+            let proof = e.proof_len.map(|len| Extent { offset: next, len });
+            if let Some(p) = proof {
+                next = p.end();
+            }
+            extents.push((block, proof));
+        }
+        if next != end {
+            return Ok(None);
+        }
+        Ok(Some(RecoveredGroup { meta, extents, end }))
     }
 
     /// Zero-fills the file from `allocated` up to `needed` rounded up to a whole step; returns
@@ -299,5 +473,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("damaged") && err.contains("v.log"), "{err}");
+    }
+
+    /// Groups read back whole, in order, with their extents; reading stops at bytes that are
+    /// not a group (zeros allocated ahead, other bytes, a group cut short).
+    #[test]
+    fn groups_are_recovered_until_the_first_damaged_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.log");
+        let log = ValueLog::open(&path, 0).unwrap();
+        let entry = |height, block_len, proof_len| GroupEntry {
+            height,
+            block_len,
+            proof_len,
+            exec_root: Some([height as u8; 32]),
+        };
+        let m1 = GroupMeta {
+            entries: vec![entry(1, 3, Some(2)), entry(2, 4, None)],
+        };
+        let ex1 = log.append_group(&m1, &[b"one", b"p1", b"two!"]).unwrap();
+        let big = vec![9u8; 100_000];
+        let m2 = GroupMeta {
+            entries: vec![entry(3, big.len() as u32, None)],
+        };
+        let ex2 = log.append_group(&m2, &[&big]).unwrap();
+        log.sync().unwrap();
+        let end = log.end();
+        drop(log);
+
+        let log = ValueLog::open(&path, 0).unwrap();
+        let got = log.recover_groups(0).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].meta, m1);
+        assert_eq!(got[0].extents, vec![(ex1[0], Some(ex1[1])), (ex1[2], None)]);
+        assert_eq!(got[1].extents, vec![(ex2[0], None)]);
+        assert_eq!(got[1].end, end);
+        assert_eq!(log.end(), end);
+        assert_eq!(log.read(ex1[2]).unwrap(), b"two!");
+        // From the second group's start, only it.
+        assert_eq!(log.recover_groups(got[0].end).unwrap().len(), 1);
+        drop(log);
+
+        // The second group cut short (the file ends inside it): only the first is whole.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(end - 1).unwrap();
+        drop(f);
+        let log = ValueLog::open(&path, 0).unwrap();
+        let got = log.recover_groups(0).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(log.end(), got[0].end);
+        // Other bytes where a group would start: nothing.
+        let other = ValueLog::open(&dir.path().join("o.log"), 0).unwrap();
+        other.append(&[&[7u8; 200]]).unwrap();
+        assert!(other.recover_groups(0).unwrap().is_empty());
+        assert!(other.recover_groups(u64::MAX - 10).unwrap().is_empty());
     }
 }

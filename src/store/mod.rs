@@ -1,12 +1,13 @@
 //! The durable store: the committed chain and the commit proofs in an append-only [`ValueLog`]
 //! indexed by redb, the safety state in its own pair of files ([`SafetyFile`]).
 //!
-//! When a `persist_*` call returns `Ok`, the data is on disk (every redb transaction commits with
-//! [`Durability::Immediate`], and the safety file is synced), so a node killed at any instant
-//! restarts with everything it acknowledged. The safety state is therefore durable before the core
-//! lets a vote or timeout out (the core's contract, see [`crate::consensus`]). Block and proof
-//! bytes are appended to the value log and made durable before the redb transaction that indexes
-//! them commits (see [`log`]).
+//! When a `persist_*` call returns `Ok`, the data is on disk (the value log's group is synced, and
+//! the safety file is synced), so a node killed at any instant restarts with everything it
+//! acknowledged. The safety state is therefore durable before the core lets a vote or timeout out
+//! (the core's contract, see [`crate::consensus`]). Block and proof bytes are appended to the
+//! value log as one self-describing group and made durable before the redb transaction that
+//! indexes them commits; that transaction is durable only every [`INDEX_SYNC_INTERVAL`], and
+//! opening the store re-indexes the groups past the durable index's end (see [`log`]).
 
 pub mod log;
 pub mod safety_file;
@@ -15,13 +16,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use redb::Durability;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::codec::{decode, encode_infallible, Bounded, DecodeError};
 use crate::consensus::{Block, CommitProof, SafetyState, Storage, StorageError};
 use crate::types::Height;
 
-pub use log::{Extent, ValueLog};
+pub use log::{Extent, GroupEntry, GroupMeta, ValueLog};
 pub use safety_file::SafetyFile;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -33,6 +34,12 @@ const PROOFS: TableDefinition<u64, &[u8]> = TableDefinition::new("commit_proof_e
 const SAFETY_KEY: &str = "safety_state";
 /// META key: the end of the value log as of the last committed group (u64 LE).
 const LOG_END_KEY: &str = "value_log_end";
+/// Height → the execution state root after the committed block at that height.
+pub const EXEC_ROOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("exec_roots");
+/// The index commits durably at most this long after the previous durable commit (the others
+/// commit without a sync); on open, the groups the log holds past the durable index are
+/// re-indexed, so this bounds that scan (about this long of writes).
+pub const INDEX_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// redb page cache of the chain file (redb's default, 1 GiB, would dominate a node's memory).
 const CHAIN_CACHE_BYTES: usize = 16 << 20;
 
@@ -56,6 +63,9 @@ pub struct RedbStore {
     log: Arc<ValueLog>,
     tip: Option<(Arc<Block>, CommitProof)>,
     defer_commits: bool,
+    /// When the index last committed durably (shared by every writer).
+    index_synced: Arc<std::sync::Mutex<std::time::Instant>>,
+    index_sync_interval: std::time::Duration,
 }
 
 /// An I/O error on one of the store's files, naming the file and what failed.
@@ -86,22 +96,34 @@ fn backend(e: impl std::fmt::Display) -> StorageError {
 pub struct ChainWriter {
     db: Arc<Database>,
     log: Arc<ValueLog>,
+    /// When the index last committed durably.
+    index_synced: Arc<std::sync::Mutex<std::time::Instant>>,
+    /// [`INDEX_SYNC_INTERVAL`], shorter or longer in tests.
+    index_sync_interval: std::time::Duration,
+}
+
+/// One committed block for [`ChainWriter::commit_group`].
+#[derive(Clone, Copy, Debug)]
+pub struct GroupItem<'a> {
+    /// The block.
+    pub block: &'a Block,
+    /// The proof that commits it (give the proof of every committed batch's last block).
+    pub proof: Option<&'a CommitProof>,
+    /// The execution state root after it.
+    pub exec_root: Option<[u8; 32]>,
 }
 
 impl ChainWriter {
-    /// One durable group commit: every block of `items` (in height order) with the proof that
-    /// commits it where one is given, plus `extra` writes in the same redb transaction. The
-    /// records reach the value log and are synced before the index commits, and the log's new
-    /// end is recorded in the same transaction (so a reopened log appends exactly where the
-    /// index ends, over any unindexed tail).
+    /// One group commit: every block of `items` (in height order) with its proof and execution
+    /// root where given. The group reaches the value log and is synced before the index
+    /// commits, and the log's new end is recorded in the same transaction (so a reopened log
+    /// appends exactly where the index ends, after re-indexing whole groups past it). The index
+    /// transaction is durable only every [`INDEX_SYNC_INTERVAL`]: the synced group is what makes
+    /// the items durable.
     /// Sync serves ranges ending at a stored proof: give the proof of every committed batch.
-    pub fn commit_group(
-        &self,
-        items: &[(&Block, Option<&CommitProof>)],
-        extra: impl FnOnce(&WriteTransaction) -> Result<(), StorageError>,
-    ) -> Result<(), StorageError> {
+    pub fn commit_group(&self, items: &[GroupItem<'_>]) -> Result<(), StorageError> {
         let start = self.log.end();
-        let result = self.write(items, extra);
+        let result = self.write(items);
         if result.is_err() {
             self.log.rewind(start);
         }
@@ -114,49 +136,97 @@ impl ChainWriter {
         self.log.drop_synced_pages();
     }
 
-    fn write(
-        &self,
-        items: &[(&Block, Option<&CommitProof>)],
-        extra: impl FnOnce(&WriteTransaction) -> Result<(), StorageError>,
-    ) -> Result<(), StorageError> {
+    fn write(&self, items: &[GroupItem<'_>]) -> Result<(), StorageError> {
         let mut records = Vec::with_capacity(items.len() * 2);
-        for (block, proof) in items {
-            records.push(encode_infallible(*block));
-            if let Some(p) = proof {
-                records.push(encode_infallible(*p));
-            }
+        let mut entries = Vec::with_capacity(items.len());
+        for it in items {
+            let block = encode_infallible(it.block);
+            let proof = it.proof.map(encode_infallible);
+            entries.push(GroupEntry {
+                height: it.block.height.0,
+                block_len: record_len(&block)?,
+                proof_len: proof.as_deref().map(record_len).transpose()?,
+                exec_root: it.exec_root,
+            });
+            records.push(block);
+            records.extend(proof);
         }
         let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
-        let extents = self.log.append(&refs)?;
+        let extents = self.log.append_group(&GroupMeta { entries }, &refs)?;
         self.log.sync()?;
-        let mut txn = self.db.begin_write().map_err(backend)?;
-        txn.set_durability(Durability::Immediate).map_err(backend)?;
-        {
-            let mut blocks = txn.open_table(BLOCKS).map_err(backend)?;
-            let mut proofs = txn.open_table(PROOFS).map_err(backend)?;
-            let mut ex = extents.iter();
-            for (block, proof) in items {
-                let Some(b) = ex.next() else { break };
-                blocks
-                    .insert(block.height.0, b.encode().as_slice())
+        let mut ex = extents.into_iter();
+        let indexed: Vec<(GroupEntry, Extent, Option<Extent>)> = items
+            .iter()
+            .filter_map(|it| {
+                let b = ex.next()?;
+                let p = if it.proof.is_some() { ex.next() } else { None };
+                Some((
+                    GroupEntry {
+                        height: it.block.height.0,
+                        block_len: b.len,
+                        proof_len: p.map(|p| p.len),
+                        exec_root: it.exec_root,
+                    },
+                    b,
+                    p,
+                ))
+            })
+            .collect();
+        let now = std::time::Instant::now();
+        let mut synced = self
+            .index_synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let durable = now.saturating_duration_since(*synced) >= self.index_sync_interval;
+        index(&self.db, &indexed, self.log.end(), durable)?;
+        if durable {
+            *synced = now;
+        }
+        Ok(())
+    }
+}
+
+fn record_len(r: &[u8]) -> Result<u32, StorageError> {
+    u32::try_from(r.len())
+        .map_err(|_| StorageError::Backend(format!("record of {} bytes is too large", r.len())))
+}
+
+/// Indexes blocks, proofs and execution roots, with the log's end, in one transaction.
+fn index(
+    db: &Database,
+    items: &[(GroupEntry, Extent, Option<Extent>)],
+    log_end: u64,
+    durable: bool,
+) -> Result<(), StorageError> {
+    let mut txn = db.begin_write().map_err(backend)?;
+    txn.set_durability(if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })
+    .map_err(backend)?;
+    {
+        let mut blocks = txn.open_table(BLOCKS).map_err(backend)?;
+        let mut proofs = txn.open_table(PROOFS).map_err(backend)?;
+        let mut roots = txn.open_table(EXEC_ROOTS).map_err(backend)?;
+        for (e, b, p) in items {
+            blocks
+                .insert(e.height, b.encode().as_slice())
+                .map_err(backend)?;
+            if let Some(p) = p {
+                proofs
+                    .insert(e.height, p.encode().as_slice())
                     .map_err(backend)?;
-                if proof.is_some() {
-                    let Some(p) = ex.next() else { break };
-                    proofs
-                        .insert(block.height.0, p.encode().as_slice())
-                        .map_err(backend)?;
-                }
+            }
+            if let Some(r) = &e.exec_root {
+                roots.insert(e.height, r.as_slice()).map_err(backend)?;
             }
         }
-        {
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            let end = extents.last().map_or(self.log.end(), Extent::end);
-            meta.insert(LOG_END_KEY, end.to_le_bytes().as_slice())
-                .map_err(backend)?;
-        }
-        extra(&txn)?;
-        txn.commit().map_err(backend)
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        meta.insert(LOG_END_KEY, log_end.to_le_bytes().as_slice())
+            .map_err(backend)?;
     }
+    txn.commit().map_err(backend)
 }
 
 impl RedbStore {
@@ -219,6 +289,7 @@ impl RedbStore {
             txn.open_table(META).map_err(backend)?;
             txn.open_table(BLOCKS).map_err(backend)?;
             txn.open_table(PROOFS).map_err(backend)?;
+            txn.open_table(EXEC_ROOTS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         Ok(db)
@@ -245,16 +316,33 @@ impl RedbStore {
         safety: SafetyFile,
         chain_path: &Path,
     ) -> Result<Self, StorageError> {
-        let log = ValueLog::open(
-            &chain_path.with_extension("blocks"),
-            Self::indexed_end(&db)?,
-        )?;
+        let log_path = chain_path.with_extension("blocks");
+        let log = ValueLog::open(&log_path, Self::indexed_end(&db)?)?;
+        // Groups synced to the log after the last durable index commit.
+        let recovered = log.recover_groups(log.end())?;
+        if let Some(last) = recovered.last() {
+            let items: Vec<(GroupEntry, Extent, Option<Extent>)> = recovered
+                .iter()
+                .flat_map(|g| {
+                    g.meta
+                        .entries
+                        .iter()
+                        .cloned()
+                        .zip(g.extents.iter().copied())
+                        .map(|(e, (b, p))| (e, b, p))
+                })
+                .collect();
+            index(&db, &items, last.end, true)?;
+            tracing::info!(target: "store", path = %log_path.display(), groups = recovered.len(), blocks = items.len(), "re-indexed the value log's tail");
+        }
         let mut store = Self {
             db,
             safety,
             log: Arc::new(log),
             tip: None,
             defer_commits: false,
+            index_synced: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+            index_sync_interval: INDEX_SYNC_INTERVAL,
         };
         store.tip = store.read_tip()?;
         Ok(store)
@@ -273,6 +361,8 @@ impl RedbStore {
         ChainWriter {
             db: Arc::clone(&self.db),
             log: Arc::clone(&self.log),
+            index_synced: Arc::clone(&self.index_synced),
+            index_sync_interval: self.index_sync_interval,
         }
     }
 
@@ -369,13 +459,17 @@ impl Storage for RedbStore {
         };
         if !self.defer_commits {
             let n = blocks.len();
-            let items: Vec<(&Block, Option<&CommitProof>)> = blocks
+            let items: Vec<GroupItem<'_>> = blocks
                 .iter()
                 .enumerate()
-                .map(|(i, b)| (b.as_ref(), (i + 1 == n).then_some(proof)))
+                .map(|(i, b)| GroupItem {
+                    block: b.as_ref(),
+                    proof: (i + 1 == n).then_some(proof),
+                    exec_root: None,
+                })
                 .collect();
             let writer = self.writer();
-            writer.commit_group(&items, |_| Ok(()))?;
+            writer.commit_group(&items)?;
             writer.release_cache();
         }
         self.tip = Some((Arc::clone(last), proof.clone()));
@@ -514,5 +608,99 @@ mod tests {
         drop(s);
         let s = RedbStore::open(&path).unwrap();
         assert_eq!(*s.committed_block(Height(2)).unwrap().payload, [2; 10]);
+    }
+
+    /// Copies the store's chain files as they are on disk now (what a crash would leave:
+    /// redb writes nothing for a commit without durability).
+    fn crash_copy(from: &Path, to: &Path) {
+        std::fs::copy(from, to).unwrap();
+        std::fs::copy(from.with_extension("blocks"), to.with_extension("blocks")).unwrap();
+    }
+
+    fn indexed_heights(path: &Path) -> Vec<u64> {
+        let db = redb::Database::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(BLOCKS).unwrap();
+        t.iter().unwrap().map(|r| r.unwrap().0.value()).collect()
+    }
+
+    /// Group commits whose index never became durable are re-indexed from the log on open,
+    /// execution roots included; a damaged group ends the recovery there, and the log appends
+    /// after the last whole group.
+    #[test]
+    fn index_tail_is_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let mut s = RedbStore::open(&path).unwrap();
+        s.persist_commit(&[block(1)], &proof(1)).unwrap();
+        // Index durably now, then never again.
+        s.index_sync_interval = std::time::Duration::ZERO;
+        s.persist_commit(&[block(2)], &proof(2)).unwrap();
+        s.index_sync_interval = std::time::Duration::MAX;
+        s.persist_commit(&[block(3), block(4)], &proof(4)).unwrap();
+        let start5 = s.log.end();
+        let b5 = block(5);
+        let p5 = proof(5);
+        s.writer()
+            .commit_group(&[GroupItem {
+                block: &b5,
+                proof: Some(&p5),
+                exec_root: Some([5; 32]),
+            }])
+            .unwrap();
+        // The running store sees everything.
+        assert_eq!(*s.committed_block(Height(4)).unwrap().payload, [4; 10]);
+
+        let crashed = dir.path().join("crashed.redb");
+        crash_copy(&path, &crashed);
+        let torn = dir.path().join("torn.redb");
+        crash_copy(&path, &torn);
+        let log_len = std::fs::metadata(path.with_extension("blocks"))
+            .unwrap()
+            .len();
+        drop(s);
+        // On disk the index reaches height 2 only.
+        assert_eq!(indexed_heights(&crashed), vec![1, 2]);
+
+        let r = RedbStore::open(&crashed).unwrap();
+        let (tip, p) = r.committed_tip().unwrap();
+        assert_eq!((tip.height, p), (Height(5), proof(5)));
+        assert_eq!(*r.committed_block(Height(3)).unwrap().payload, [3; 10]);
+        assert_eq!(
+            r.commit_proof_in(Height(3), Height(4)).unwrap().0,
+            Height(4)
+        );
+        {
+            let txn = r.db.begin_read().unwrap();
+            let roots = txn.open_table(EXEC_ROOTS).unwrap();
+            assert_eq!(roots.get(5).unwrap().unwrap().value(), [5u8; 32].as_slice());
+        }
+        let end = r.log.end();
+        drop(r);
+        // Re-indexed durably: nothing left to recover, and still all there.
+        assert_eq!(indexed_heights(&crashed), vec![1, 2, 3, 4, 5]);
+        let r = RedbStore::open(&crashed).unwrap();
+        assert_eq!(r.log.end(), end);
+        assert_eq!(r.committed_tip().unwrap().0.height, Height(5));
+        drop(r);
+
+        // One flipped byte in the middle of the last group: that group is not taken; the one
+        // before it is.
+        let log = torn.with_extension("blocks");
+        let mut bytes = std::fs::read(&log).unwrap();
+        let at = usize::try_from((start5 + end) / 2).unwrap();
+        assert!((at as u64) < log_len);
+        bytes[at] ^= 0xff;
+        std::fs::write(&log, &bytes).unwrap();
+        let mut r = RedbStore::open(&torn).unwrap();
+        assert_eq!(r.committed_tip().unwrap().0.height, Height(4));
+        assert!(r.committed_block(Height(5)).is_none());
+        // The next group overwrites the damaged one.
+        r.persist_commit(&[block(5)], &proof(5)).unwrap();
+        drop(r);
+        let r = RedbStore::open(&torn).unwrap();
+        assert_eq!(r.committed_tip().unwrap().0.height, Height(5));
+        // The same group without an execution root: 32 bytes shorter.
+        assert_eq!(r.log.end(), end - 32);
     }
 }
