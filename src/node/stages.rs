@@ -25,7 +25,8 @@ use crate::types::{BlockId, Round, TimeMs, ValidatorIndex};
 
 use super::app::{NodeApp, Progress, TxIdCache};
 
-/// Executed state roots by height (written by the persistence stage).
+/// Executed state roots by height (written by the store with each group commit, and again
+/// when it re-indexes the log's tail on open).
 pub use crate::store::EXEC_ROOTS;
 
 /// Wall-clock milliseconds (the core's notion of now).

@@ -5,17 +5,19 @@
 //! them): a record is written once, at the end of the file, and redb keeps only its
 //! `(offset, len)`. A group commit appends its records, makes the log durable (`fdatasync`), and
 //! only then commits the redb transaction that indexes them, so an index entry never points at
-//! bytes that are not on disk. Bytes past the last indexed record (a group commit interrupted by a
+//! bytes that are not on disk. Bytes past the last whole group (a group commit interrupted by a
 //! crash, or space allocated ahead) are free space: the next append overwrites them.
 //!
-//! Each group commit is one self-describing *group*: a header (magic, body length, BLAKE3 digest
-//! of the body), a small BCS section naming what follows (each block's height and length, its
+//! Each group commit is one self-describing *group*: a header (magic, body length, section length,
+//! a BLAKE3 digest keyed with the store's own secret key over the group's offset and body), a
+//! small BCS section naming what follows (each block's height and length, its
 //! proof's length, its execution state root), then the records. The group is durable when its
 //! `fdatasync` returns, before the index learns of it; the index commits without a sync of its
 //! own, and only every [`super::INDEX_SYNC_INTERVAL`] durably. A node that stops in between
 //! finds the index behind the log on restart and re-indexes, from the log, every whole group
 //! past the index's end ([`ValueLog::recover_groups`]); the first bytes that are not a whole
-//! group with a matching digest (a torn write, zeros allocated ahead, an older format) end it.
+//! group with a matching digest (a torn write, zeros allocated ahead, an older format) end it,
+//! and a whole group after them is refused as damage rather than silently cut.
 //! That takes one of the two syncs of a group commit off the path to the commit notice.
 //!
 //! Small group commits go into space the file already has: the file is grown ahead of its end in
@@ -92,6 +94,8 @@ pub struct ValueLog {
     uncached_before: AtomicU64,
     /// Bytes before this offset have been synced.
     synced_to: AtomicU64,
+    /// The key of the group digests.
+    key: [u8; 32],
 }
 
 /// Where the records end, and how far the file is allocated (zero-filled) beyond that.
@@ -105,7 +109,7 @@ struct Ends {
 pub const GROUP_MAGIC: [u8; 8] = *b"bpcigrp1";
 /// Header: magic, body length (u64 LE), section length (u32 LE), 4 zero bytes, digest.
 pub const GROUP_HEADER_LEN: usize = 56;
-/// Domain of the group digest (BLAKE3 key derivation context).
+/// Domain of the group digest.
 const GROUP_DIGEST_CONTEXT: &str = "bpci 2026-11 value log group v1";
 /// Most entries one group may name.
 pub const MAX_GROUP_ENTRIES: usize = 1 << 16;
@@ -147,16 +151,24 @@ pub struct RecoveredGroup {
     pub end: u64,
 }
 
-fn group_digest(body_len: u64, section: &[u8], records: &[&[u8]]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key(GROUP_DIGEST_CONTEXT);
+/// The digest of a group at `offset`: keyed with the store's own secret key (kept in its index
+/// since the store was created), over the offset, the lengths, the section and the records.
+/// Transaction bytes inside a block can therefore never pass for a group: their author knows
+/// neither the key nor, in general, where the bytes will land.
+fn group_hasher(key: &[u8; 32], offset: u64, body_len: u64, section: &[u8]) -> blake3::Hasher {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(GROUP_DIGEST_CONTEXT.as_bytes());
+    h.update(&offset.to_le_bytes());
     h.update(&body_len.to_le_bytes());
     h.update(&(section.len() as u64).to_le_bytes());
     h.update(section);
-    for r in records {
-        h.update(r);
-    }
-    *h.finalize().as_bytes()
+    h
 }
+
+/// Largest section a group may have (it is read whole on recovery).
+pub const MAX_GROUP_SECTION: usize = 16 << 20;
+/// Bytes hashed per read when a group is checked on recovery.
+const RECOVERY_CHUNK: usize = 1 << 20;
 
 /// Step by which the file grows ahead of its records.
 const GROW_STEP: u64 = 1 << 20;
@@ -170,11 +182,13 @@ fn io_err(path: &Path, what: &str, e: std::io::Error) -> StorageError {
 
 impl ValueLog {
     /// Opens (or creates) the log at `path`, whose index covers the bytes before `indexed_end`.
-    /// Later bytes (an interrupted group commit, or space allocated ahead) are free space.
+    /// Whole groups past it are found by [`ValueLog::recover_groups`], which must run before the
+    /// first append; the bytes after them (an interrupted group commit, space allocated ahead)
+    /// are free space.
     ///
     /// # Errors
     /// I/O errors, and a file shorter than `indexed_end` (the index points past the data).
-    pub fn open(path: &Path, indexed_end: u64) -> Result<Self, StorageError> {
+    pub fn open(path: &Path, indexed_end: u64, key: [u8; 32]) -> Result<Self, StorageError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -205,6 +219,7 @@ impl ValueLog {
             }),
             uncached_before: AtomicU64::new(0),
             synced_to: AtomicU64::new(0),
+            key,
         })
     }
 
@@ -241,32 +256,56 @@ impl ValueLog {
         &self,
         meta: &GroupMeta,
         records: &[&[u8]],
-    ) -> Result<Vec<Extent>, StorageError> {
+    ) -> Result<(Vec<Extent>, u64), StorageError> {
         let section = crate::codec::encode_infallible(meta);
-        let section_len = u32::try_from(section.len()).map_err(|_| {
-            StorageError::Backend(format!("group section of {} bytes", section.len()))
-        })?;
+        if section.len() > MAX_GROUP_SECTION || meta.entries.len() > MAX_GROUP_ENTRIES {
+            return Err(StorageError::Backend(format!(
+                "a group of {} blocks ({} section bytes) is over the limits of {MAX_GROUP_ENTRIES} and {MAX_GROUP_SECTION}",
+                meta.entries.len(),
+                section.len()
+            )));
+        }
+        let section_len = section.len() as u32;
         let body_len = section.len() as u64 + records.iter().map(|r| r.len() as u64).sum::<u64>();
+        let offset = self.end();
+        let mut h = group_hasher(&self.key, offset, body_len, &section);
+        for r in records {
+            h.update(r);
+        }
         let mut head = Vec::with_capacity(GROUP_HEADER_LEN + section.len());
         head.extend_from_slice(&GROUP_MAGIC);
         head.extend_from_slice(&body_len.to_le_bytes());
         head.extend_from_slice(&section_len.to_le_bytes());
         head.extend_from_slice(&[0; 4]);
-        head.extend_from_slice(&group_digest(body_len, &section, records));
+        head.extend_from_slice(h.finalize().as_bytes());
         head.extend_from_slice(&section);
         let mut all = Vec::with_capacity(records.len() + 1);
         all.push(head.as_slice());
         all.extend_from_slice(records);
         let mut extents = self.append(&all)?;
-        extents.remove(0);
-        Ok(extents)
+        let first = extents.remove(0);
+        if first.offset != offset {
+            return Err(StorageError::Backend(
+                "value log appended by two writers at once".into(),
+            ));
+        }
+        let end = extents.last().map_or(first.end(), Extent::end);
+        Ok((extents, end))
+    }
+
+    /// Bytes before this offset are durable.
+    pub fn synced_to(&self) -> u64 {
+        self.synced_to.load(Ordering::Relaxed)
     }
 
     /// Reads the whole, intact groups from `from` on (see the module documentation), stopping
-    /// at the first bytes that are not one, and makes the next append go after the last.
+    /// at the first bytes that are not one, and makes the next append go after the last. Past
+    /// that point only free space may follow (zeros allocated ahead, what is left of a torn
+    /// write): a whole group further on means acknowledged data was damaged, and is an error
+    /// rather than a silent loss.
     ///
     /// # Errors
-    /// I/O errors only: damage ends the scan, it is not an error.
+    /// I/O errors, and a whole group after the first bytes that are not one.
     pub fn recover_groups(&self, from: u64) -> Result<Vec<RecoveredGroup>, StorageError> {
         let file_len = self
             .file
@@ -279,9 +318,42 @@ impl ValueLog {
             at = g.end;
             out.push(g);
         }
-        let mut len = self.len.lock().unwrap_or_else(PoisonError::into_inner);
-        len.records = len.records.max(at);
+        if let Some(later) = self.next_group_after(at, file_len)? {
+            return Err(StorageError::Backend(format!(
+                "value log {} is damaged at byte {at}: a whole group follows at byte {later}",
+                self.path.display()
+            )));
+        }
+        if let Some(last) = out.last() {
+            let mut len = self.len.lock().unwrap_or_else(PoisonError::into_inner);
+            len.records = len.records.max(last.end);
+        }
         Ok(out)
+    }
+
+    /// The offset of the first whole group after `from`, looking at every place its magic
+    /// occurs.
+    fn next_group_after(&self, from: u64, file_len: u64) -> Result<Option<u64>, StorageError> {
+        let mut at = from.saturating_add(1);
+        let mut buf = vec![0u8; RECOVERY_CHUNK];
+        while at < file_len {
+            let n = (file_len - at).min(RECOVERY_CHUNK as u64) as usize;
+            self.file
+                .read_exact_at(&mut buf[..n], at)
+                .map_err(|e| io_err(&self.path, "read", e))?;
+            for i in 0..n.saturating_sub(GROUP_MAGIC.len() - 1) {
+                if buf[i..i + GROUP_MAGIC.len()] == GROUP_MAGIC
+                    && self.group_at(at + i as u64, file_len)?.is_some()
+                {
+                    return Ok(Some(at + i as u64));
+                }
+            }
+            // Overlap by the magic's length less one, so no occurrence is split.
+            at += (n as u64)
+                .saturating_sub(GROUP_MAGIC.len() as u64 - 1)
+                .max(1);
+        }
+        Ok(None)
     }
 
     fn group_at(&self, at: u64, file_len: u64) -> Result<Option<RecoveredGroup>, StorageError> {
@@ -298,26 +370,39 @@ impl ValueLog {
         if head[..8] != GROUP_MAGIC {
             return Ok(None);
         }
-        let body_len = u64::from_le_bytes(head[8..16].try_into().unwrap_or([0; 8]));
-        let section_len = u64::from(u32::from_le_bytes(
-            head[16..20].try_into().unwrap_or([0; 4]),
-        ));
+        let mut b8 = [0u8; 8];
+        b8.copy_from_slice(&head[8..16]);
+        let body_len = u64::from_le_bytes(b8);
+        let mut b4 = [0u8; 4];
+        b4.copy_from_slice(&head[16..20]);
+        let section_len = u64::from(u32::from_le_bytes(b4));
         let end = match body_at.checked_add(body_len) {
             Some(e) if e <= file_len && section_len <= body_len => e,
             _ => return Ok(None),
         };
-        let Ok(n) = usize::try_from(body_len) else {
-            return Ok(None);
-        };
-        let mut body = vec![0u8; n];
-        self.file
-            .read_exact_at(&mut body, body_at)
-            .map_err(|e| io_err(&self.path, "read", e))?;
-        let (section, records) = body.split_at(section_len as usize);
-        if group_digest(body_len, section, &[records]) != head[24..56] {
+        if section_len > MAX_GROUP_SECTION as u64 {
             return Ok(None);
         }
-        let Ok(meta) = crate::codec::decode::<GroupMeta>(section) else {
+        let mut section = vec![0u8; section_len as usize];
+        self.file
+            .read_exact_at(&mut section, body_at)
+            .map_err(|e| io_err(&self.path, "read", e))?;
+        // The records are hashed in chunks: a damaged length cannot make this allocate much.
+        let mut h = group_hasher(&self.key, at, body_len, &section);
+        let mut chunk = vec![0u8; RECOVERY_CHUNK.min((body_len - section_len) as usize)];
+        let mut pos = body_at + section_len;
+        while pos < end {
+            let n = (end - pos).min(chunk.len() as u64) as usize;
+            self.file
+                .read_exact_at(&mut chunk[..n], pos)
+                .map_err(|e| io_err(&self.path, "read", e))?;
+            h.update(&chunk[..n]);
+            pos += n as u64;
+        }
+        if h.finalize().as_bytes()[..] != head[24..56] {
+            return Ok(None);
+        }
+        let Ok(meta) = crate::codec::decode::<GroupMeta>(&section) else {
             return Ok(None);
         };
         // The named lengths must add up to the records exactly.
@@ -358,7 +443,9 @@ impl ValueLog {
         Ok(target)
     }
 
-    /// Forgets appends after `end` (a group commit whose index was not committed).
+    /// Forgets appends after `end` (a group commit whose index was not committed). A synced
+    /// group stays readable until overwritten: a restart before that re-indexes it (it holds
+    /// committed blocks, which the retried group commit writes again, byte for byte).
     pub fn rewind(&self, end: u64) {
         let mut len = self.len.lock().unwrap_or_else(PoisonError::into_inner);
         len.records = len.records.min(end);
@@ -429,7 +516,7 @@ mod tests {
     fn append_read_grow_and_reuse_unindexed_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.log");
-        let log = ValueLog::open(&path, 0).unwrap();
+        let log = ValueLog::open(&path, 0, [1; 32]).unwrap();
         let ex = log.append(&[b"hello", b"", b"world!"]).unwrap();
         log.sync().unwrap();
         log.drop_synced_pages();
@@ -450,7 +537,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW_STEP);
         // Reopened with the index reaching only "hello": the rest is free space, overwritten by
         // the next append.
-        let log = ValueLog::open(&path, 5).unwrap();
+        let log = ValueLog::open(&path, 5, [1; 32]).unwrap();
         assert_eq!(log.end(), 5);
         let again = log.append(&[b"again"]).unwrap();
         assert_eq!(again[0], Extent { offset: 5, len: 5 });
@@ -469,7 +556,7 @@ mod tests {
         assert_eq!(log.read(small[0]).unwrap(), [5u8; 200]);
         drop(log);
         // An index past the data is refused with a message naming the file.
-        let err = ValueLog::open(&path, 9 * GROW_STEP)
+        let err = ValueLog::open(&path, 9 * GROW_STEP, [1; 32])
             .unwrap_err()
             .to_string();
         assert!(err.contains("damaged") && err.contains("v.log"), "{err}");
@@ -481,7 +568,7 @@ mod tests {
     fn groups_are_recovered_until_the_first_damaged_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.log");
-        let log = ValueLog::open(&path, 0).unwrap();
+        let log = ValueLog::open(&path, 0, [1; 32]).unwrap();
         let entry = |height, block_len, proof_len| GroupEntry {
             height,
             block_len,
@@ -491,17 +578,18 @@ mod tests {
         let m1 = GroupMeta {
             entries: vec![entry(1, 3, Some(2)), entry(2, 4, None)],
         };
-        let ex1 = log.append_group(&m1, &[b"one", b"p1", b"two!"]).unwrap();
+        let (ex1, _) = log.append_group(&m1, &[b"one", b"p1", b"two!"]).unwrap();
         let big = vec![9u8; 100_000];
         let m2 = GroupMeta {
             entries: vec![entry(3, big.len() as u32, None)],
         };
-        let ex2 = log.append_group(&m2, &[&big]).unwrap();
+        let (ex2, end) = log.append_group(&m2, &[&big]).unwrap();
         log.sync().unwrap();
-        let end = log.end();
+        assert_eq!(log.end(), end);
+        assert!(log.synced_to() >= end);
         drop(log);
 
-        let log = ValueLog::open(&path, 0).unwrap();
+        let log = ValueLog::open(&path, 0, [1; 32]).unwrap();
         let got = log.recover_groups(0).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].meta, m1);
@@ -513,17 +601,22 @@ mod tests {
         // From the second group's start, only it.
         assert_eq!(log.recover_groups(got[0].end).unwrap().len(), 1);
         drop(log);
+        // Under another key the same bytes are no group (nor is any group found further on).
+        let stranger = ValueLog::open(&path, 0, [2; 32]).unwrap();
+        assert!(stranger.recover_groups(0).unwrap().is_empty());
+        assert_eq!(stranger.end(), 0);
+        drop(stranger);
 
         // The second group cut short (the file ends inside it): only the first is whole.
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(end - 1).unwrap();
         drop(f);
-        let log = ValueLog::open(&path, 0).unwrap();
+        let log = ValueLog::open(&path, 0, [1; 32]).unwrap();
         let got = log.recover_groups(0).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(log.end(), got[0].end);
         // Other bytes where a group would start: nothing.
-        let other = ValueLog::open(&dir.path().join("o.log"), 0).unwrap();
+        let other = ValueLog::open(&dir.path().join("o.log"), 0, [1; 32]).unwrap();
         other.append(&[&[7u8; 200]]).unwrap();
         assert!(other.recover_groups(0).unwrap().is_empty());
         assert!(other.recover_groups(u64::MAX - 10).unwrap().is_empty());

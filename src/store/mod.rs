@@ -32,8 +32,12 @@ const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("committed_bloc
 const PROOFS: TableDefinition<u64, &[u8]> = TableDefinition::new("commit_proof_extents");
 /// META key under which earlier versions kept the safety state in redb (read once, to migrate).
 const SAFETY_KEY: &str = "safety_state";
-/// META key: the end of the value log as of the last committed group (u64 LE).
+/// META key: the end of the value log as of the last indexed group (u64 LE); on disk it may lag
+/// the log by the groups indexed since the last durable commit, which opening re-indexes.
 const LOG_END_KEY: &str = "value_log_end";
+/// META key: the secret key of the value log's group digests (32 bytes, made when the store is
+/// created or first opened by a version with groups).
+const LOG_KEY_KEY: &str = "value_log_group_key";
 /// Height → the execution state root after the committed block at that height.
 pub const EXEC_ROOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("exec_roots");
 /// The index commits durably at most this long after the previous durable commit (the others
@@ -122,8 +126,14 @@ impl ChainWriter {
     /// the items durable.
     /// Sync serves ranges ending at a stored proof: give the proof of every committed batch.
     pub fn commit_group(&self, items: &[GroupItem<'_>]) -> Result<(), StorageError> {
+        // One group commit at a time, from append to index: the log's end and the index's
+        // record of it move together.
+        let mut synced = self
+            .index_synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let start = self.log.end();
-        let result = self.write(items);
+        let result = self.write(items, &mut synced);
         if result.is_err() {
             self.log.rewind(start);
         }
@@ -136,7 +146,11 @@ impl ChainWriter {
         self.log.drop_synced_pages();
     }
 
-    fn write(&self, items: &[GroupItem<'_>]) -> Result<(), StorageError> {
+    fn write(
+        &self,
+        items: &[GroupItem<'_>],
+        index_synced: &mut std::time::Instant,
+    ) -> Result<(), StorageError> {
         let mut records = Vec::with_capacity(items.len() * 2);
         let mut entries = Vec::with_capacity(items.len());
         for it in items {
@@ -152,35 +166,34 @@ impl ChainWriter {
             records.extend(proof);
         }
         let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
-        let extents = self.log.append_group(&GroupMeta { entries }, &refs)?;
+        let meta = GroupMeta { entries };
+        let (extents, end) = self.log.append_group(&meta, &refs)?;
         self.log.sync()?;
+        // The index may only name durable bytes.
+        if self.log.synced_to() < end {
+            return Err(StorageError::Backend(
+                "value log group not synced before indexing".into(),
+            ));
+        }
         let mut ex = extents.into_iter();
-        let indexed: Vec<(GroupEntry, Extent, Option<Extent>)> = items
-            .iter()
-            .filter_map(|it| {
+        let indexed: Vec<(GroupEntry, Extent, Option<Extent>)> = meta
+            .entries
+            .into_iter()
+            .filter_map(|e| {
                 let b = ex.next()?;
-                let p = if it.proof.is_some() { ex.next() } else { None };
-                Some((
-                    GroupEntry {
-                        height: it.block.height.0,
-                        block_len: b.len,
-                        proof_len: p.map(|p| p.len),
-                        exec_root: it.exec_root,
-                    },
-                    b,
-                    p,
-                ))
+                let p = if e.proof_len.is_some() {
+                    ex.next()
+                } else {
+                    None
+                };
+                Some((e, b, p))
             })
             .collect();
         let now = std::time::Instant::now();
-        let mut synced = self
-            .index_synced
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let durable = now.saturating_duration_since(*synced) >= self.index_sync_interval;
-        index(&self.db, &indexed, self.log.end(), durable)?;
+        let durable = now.saturating_duration_since(*index_synced) >= self.index_sync_interval;
+        index(&self.db, &indexed, end, durable)?;
         if durable {
-            *synced = now;
+            *index_synced = now;
         }
         Ok(())
     }
@@ -295,6 +308,40 @@ impl RedbStore {
         Ok(db)
     }
 
+    /// The value log's group key, made (and committed durably) on first use.
+    fn log_key(db: &Database) -> Result<[u8; 32], StorageError> {
+        {
+            let txn = db.begin_read().map_err(backend)?;
+            let meta = txn.open_table(META).map_err(backend)?;
+            if let Some(v) = meta.get(LOG_KEY_KEY).map_err(backend)? {
+                return v.value().try_into().map_err(|_| {
+                    StorageError::Backend(format!(
+                        "{LOG_KEY_KEY} holds {} bytes, expected 32",
+                        v.value().len()
+                    ))
+                });
+            }
+        }
+        let mut key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+        let mut txn = db.begin_write().map_err(backend)?;
+        txn.set_durability(Durability::Immediate).map_err(backend)?;
+        txn.open_table(META)
+            .map_err(backend)?
+            .insert(LOG_KEY_KEY, key.as_slice())
+            .map_err(backend)?;
+        txn.commit().map_err(backend)?;
+        Ok(key)
+    }
+
+    /// The highest block height the index names.
+    fn indexed_tip_height(db: &Database) -> Result<Option<u64>, StorageError> {
+        let txn = db.begin_read().map_err(backend)?;
+        let blocks = txn.open_table(BLOCKS).map_err(backend)?;
+        let last = blocks.last().map_err(backend)?.map(|(k, _)| k.value());
+        Ok(last)
+    }
+
     /// The end of the value log as of the last committed group commit.
     fn indexed_end(db: &Database) -> Result<u64, StorageError> {
         let txn = db.begin_read().map_err(backend)?;
@@ -317,9 +364,21 @@ impl RedbStore {
         chain_path: &Path,
     ) -> Result<Self, StorageError> {
         let log_path = chain_path.with_extension("blocks");
-        let log = ValueLog::open(&log_path, Self::indexed_end(&db)?)?;
+        let log = ValueLog::open(&log_path, Self::indexed_end(&db)?, Self::log_key(&db)?)?;
         // Groups synced to the log after the last durable index commit.
         let recovered = log.recover_groups(log.end())?;
+        let mut expect = Self::indexed_tip_height(&db)?.map(|h| h + 1);
+        for e in recovered.iter().flat_map(|g| g.meta.entries.iter()) {
+            if expect.is_some_and(|x| x != e.height) {
+                return Err(StorageError::Backend(format!(
+                    "value log {}: a group past the index holds height {} where {} was due",
+                    log_path.display(),
+                    e.height,
+                    expect.unwrap_or_default()
+                )));
+            }
+            expect = Some(e.height + 1);
+        }
         if let Some(last) = recovered.last() {
             let items: Vec<(GroupEntry, Extent, Option<Extent>)> = recovered
                 .iter()
@@ -366,7 +425,7 @@ impl RedbStore {
         }
     }
 
-    /// The chain database, shared with the persistence stage (redb serialises writers).
+    /// The chain database (redb serialises writers).
     pub fn database(&self) -> Arc<Database> {
         Arc::clone(&self.db)
     }
@@ -655,6 +714,8 @@ mod tests {
         crash_copy(&path, &crashed);
         let torn = dir.path().join("torn.redb");
         crash_copy(&path, &torn);
+        let middle = dir.path().join("middle.redb");
+        crash_copy(&path, &middle);
         let log_len = std::fs::metadata(path.with_extension("blocks"))
             .unwrap()
             .len();
@@ -676,9 +737,11 @@ mod tests {
             assert_eq!(roots.get(5).unwrap().unwrap().value(), [5u8; 32].as_slice());
         }
         let end = r.log.end();
+        // Re-indexed durably: on disk before the store closes.
+        let after = dir.path().join("after.redb");
+        crash_copy(&crashed, &after);
+        assert_eq!(indexed_heights(&after), vec![1, 2, 3, 4, 5]);
         drop(r);
-        // Re-indexed durably: nothing left to recover, and still all there.
-        assert_eq!(indexed_heights(&crashed), vec![1, 2, 3, 4, 5]);
         let r = RedbStore::open(&crashed).unwrap();
         assert_eq!(r.log.end(), end);
         assert_eq!(r.committed_tip().unwrap().0.height, Height(5));
@@ -702,5 +765,18 @@ mod tests {
         assert_eq!(r.committed_tip().unwrap().0.height, Height(5));
         // The same group without an execution root: 32 bytes shorter.
         assert_eq!(r.log.end(), end - 32);
+
+        // Damage in an acknowledged group with a whole one after it (blocks 3 and 4, then 5):
+        // refused, not silently cut.
+        let log = middle.with_extension("blocks");
+        let mut bytes = std::fs::read(&log).unwrap();
+        let at = usize::try_from(start5).unwrap() - 20;
+        bytes[at] ^= 0xff;
+        std::fs::write(&log, &bytes).unwrap();
+        let err = RedbStore::open(&middle).err().unwrap().to_string();
+        assert!(
+            err.contains("damaged") && err.contains("middle.blocks"),
+            "{err}"
+        );
     }
 }
