@@ -269,8 +269,13 @@ fn summarise(
 fn print_summary(v: &serde_json::Value, path: &std::path::Path, svg: &std::path::Path) {
     let l = &v["latency_ms"];
     println!(
-        "bpci testnet: {} validators, {} s, {} B transactions, pipeline depth {}",
-        v["validators"], v["duration_s"], v["tx_size"], v["pipeline_depth"]
+        "bpci testnet: {} validators, {} s, {} B transactions, pipeline depth {}, route {} ({} leader hints)",
+        v["validators"],
+        v["duration_s"],
+        v["tx_size"],
+        v["pipeline_depth"],
+        v["route"].as_str().unwrap_or("?"),
+        v["leader_hints"]
     );
     println!(
         "  offered      {:>10.0} tx/s",
