@@ -264,8 +264,8 @@ pub struct LoadReport {
 struct Conn {
     sender: ClientSender,
     pending: Mutex<IdMap<u64>>,
-    /// The ids of each submit awaiting its ack, in send order (held while sending, so that
-    /// several senders keep the order the acks come back in).
+    /// The ids of each submit awaiting its ack, in send order (pushed and sent under this lock,
+    /// so that the order matches the acks').
     batches: Mutex<VecDeque<Vec<TxId>>>,
 }
 

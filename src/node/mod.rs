@@ -298,11 +298,10 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let notices: Arc<Mutex<Vec<Notify>>> = Arc::new(Mutex::new(Vec::new()));
 
     // Leader hints for watching clients, sent by the consensus stage with each own proposal.
-    let mut leader_hints: Option<stages::OnOwnProposal> = None;
-    if let Some(g) = &gateway {
+    let leader_hints = gateway.as_ref().map(|g| -> stages::OnOwnProposal {
         let g = Arc::clone(g);
         let validators = ctx.validators.clone();
-        leader_hints = Some(Box::new(move |round: crate::types::Round| {
+        Box::new(move |round: crate::types::Round| {
             // All or nothing: a missing leader would shift the others onto wrong rounds.
             let next: Option<Vec<[u8; 32]>> = (1..=crate::client_proto::LEADER_HINTS as u64)
                 .map(|k| {
@@ -314,8 +313,8 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
             if let Some(next) = next {
                 g.announce_leaders(round.0, next);
             }
-        }));
-    }
+        })
+    });
     if let Some(g) = gateway {
         if let Ok(mut list) = notices.lock() {
             list.push(Box::new(move |executed: &[Executed]| g.notify(executed)));

@@ -140,9 +140,31 @@ impl crate::codec::Bounded for GroupMeta {
     }
 }
 
-/// A whole group found past the index's end on open.
+impl GroupMeta {
+    /// Where the records it names lie when they start at `records_at`: each entry's block and
+    /// proof extents, and the first byte after the last record.
+    pub fn layout(&self, records_at: u64) -> (Vec<(Extent, Option<Extent>)>, u64) {
+        let mut next = records_at;
+        let mut extents = Vec::with_capacity(self.entries.len());
+        for e in &self.entries {
+            let block = Extent {
+                offset: next,
+                len: e.block_len,
+            };
+            next = block.end();
+            let proof = e.proof_len.map(|len| Extent { offset: next, len });
+            if let Some(p) = proof {
+                next = p.end();
+            }
+            extents.push((block, proof));
+        }
+        (extents, next)
+    }
+}
+
+/// A whole group in the log: appended by a group commit, or found past the index's end on open.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecoveredGroup {
+pub struct Group {
     /// What it names.
     pub meta: GroupMeta,
     /// Each entry's block extent and proof extent, in order.
@@ -250,14 +272,10 @@ impl ValueLog {
     }
 
     /// Appends one group (see the module documentation): `meta` names `records`, which must be
-    /// each entry's block and then, if it has one, its proof. Returns the records' extents.
-    /// Not durable until [`ValueLog::sync`].
-    pub fn append_group(
-        &self,
-        meta: &GroupMeta,
-        records: &[&[u8]],
-    ) -> Result<(Vec<Extent>, u64), StorageError> {
-        let section = crate::codec::encode_infallible(meta);
+    /// each entry's block and then, if it has one, its proof. Returns the group, with where its
+    /// records lie. Not durable until [`ValueLog::sync`].
+    pub fn append_group(&self, meta: GroupMeta, records: &[&[u8]]) -> Result<Group, StorageError> {
+        let section = crate::codec::encode_infallible(&meta);
         if section.len() > MAX_GROUP_SECTION || meta.entries.len() > MAX_GROUP_ENTRIES {
             return Err(StorageError::Backend(format!(
                 "a group of {} blocks ({} section bytes) is over the limits of {MAX_GROUP_ENTRIES} and {MAX_GROUP_SECTION}",
@@ -282,15 +300,16 @@ impl ValueLog {
         let mut all = Vec::with_capacity(records.len() + 1);
         all.push(head.as_slice());
         all.extend_from_slice(records);
-        let mut extents = self.append(&all)?;
-        let first = extents.remove(0);
-        if first.offset != offset {
+        let appended = self.append(&all)?;
+        let (extents, end) = meta.layout(offset + head.len() as u64);
+        if appended.first().map(|h| h.offset) != Some(offset)
+            || appended.last().map(Extent::end) != Some(end)
+        {
             return Err(StorageError::Backend(
-                "value log appended by two writers at once".into(),
+                "value log group not where its section says (two writers at once?)".into(),
             ));
         }
-        let end = extents.last().map_or(first.end(), Extent::end);
-        Ok((extents, end))
+        Ok(Group { meta, extents, end })
     }
 
     /// Bytes before this offset are durable.
@@ -306,7 +325,7 @@ impl ValueLog {
     ///
     /// # Errors
     /// I/O errors, and a whole group after the first bytes that are not one.
-    pub fn recover_groups(&self, from: u64) -> Result<Vec<RecoveredGroup>, StorageError> {
+    pub fn recover_groups(&self, from: u64) -> Result<Vec<Group>, StorageError> {
         let file_len = self
             .file
             .metadata()
@@ -356,7 +375,7 @@ impl ValueLog {
         Ok(None)
     }
 
-    fn group_at(&self, at: u64, file_len: u64) -> Result<Option<RecoveredGroup>, StorageError> {
+    fn group_at(&self, at: u64, file_len: u64) -> Result<Option<Group>, StorageError> {
         let Some(body_at) = at.checked_add(GROUP_HEADER_LEN as u64) else {
             return Ok(None);
         };
@@ -406,24 +425,11 @@ impl ValueLog {
             return Ok(None);
         };
         // The named lengths must add up to the records exactly.
-        let mut next = body_at + section_len;
-        let mut extents = Vec::with_capacity(meta.entries.len());
-        for e in &meta.entries {
-            let block = Extent {
-                offset: next,
-                len: e.block_len,
-            };
-            next = block.end();
-            let proof = e.proof_len.map(|len| Extent { offset: next, len });
-            if let Some(p) = proof {
-                next = p.end();
-            }
-            extents.push((block, proof));
-        }
+        let (extents, next) = meta.layout(body_at + section_len);
         if next != end {
             return Ok(None);
         }
-        Ok(Some(RecoveredGroup { meta, extents, end }))
+        Ok(Some(Group { meta, extents, end }))
     }
 
     /// Zero-fills the file from `allocated` up to `needed` rounded up to a whole step; returns
@@ -578,12 +584,15 @@ mod tests {
         let m1 = GroupMeta {
             entries: vec![entry(1, 3, Some(2)), entry(2, 4, None)],
         };
-        let (ex1, _) = log.append_group(&m1, &[b"one", b"p1", b"two!"]).unwrap();
+        let g1 = log
+            .append_group(m1.clone(), &[b"one", b"p1", b"two!"])
+            .unwrap();
         let big = vec![9u8; 100_000];
         let m2 = GroupMeta {
             entries: vec![entry(3, big.len() as u32, None)],
         };
-        let (ex2, end) = log.append_group(&m2, &[&big]).unwrap();
+        let g2 = log.append_group(m2, &[&big]).unwrap();
+        let end = g2.end;
         log.sync().unwrap();
         assert_eq!(log.end(), end);
         assert!(log.synced_to() >= end);
@@ -593,11 +602,16 @@ mod tests {
         let got = log.recover_groups(0).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].meta, m1);
-        assert_eq!(got[0].extents, vec![(ex1[0], Some(ex1[1])), (ex1[2], None)]);
-        assert_eq!(got[1].extents, vec![(ex2[0], None)]);
+        assert_eq!(got[0], g1);
+        assert_eq!(got[1], g2);
+        // Block, its proof, the next block: one after the other.
+        let (b1, p1) = g1.extents[0];
+        assert_eq!(p1.map(|p| p.offset), Some(b1.end()));
+        assert_eq!((b1.len, p1.map(|p| p.len)), (3, Some(2)));
+        assert_eq!(g1.extents[1].0.offset, b1.end() + 2);
         assert_eq!(got[1].end, end);
         assert_eq!(log.end(), end);
-        assert_eq!(log.read(ex1[2]).unwrap(), b"two!");
+        assert_eq!(log.read(g1.extents[1].0).unwrap(), b"two!");
         // From the second group's start, only it.
         assert_eq!(log.recover_groups(got[0].end).unwrap().len(), 1);
         drop(log);

@@ -22,7 +22,7 @@ use crate::codec::{decode, encode_infallible, Bounded, DecodeError};
 use crate::consensus::{Block, CommitProof, SafetyState, Storage, StorageError};
 use crate::types::Height;
 
-pub use log::{Extent, GroupEntry, GroupMeta, ValueLog};
+pub use log::{Extent, Group, GroupEntry, GroupMeta, ValueLog};
 pub use safety_file::SafetyFile;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -166,32 +166,17 @@ impl ChainWriter {
             records.extend(proof);
         }
         let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
-        let meta = GroupMeta { entries };
-        let (extents, end) = self.log.append_group(&meta, &refs)?;
+        let group = self.log.append_group(GroupMeta { entries }, &refs)?;
         self.log.sync()?;
         // The index may only name durable bytes.
-        if self.log.synced_to() < end {
+        if self.log.synced_to() < group.end {
             return Err(StorageError::Backend(
                 "value log group not synced before indexing".into(),
             ));
         }
-        let mut ex = extents.into_iter();
-        let indexed: Vec<(GroupEntry, Extent, Option<Extent>)> = meta
-            .entries
-            .into_iter()
-            .filter_map(|e| {
-                let b = ex.next()?;
-                let p = if e.proof_len.is_some() {
-                    ex.next()
-                } else {
-                    None
-                };
-                Some((e, b, p))
-            })
-            .collect();
         let now = std::time::Instant::now();
         let durable = now.saturating_duration_since(*index_synced) >= self.index_sync_interval;
-        index(&self.db, &indexed, end, durable)?;
+        index(&self.db, std::slice::from_ref(&group), durable)?;
         if durable {
             *index_synced = now;
         }
@@ -204,13 +189,12 @@ fn record_len(r: &[u8]) -> Result<u32, StorageError> {
         .map_err(|_| StorageError::Backend(format!("record of {} bytes is too large", r.len())))
 }
 
-/// Indexes blocks, proofs and execution roots, with the log's end, in one transaction.
-fn index(
-    db: &Database,
-    items: &[(GroupEntry, Extent, Option<Extent>)],
-    log_end: u64,
-    durable: bool,
-) -> Result<(), StorageError> {
+/// Indexes the groups' blocks, proofs and execution roots, with the log's end after the last
+/// group, in one transaction.
+fn index(db: &Database, groups: &[Group], durable: bool) -> Result<(), StorageError> {
+    let Some(last) = groups.last() else {
+        return Ok(());
+    };
     let mut txn = db.begin_write().map_err(backend)?;
     txn.set_durability(if durable {
         Durability::Immediate
@@ -222,21 +206,23 @@ fn index(
         let mut blocks = txn.open_table(BLOCKS).map_err(backend)?;
         let mut proofs = txn.open_table(PROOFS).map_err(backend)?;
         let mut roots = txn.open_table(EXEC_ROOTS).map_err(backend)?;
-        for (e, b, p) in items {
-            blocks
-                .insert(e.height, b.encode().as_slice())
-                .map_err(backend)?;
-            if let Some(p) = p {
-                proofs
-                    .insert(e.height, p.encode().as_slice())
+        for g in groups {
+            for (e, (b, p)) in g.meta.entries.iter().zip(&g.extents) {
+                blocks
+                    .insert(e.height, b.encode().as_slice())
                     .map_err(backend)?;
-            }
-            if let Some(r) = &e.exec_root {
-                roots.insert(e.height, r.as_slice()).map_err(backend)?;
+                if let Some(p) = p {
+                    proofs
+                        .insert(e.height, p.encode().as_slice())
+                        .map_err(backend)?;
+                }
+                if let Some(r) = &e.exec_root {
+                    roots.insert(e.height, r.as_slice()).map_err(backend)?;
+                }
             }
         }
         let mut meta = txn.open_table(META).map_err(backend)?;
-        meta.insert(LOG_END_KEY, log_end.to_le_bytes().as_slice())
+        meta.insert(LOG_END_KEY, last.end.to_le_bytes().as_slice())
             .map_err(backend)?;
     }
     txn.commit().map_err(backend)
@@ -379,20 +365,10 @@ impl RedbStore {
             }
             expect = Some(e.height + 1);
         }
-        if let Some(last) = recovered.last() {
-            let items: Vec<(GroupEntry, Extent, Option<Extent>)> = recovered
-                .iter()
-                .flat_map(|g| {
-                    g.meta
-                        .entries
-                        .iter()
-                        .cloned()
-                        .zip(g.extents.iter().copied())
-                        .map(|(e, (b, p))| (e, b, p))
-                })
-                .collect();
-            index(&db, &items, last.end, true)?;
-            tracing::info!(target: "store", path = %log_path.display(), groups = recovered.len(), blocks = items.len(), "re-indexed the value log's tail");
+        if !recovered.is_empty() {
+            index(&db, &recovered, true)?;
+            let blocks: usize = recovered.iter().map(|g| g.meta.entries.len()).sum();
+            tracing::info!(target: "store", path = %log_path.display(), groups = recovered.len(), blocks, "re-indexed the value log's tail");
         }
         let mut store = Self {
             db,
