@@ -16,11 +16,26 @@
 //! one validator: a faulty one can send false hints, so a client bounds what it believes (the
 //! load generator refuses far-ahead rounds and caps the share of batches any one validator gets
 //! through hints at twice an even share).
+//!
+//! A client that sends [`ClientRequest::WatchCommits`] also learns of commits a hop earlier. When
+//! this validator sends a proposal of its own it tells each watching client which of that
+//! client's transactions the block carries ([`ClientResponse::Included`], the block's id and
+//! round). In 2-chain HotStuff the first validator to know that a block is committed is the one
+//! that forms the QC of its next-round child (the leader of the round after the child); the
+//! others learn it from that leader's next proposal, a network hop and a verification later. So
+//! the QC's former, once the committed block is executed and durable in its own store, tells
+//! every watching client ([`ClientResponse::BlockCommitted`]), and a client that holds a receipt
+//! for that block knows its transactions are committed without waiting for the notice of the
+//! validator it submitted to. The [`ClientResponse::Committed`] notices still follow (they also
+//! cover transactions a receipt never named: forwarded ones, ones re-proposed after an abandoned
+//! round, blocks committed as ancestors). Like every notice, an announcement is a statement of
+//! the validator that sends it: a client trusts the validators it connects to.
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{check_len, Bounded, DecodeError};
 use crate::mempool::{TxId, MAX_TXS_PER_BLOCK};
+use crate::types::BlockId;
 
 /// Most transactions in one submit.
 pub const MAX_SUBMIT_TXS: usize = 4096;
@@ -34,6 +49,9 @@ pub enum ClientRequest {
     Submit(Vec<serde_bytes::ByteBuf>),
     /// Send me [`ClientResponse::Leaders`] from now on (no reply of its own).
     WatchLeaders,
+    /// Send me [`ClientResponse::Included`] and [`ClientResponse::BlockCommitted`] from now on
+    /// (no reply of its own).
+    WatchCommits,
 }
 
 /// What happened to one submitted transaction.
@@ -72,13 +90,33 @@ pub enum ClientResponse {
         /// Ed25519 public keys of the next leaders, in round order.
         next: Vec<[u8; 32]>,
     },
+    /// This validator has just sent its proposal `block` for `round`, carrying these of the
+    /// client's transactions ([`ClientRequest::WatchCommits`]).
+    Included {
+        /// The proposal's round.
+        round: u64,
+        /// The proposed block's id.
+        block: BlockId,
+        /// The client's transactions in it.
+        tx_ids: Vec<TxId>,
+    },
+    /// Block `block` (round `round`, height `height`) is committed, executed and durable at this
+    /// validator, which formed the QC that commits it ([`ClientRequest::WatchCommits`]).
+    BlockCommitted {
+        /// Its height.
+        height: u64,
+        /// Its round.
+        round: u64,
+        /// Its id.
+        block: BlockId,
+    },
 }
 
 impl Bounded for ClientRequest {
     fn check_bounds(&self) -> Result<(), DecodeError> {
         match self {
             ClientRequest::Submit(txs) => check_len("submit.txs", txs.len(), MAX_SUBMIT_TXS),
-            ClientRequest::WatchLeaders => Ok(()),
+            ClientRequest::WatchLeaders | ClientRequest::WatchCommits => Ok(()),
         }
     }
 }
@@ -94,6 +132,10 @@ impl Bounded for ClientResponse {
             ClientResponse::Leaders { next, .. } => {
                 check_len("leaders.next", next.len(), LEADER_HINTS)
             }
+            ClientResponse::Included { tx_ids, .. } => {
+                check_len("included.tx_ids", tx_ids.len(), MAX_TXS_PER_BLOCK)
+            }
+            ClientResponse::BlockCommitted { .. } => Ok(()),
         }
     }
 }
@@ -120,5 +162,36 @@ mod tests {
         let watch: ClientRequest =
             decode(&encode_infallible(&ClientRequest::WatchLeaders)).unwrap();
         assert_eq!(watch, ClientRequest::WatchLeaders);
+    }
+
+    #[test]
+    fn receipts_and_announcements_round_trip_and_are_bounded() {
+        let watch: ClientRequest =
+            decode(&encode_infallible(&ClientRequest::WatchCommits)).unwrap();
+        assert_eq!(watch, ClientRequest::WatchCommits);
+        let receipt = ClientResponse::Included {
+            round: 9,
+            block: BlockId([7; 32]),
+            tx_ids: vec![[1; 32], [2; 32]],
+        };
+        let back: ClientResponse = decode(&encode_infallible(&receipt)).unwrap();
+        assert_eq!(back, receipt);
+        let too_many = ClientResponse::Included {
+            round: 9,
+            block: BlockId([7; 32]),
+            tx_ids: vec![[1; 32]; MAX_TXS_PER_BLOCK + 1],
+        };
+        let e = decode::<ClientResponse>(&encode_infallible(&too_many)).unwrap_err();
+        assert!(e.to_string().contains("included.tx_ids"), "{e}");
+        let commit = ClientResponse::BlockCommitted {
+            height: 3,
+            round: 9,
+            block: BlockId([7; 32]),
+        };
+        let back: ClientResponse = decode(&encode_infallible(&commit)).unwrap();
+        assert_eq!(back, commit);
+        // Appended variants: the encodings of the older ones are unchanged.
+        assert_eq!(encode_infallible(&ClientResponse::Ack(vec![]))[0], 0);
+        assert_eq!(encode_infallible(&ClientRequest::WatchCommits)[0], 2);
     }
 }

@@ -77,6 +77,13 @@ fn four_validators_commit_client_transactions() {
             // The validators' leader hints reached the generator and steered its batches.
             assert!(report.leader_hints > 100, "{report:?}");
             assert!(report.routed_batches > 100, "{report:?}");
+            // Leaders sent inclusion receipts, and the validators that formed committing QCs
+            // announced commits before the submitters' own notices arrived.
+            assert!(report.receipts > 100, "{report:?}");
+            assert!(
+                report.announced_commits > report.committed / 4,
+                "{report:?}"
+            );
         } else {
             assert_eq!(report.routed_batches, 0, "{report:?}");
         }

@@ -15,7 +15,7 @@
 
 pub mod plot;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +29,7 @@ use serde::Serialize;
 use crate::client_proto::{ClientRequest, ClientResponse, TxStatus};
 use crate::codec::{decode, encode_infallible};
 use crate::mempool::{tx_ids, IdMap, TxId};
+use crate::types::BlockId;
 
 /// Transactions per submit frame, at most.
 pub const SUBMIT_BATCH_MAX: usize = 512;
@@ -259,6 +260,12 @@ pub struct LoadReport {
     pub leader_hints: u64,
     /// Batches sent where a leader hint pointed (`route: leader`).
     pub routed_batches: u64,
+    /// Inclusion receipts taken ([`ClientResponse::Included`]).
+    pub receipts: u64,
+    /// Transactions first learned committed from a commit announcement
+    /// ([`ClientResponse::BlockCommitted`], sent by the validator that formed the committing QC)
+    /// rather than from the notice of the validator they were submitted to.
+    pub announced_commits: u64,
 }
 
 struct Conn {
@@ -276,6 +283,169 @@ struct Counters {
     committed: AtomicU64,
     hints: AtomicU64,
     routed: AtomicU64,
+    receipts: AtomicU64,
+    announced: AtomicU64,
+}
+
+/// Most inclusion receipts kept, and most transaction ids in them; the oldest go first.
+pub const RECEIPTS_MAX: usize = 1 << 14;
+/// See [`RECEIPTS_MAX`] (32 MiB of ids).
+pub const RECEIPT_IDS_MAX: usize = 1 << 20;
+
+/// Inclusion receipts by block: the connection the transactions went through, the block's
+/// round, and their ids.
+#[derive(Default)]
+struct Receipts {
+    by_block: HashMap<BlockId, (usize, u64, Vec<TxId>)>,
+    order: VecDeque<BlockId>,
+    ids: usize,
+}
+
+impl Receipts {
+    fn insert(&mut self, block: BlockId, conn: usize, round: u64, ids: Vec<TxId>) {
+        if self.by_block.contains_key(&block) {
+            // A second receipt for one block (never from an honest validator): the first stands.
+            return;
+        }
+        while self.order.len() >= RECEIPTS_MAX || self.ids + ids.len() > RECEIPT_IDS_MAX {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, _, gone)) = self.by_block.remove(&old) {
+                self.ids -= gone.len();
+            }
+        }
+        self.ids += ids.len();
+        self.order.push_back(block);
+        self.by_block.insert(block, (conn, round, ids));
+    }
+
+    /// The receipt for `block` of `round`, once (its place in the order ages out).
+    fn take(&mut self, block: &BlockId, round: u64) -> Option<(usize, Vec<TxId>)> {
+        match self.by_block.get(block) {
+            Some((_, r, _)) if *r == round => {
+                let (conn, _, ids) = self.by_block.remove(block)?;
+                self.ids -= ids.len();
+                Some((conn, ids))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What the receiver threads share.
+struct Shared {
+    conns: Arc<Vec<Arc<Conn>>>,
+    counters: Arc<Counters>,
+    total: Arc<Mutex<Option<Histogram<u64>>>>,
+    interval: Arc<Mutex<Option<Histogram<u64>>>>,
+    hint: Arc<Mutex<Option<Hint>>>,
+    keys: Arc<Vec<[u8; 32]>>,
+    receipts: Mutex<Receipts>,
+    start: Instant,
+    warmup_us: u64,
+}
+
+impl Shared {
+    /// Reads connection `ci`'s acks, notices, hints, receipts and announcements.
+    fn receive(&self, ci: usize, mut rx: bpci_transport::Receiver<Bytes>) {
+        let conn = &self.conns[ci];
+        while let Some(frame) = rx.blocking_recv() {
+            let Ok(resp) = decode::<ClientResponse>(&frame) else {
+                continue;
+            };
+            match resp {
+                ClientResponse::Ack(statuses) => {
+                    let ids = conn
+                        .batches
+                        .lock()
+                        .ok()
+                        .and_then(|mut b| b.pop_front())
+                        .unwrap_or_default();
+                    let mut pending = match conn.pending.lock() {
+                        Ok(p) => p,
+                        Err(_) => continue,
+                    };
+                    for (id, s) in ids.iter().zip(statuses) {
+                        if s != TxStatus::Accepted {
+                            pending.remove(id);
+                            self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                ClientResponse::Committed { tx_ids, .. } => {
+                    self.resolve(conn, &tx_ids);
+                }
+                ClientResponse::Error(e) => {
+                    tracing::warn!(target: "loadgen", error = %e, "validator refused a request")
+                }
+                ClientResponse::Leaders { round, next } => {
+                    let next = next
+                        .iter()
+                        .map(|k| self.keys.iter().position(|t| t == k))
+                        .collect();
+                    let mut h = self.hint.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(new) = Hint::next_after(h.as_ref(), round, next, Instant::now()) {
+                        *h = Some(new);
+                        self.counters.hints.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                ClientResponse::Included {
+                    round,
+                    block,
+                    tx_ids,
+                } => {
+                    self.counters.receipts.fetch_add(1, Ordering::Relaxed);
+                    self.receipts
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(block, ci, round, tx_ids);
+                }
+                ClientResponse::BlockCommitted { round, block, .. } => {
+                    let receipt = self
+                        .receipts
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take(&block, round);
+                    if let Some((owner, ids)) = receipt {
+                        let n = self.resolve(&self.conns[owner], &ids);
+                        self.counters.announced.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records the latency of those of `ids` still pending on `conn` (a transaction counts
+    /// once, at the first notice or announcement); returns how many were.
+    fn resolve(&self, conn: &Conn, ids: &[TxId]) -> u64 {
+        let now_us = self.start.elapsed().as_micros() as u64;
+        let mut lat = Vec::with_capacity(ids.len());
+        if let Ok(mut pending) = conn.pending.lock() {
+            for id in ids {
+                if let Some(t0) = pending.remove(id) {
+                    let l = now_us.saturating_sub(t0).clamp(1, LATENCY_US_MAX);
+                    lat.push((l, t0 >= self.warmup_us));
+                }
+            }
+        }
+        let n = lat.len() as u64;
+        self.counters.committed.fetch_add(n, Ordering::Relaxed);
+        // Per-second figures see every latency; the totals only those scheduled after the
+        // warm-up.
+        for (h, all) in [(&self.total, false), (&self.interval, true)] {
+            if let Ok(mut g) = h.lock() {
+                if let Some(h) = g.as_mut() {
+                    for (l, measured) in &lat {
+                        if all || *measured {
+                            let _ = h.record(*l);
+                        }
+                    }
+                }
+            }
+        }
+        n
+    }
 }
 
 fn new_hist() -> Option<Histogram<u64>> {
@@ -329,12 +499,16 @@ pub fn run(
             }
         })?);
     }
+    let mut watch = vec![ClientRequest::WatchCommits];
     if cfg.route == Route::Leader {
-        let watch = Bytes::from(encode_infallible(&ClientRequest::WatchLeaders));
+        watch.push(ClientRequest::WatchLeaders);
+    }
+    for w in &watch {
+        let frame = Bytes::from(encode_infallible(w));
         for (sender, _) in &links {
             sender
-                .send(watch.clone())
-                .map_err(|e| LoadError::Runtime(format!("asking for leader hints: {e}")))?;
+                .send(frame.clone())
+                .map_err(|e| LoadError::Runtime(format!("asking for {w:?}: {e}")))?;
         }
     }
     let keys: Arc<Vec<[u8; 32]>> = Arc::new(cfg.targets.iter().map(|t| t.key).collect());
@@ -353,88 +527,20 @@ pub fn run(
         receivers.push(rx);
     }
     let conns = Arc::new(conns);
-    let warmup_us = cfg.warmup.min(cfg.duration).as_micros() as u64;
-    for (ci, mut rx) in receivers.into_iter().enumerate() {
-        let conn = Arc::clone(&conns[ci]);
-        // Receiver: acks, notices and leader hints.
-        let (c2, counters2, total2, interval2, hint2, keys2) = (
-            Arc::clone(&conn),
-            Arc::clone(&counters),
-            Arc::clone(&total),
-            Arc::clone(&interval),
-            Arc::clone(&hint),
-            Arc::clone(&keys),
-        );
-        threads.push(std::thread::spawn(move || {
-            while let Some(frame) = rx.blocking_recv() {
-                let Ok(resp) = decode::<ClientResponse>(&frame) else {
-                    continue;
-                };
-                match resp {
-                    ClientResponse::Ack(statuses) => {
-                        let ids = c2
-                            .batches
-                            .lock()
-                            .ok()
-                            .and_then(|mut b| b.pop_front())
-                            .unwrap_or_default();
-                        let mut pending = match c2.pending.lock() {
-                            Ok(p) => p,
-                            Err(_) => continue,
-                        };
-                        for (id, s) in ids.iter().zip(statuses) {
-                            if s != TxStatus::Accepted {
-                                pending.remove(id);
-                                counters2.busy.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    ClientResponse::Committed { tx_ids, .. } => {
-                        let now_us = start.elapsed().as_micros() as u64;
-                        let mut lat = Vec::with_capacity(tx_ids.len());
-                        let mut committed = 0u64;
-                        if let Ok(mut pending) = c2.pending.lock() {
-                            for id in &tx_ids {
-                                if let Some(t0) = pending.remove(id) {
-                                    committed += 1;
-                                    let l = now_us.saturating_sub(t0).clamp(1, LATENCY_US_MAX);
-                                    lat.push((l, t0 >= warmup_us));
-                                }
-                            }
-                        }
-                        counters2.committed.fetch_add(committed, Ordering::Relaxed);
-                        // Per-second figures see every latency; the totals only those scheduled
-                        // after the warm-up.
-                        for (h, all) in [(&total2, false), (&interval2, true)] {
-                            if let Ok(mut g) = h.lock() {
-                                if let Some(h) = g.as_mut() {
-                                    for (l, measured) in &lat {
-                                        if all || *measured {
-                                            let _ = h.record(*l);
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    ClientResponse::Error(e) => {
-                        tracing::warn!(target: "loadgen", error = %e, "validator refused a request")
-                    }
-                    ClientResponse::Leaders { round, next } => {
-                        let next = next
-                            .iter()
-                            .map(|k| keys2.iter().position(|t| t == k))
-                            .collect();
-                        let mut h = hint2.lock().unwrap_or_else(PoisonError::into_inner);
-                        if let Some(new) = Hint::next_after(h.as_ref(), round, next, Instant::now())
-                        {
-                            *h = Some(new);
-                            counters2.hints.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
-        }));
+    let shared = Arc::new(Shared {
+        conns: Arc::clone(&conns),
+        counters: Arc::clone(&counters),
+        total: Arc::clone(&total),
+        interval: Arc::clone(&interval),
+        hint: Arc::clone(&hint),
+        keys: Arc::clone(&keys),
+        receipts: Mutex::new(Receipts::default()),
+        start,
+        warmup_us: cfg.warmup.min(cfg.duration).as_micros() as u64,
+    });
+    for (ci, rx) in receivers.into_iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        threads.push(std::thread::spawn(move || shared.receive(ci, rx)));
     }
     // Senders: one per connection when spreading; one for all of them when following the
     // leader (a batch a millisecond to whichever validator proposes next: a quarter of the
@@ -548,6 +654,8 @@ pub fn run(
         route: cfg.route,
         leader_hints: counters.hints.load(Ordering::Relaxed),
         routed_batches: counters.routed.load(Ordering::Relaxed),
+        receipts: counters.receipts.load(Ordering::Relaxed),
+        announced_commits: counters.announced.load(Ordering::Relaxed),
     })
 }
 
@@ -791,5 +899,40 @@ mod tests {
             assert!(one.allows(0));
             one.record(0);
         }
+    }
+
+    #[test]
+    fn receipts_resolve_once_by_block_and_round_and_stay_bounded() {
+        let mut r = Receipts::default();
+        let (a, b) = (BlockId([1; 32]), BlockId([2; 32]));
+        r.insert(a, 0, 5, vec![[10; 32], [11; 32]]);
+        r.insert(b, 3, 6, vec![[12; 32]]);
+        // A second receipt for a block does not replace the first.
+        r.insert(a, 2, 5, vec![[99; 32]]);
+        // The round must match the receipt's.
+        assert_eq!(r.take(&a, 4), None);
+        assert_eq!(r.take(&a, 5), Some((0, vec![[10; 32], [11; 32]])));
+        assert_eq!(r.take(&a, 5), None, "once");
+        assert_eq!(r.ids, 1);
+        assert_eq!(r.take(&b, 6), Some((3, vec![[12; 32]])));
+        assert_eq!(r.ids, 0);
+        // Bounded by ids: the oldest receipts go first.
+        let mut r = Receipts::default();
+        let half = vec![[0; 32]; RECEIPT_IDS_MAX / 2];
+        for k in 0..3u8 {
+            r.insert(BlockId([k; 32]), 0, u64::from(k), half.clone());
+        }
+        assert!(r.ids <= RECEIPT_IDS_MAX);
+        assert_eq!(r.take(&BlockId([0; 32]), 0), None);
+        assert!(r.take(&BlockId([2; 32]), 2).is_some());
+        // And by count.
+        let mut r = Receipts::default();
+        for k in 0..(RECEIPTS_MAX as u64 + 10) {
+            let mut id = [0; 32];
+            id[..8].copy_from_slice(&k.to_le_bytes());
+            r.insert(BlockId(id), 0, k, vec![]);
+        }
+        assert_eq!(r.by_block.len(), RECEIPTS_MAX);
+        assert_eq!(r.order.len(), RECEIPTS_MAX);
     }
 }

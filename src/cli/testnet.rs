@@ -249,6 +249,8 @@ fn summarise(
         "route": r.route,
         "leader_hints": r.leader_hints,
         "routed_batches": r.routed_batches,
+        "receipts": r.receipts,
+        "announced_commits": r.announced_commits,
         "offered_tps": r.offered_tps,
         "committed_tps": r.committed_tps,
         "sent": r.sent,
@@ -287,6 +289,10 @@ fn print_summary(v: &serde_json::Value, path: &std::path::Path, svg: &std::path:
         v["committed"],
         v["busy"],
         v["lost"]
+    );
+    println!(
+        "  notices      {} first from a commit announcement ({} inclusion receipts)",
+        v["announced_commits"], v["receipts"]
     );
     println!(
         "  blocks       {:>10.1} /s",

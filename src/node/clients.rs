@@ -10,87 +10,47 @@ use bytes::Bytes;
 use crate::client_proto::{ClientRequest, ClientResponse, TxStatus};
 use crate::codec::{decode, encode_infallible};
 use crate::mempool::{HashedTxs, IdMap, Mempool, MempoolError, TxId};
+use crate::types::BlockId;
 
 use super::stages::Executed;
 
 /// Most transactions whose submitter is remembered for a commit notice.
 pub const MAX_TRACKED_TXS: usize = 1 << 20;
-/// Most client connections watching leader hints at once.
-pub const MAX_LEADER_WATCHERS: usize = 1024;
-/// A watcher whose queue was full for this many hints in a row (a client that does not read)
+/// Most client connections watching leader hints, or commits, at once.
+pub const MAX_WATCHERS: usize = 1024;
+/// A watcher whose queue was full for this many frames in a row (a client that does not read)
 /// stops watching.
 pub const WATCHER_MAX_MISSES: u32 = 64;
 
-/// Shared by the client reader thread and the persistence stage.
-pub struct Gateway {
-    mempool: Arc<Mutex<Mempool>>,
-    server: ClientServerHandle,
-    owners: Mutex<IdMap<u64>>,
-    /// Connections that asked for leader hints ([`ClientRequest::WatchLeaders`]), with the
-    /// hints each missed in a row.
-    watchers: Mutex<Vec<(u64, u32)>>,
-}
+/// Client connections that asked for one kind of frame, with the frames each missed in a row.
+#[derive(Default)]
+struct WatchList(Vec<(u64, u32)>);
 
-impl Gateway {
-    /// A gateway over the node's mempool and client endpoint.
-    pub fn new(mempool: Arc<Mutex<Mempool>>, server: ClientServerHandle) -> Self {
-        Self {
-            mempool,
-            server,
-            owners: Mutex::new(IdMap::default()),
-            watchers: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Reads client frames until the endpoint shuts down.
-    pub fn serve(&self, mut frames: Receiver<ClientFrame>) {
-        while let Some(f) = frames.blocking_recv() {
-            let reply = match decode::<ClientRequest>(&f.frame) {
-                Ok(ClientRequest::Submit(txs)) => ClientResponse::Ack(self.submit(f.conn, txs)),
-                Ok(ClientRequest::WatchLeaders) => match self.watch(f.conn) {
-                    Ok(()) => continue,
-                    Err(e) => ClientResponse::Error(e),
-                },
-                Err(e) => ClientResponse::Error(e.to_string()),
-            };
-            let _ = self
-                .server
-                .send(f.conn, Bytes::from(encode_infallible(&reply)));
-        }
-    }
-
-    fn watch(&self, conn: u64) -> Result<(), String> {
-        let mut w = self
-            .watchers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if w.iter().any(|(c, _)| *c == conn) {
+impl WatchList {
+    fn add(&mut self, conn: u64, what: &str) -> Result<(), String> {
+        if self.0.iter().any(|(c, _)| *c == conn) {
             return Ok(());
         }
-        if w.len() >= MAX_LEADER_WATCHERS {
-            return Err(format!(
-                "watch_leaders: {MAX_LEADER_WATCHERS} connections already watch"
-            ));
+        if self.0.len() >= MAX_WATCHERS {
+            return Err(format!("{what}: {MAX_WATCHERS} connections already watch"));
         }
-        w.push((conn, 0));
+        self.0.push((conn, 0));
         Ok(())
     }
 
-    /// Tells every watching client that this validator has just proposed for `round` and who
-    /// leads the rounds after it (called by the consensus stage; never blocks). Best effort: a
-    /// client whose queue is full misses this hint, and after [`WATCHER_MAX_MISSES`] in a row
-    /// stops watching; a closed connection stops watching.
-    pub fn announce_leaders(&self, round: u64, next: Vec<[u8; 32]>) {
-        let mut w = self
-            .watchers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if w.is_empty() {
-            return;
-        }
-        let frame = Bytes::from(encode_infallible(&ClientResponse::Leaders { round, next }));
-        w.retain_mut(
-            |(conn, misses)| match self.server.send(*conn, frame.clone()) {
+    fn contains(&self, conn: u64) -> bool {
+        self.0.iter().any(|(c, _)| *c == conn)
+    }
+
+    /// Sends `frame` to the watchers `to` selects. Best effort: a watcher whose queue is full
+    /// misses it, and after [`WATCHER_MAX_MISSES`] in a row stops watching; a closed connection
+    /// stops watching.
+    fn send(&mut self, server: &ClientServerHandle, mut to: impl FnMut(u64) -> Option<Bytes>) {
+        self.0.retain_mut(|(conn, misses)| {
+            let Some(frame) = to(*conn) else {
+                return true;
+            };
+            match server.send(*conn, frame) {
                 Ok(()) => {
                     *misses = 0;
                     true
@@ -100,8 +60,126 @@ impl Gateway {
                     *misses < WATCHER_MAX_MISSES
                 }
                 Err(_) => false,
-            },
-        );
+            }
+        });
+    }
+}
+
+/// Shared by the client reader thread, the consensus stage (leader hints, inclusion receipts)
+/// and the persistence stage (commit notices).
+pub struct Gateway {
+    mempool: Arc<Mutex<Mempool>>,
+    server: ClientServerHandle,
+    owners: Mutex<IdMap<u64>>,
+    /// Connections that asked for leader hints ([`ClientRequest::WatchLeaders`]).
+    leader_watchers: Mutex<WatchList>,
+    /// Connections that asked for inclusion receipts and commit announcements
+    /// ([`ClientRequest::WatchCommits`]).
+    commit_watchers: Mutex<WatchList>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Gateway {
+    /// A gateway over the node's mempool and client endpoint.
+    pub fn new(mempool: Arc<Mutex<Mempool>>, server: ClientServerHandle) -> Self {
+        Self {
+            mempool,
+            server,
+            owners: Mutex::new(IdMap::default()),
+            leader_watchers: Mutex::new(WatchList::default()),
+            commit_watchers: Mutex::new(WatchList::default()),
+        }
+    }
+
+    /// Reads client frames until the endpoint shuts down.
+    pub fn serve(&self, mut frames: Receiver<ClientFrame>) {
+        while let Some(f) = frames.blocking_recv() {
+            let watch = match decode::<ClientRequest>(&f.frame) {
+                Ok(ClientRequest::Submit(txs)) => {
+                    let reply = ClientResponse::Ack(self.submit(f.conn, txs));
+                    let _ = self
+                        .server
+                        .send(f.conn, Bytes::from(encode_infallible(&reply)));
+                    continue;
+                }
+                Ok(ClientRequest::WatchLeaders) => {
+                    lock(&self.leader_watchers).add(f.conn, "watch_leaders")
+                }
+                Ok(ClientRequest::WatchCommits) => {
+                    lock(&self.commit_watchers).add(f.conn, "watch_commits")
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let Err(e) = watch else {
+                continue;
+            };
+            let reply = ClientResponse::Error(e);
+            let _ = self
+                .server
+                .send(f.conn, Bytes::from(encode_infallible(&reply)));
+        }
+    }
+
+    /// Tells every watching client that this validator has just proposed for `round` and who
+    /// leads the rounds after it (called by the consensus stage; never blocks).
+    pub fn announce_leaders(&self, round: u64, next: Vec<[u8; 32]>) {
+        let mut w = lock(&self.leader_watchers);
+        if w.0.is_empty() {
+            return;
+        }
+        let frame = Bytes::from(encode_infallible(&ClientResponse::Leaders { round, next }));
+        w.send(&self.server, |_| Some(frame.clone()));
+    }
+
+    /// Tells each commit-watching client which of its transactions this validator's proposal
+    /// `block` (just sent) carries (called by the consensus stage; never blocks).
+    pub fn included(&self, round: u64, block: BlockId, tx_ids: &[TxId]) {
+        let mut w = lock(&self.commit_watchers);
+        if w.0.is_empty() || tx_ids.is_empty() {
+            return;
+        }
+        let mut per_conn: HashMap<u64, Vec<TxId>> = HashMap::new();
+        {
+            let owners = lock(&self.owners);
+            for id in tx_ids {
+                if let Some(conn) = owners.get(id) {
+                    if w.contains(*conn) {
+                        per_conn.entry(*conn).or_default().push(*id);
+                    }
+                }
+            }
+        }
+        if per_conn.is_empty() {
+            return;
+        }
+        w.send(&self.server, |conn| {
+            let tx_ids = per_conn.remove(&conn)?;
+            let msg = ClientResponse::Included {
+                round,
+                block,
+                tx_ids,
+            };
+            Some(Bytes::from(encode_infallible(&msg)))
+        });
+    }
+
+    /// Tells every commit-watching client that `block` is committed, executed and durable here
+    /// (called by the persistence stage, on the validator that formed the QC committing it).
+    pub fn announce_commit(&self, height: u64, round: u64, block: BlockId) {
+        let mut w = lock(&self.commit_watchers);
+        if w.0.is_empty() {
+            return;
+        }
+        let msg = ClientResponse::BlockCommitted {
+            height,
+            round,
+            block,
+        };
+        let frame = Bytes::from(encode_infallible(&msg));
+        w.send(&self.server, |_| Some(frame.clone()));
     }
 
     fn submit(&self, conn: u64, txs: Vec<serde_bytes::ByteBuf>) -> Vec<TxStatus> {

@@ -297,26 +297,51 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let exec_counters = Arc::new(ExecCounters::default());
     let notices: Arc<Mutex<Vec<Notify>>> = Arc::new(Mutex::new(Vec::new()));
 
-    // Leader hints for watching clients, sent by the consensus stage with each own proposal.
+    // Leader hints and inclusion receipts for watching clients, sent by the consensus stage with
+    // each own proposal.
     let leader_hints = gateway.as_ref().map(|g| -> stages::OnOwnProposal {
         let g = Arc::clone(g);
         let validators = ctx.validators.clone();
-        Box::new(move |round: crate::types::Round| {
+        Box::new(move |own: stages::OwnProposal| {
             // All or nothing: a missing leader would shift the others onto wrong rounds.
             let next: Option<Vec<[u8; 32]>> = (1..=crate::client_proto::LEADER_HINTS as u64)
                 .map(|k| {
-                    let r = round.0.checked_add(k)?;
+                    let r = own.round.0.checked_add(k)?;
                     let leader = validators.leader(crate::types::Round(r));
                     validators.member(leader).map(|v| v.key.to_bytes())
                 })
                 .collect();
             if let Some(next) = next {
-                g.announce_leaders(round.0, next);
+                g.announce_leaders(own.round.0, next);
+            }
+            if let Some(ids) = &own.tx_ids {
+                g.included(own.round.0, own.block, ids);
             }
         })
     });
     if let Some(g) = gateway {
         if let Ok(mut list) = notices.lock() {
+            // First the announcement: this validator formed the QC that commits the batch's
+            // last block (it leads the round after that QC's) when the others have yet to learn
+            // of it from its next proposal.
+            let validators = ctx.validators.clone();
+            let announcer = Arc::clone(&g);
+            list.push(Box::new(move |executed: &[Executed]| {
+                for e in executed {
+                    let Some(proof) = &e.proof else {
+                        continue;
+                    };
+                    let formed_here = proof
+                        .child_qc
+                        .round
+                        .0
+                        .checked_add(1)
+                        .is_some_and(|r| validators.leader(crate::types::Round(r)) == me);
+                    if formed_here {
+                        announcer.announce_commit(e.height, e.block.round.0, proof.child.parent_id);
+                    }
+                }
+            }));
             list.push(Box::new(move |executed: &[Executed]| g.notify(executed)));
             let handoff = Arc::clone(&handoff);
             list.push(Box::new(move |executed: &[Executed]| {

@@ -323,9 +323,21 @@ impl ConsensusTiming {
     }
 }
 
-/// Called by the consensus stage right after it sends a proposal of its own (the leader hints
-/// for clients, [`crate::client_proto::ClientResponse::Leaders`]). Must not block.
-pub type OnOwnProposal = Box<dyn Fn(Round) + Send>;
+/// One of this node's proposals, just sent.
+#[derive(Clone, Debug)]
+pub struct OwnProposal {
+    /// Its round.
+    pub round: Round,
+    /// The block's id.
+    pub block: BlockId,
+    /// The ids of the transactions it carries (none for an empty block).
+    pub tx_ids: Option<Arc<[TxId]>>,
+}
+
+/// Called by the consensus stage right after it sends a proposal of its own (leader hints and
+/// inclusion receipts for clients, [`crate::client_proto::ClientResponse::Leaders`] and
+/// [`crate::client_proto::ClientResponse::Included`]). Must not block.
+pub type OnOwnProposal = Box<dyn Fn(OwnProposal) + Send>;
 
 /// The consensus stage: the one thread that owns the core.
 pub struct CoreStage {
@@ -427,6 +439,13 @@ impl CoreStage {
         }
     }
 
+    /// The ids of a payload this node built (kept by [`NodeApp`] under its transaction root).
+    fn built_ids(&mut self, payload: &[u8]) -> Option<Arc<[TxId]>> {
+        let root = Payload::root_of(payload)?;
+        let cache = self.core.app_mut().tx_ids.lock().ok()?;
+        cache.get(&root).cloned()
+    }
+
     fn apply(&mut self, actions: Vec<Action>) {
         let me = self.core.me();
         for a in actions {
@@ -436,19 +455,24 @@ impl CoreStage {
                     let _ = self.egress.send(Outbound::To(to, msg));
                 }
                 Action::Broadcast { msg } => {
-                    let own_round = match &msg {
+                    let own = match &msg {
                         Message::Proposal(p) if p.block.author == me => {
-                            if Payload::carries_txs(&p.block.payload) {
+                            let loaded = Payload::carries_txs(&p.block.payload);
+                            if loaded {
                                 self.timing()
                                     .proposed(p.block.round, std::time::Instant::now());
                             }
-                            Some(p.block.round)
+                            self.on_own_proposal.is_some().then(|| OwnProposal {
+                                round: p.block.round,
+                                block: p.block.id(&self.ctx.chain_id),
+                                tx_ids: loaded.then(|| self.built_ids(&p.block.payload)).flatten(),
+                            })
                         }
                         _ => None,
                     };
                     let _ = self.egress.send(Outbound::All(msg));
-                    if let (Some(round), Some(hint)) = (own_round, &self.on_own_proposal) {
-                        hint(round);
+                    if let (Some(own), Some(hook)) = (own, &self.on_own_proposal) {
+                        hook(own);
                     }
                 }
                 Action::Committed(batch) => {
