@@ -173,6 +173,10 @@ pub struct Core<S: Storage, A: App> {
     now_ms: TimeMs,
     out: Vec<Action>,
     stats: CoreStats,
+    /// See [`Core::defer_proposals`].
+    defer_proposals: bool,
+    /// A round this node leads was entered while proposals were deferred.
+    proposal_due: bool,
 }
 
 impl<S: Storage, A: App> Core<S, A> {
@@ -238,6 +242,8 @@ impl<S: Storage, A: App> Core<S, A> {
             now_ms,
             out: Vec::new(),
             stats: CoreStats::default(),
+            defer_proposals: false,
+            proposal_due: false,
         };
         core.deadline_ms = now_ms + core.round_timeout_ms();
         Ok(core)
@@ -247,6 +253,23 @@ impl<S: Storage, A: App> Core<S, A> {
     pub fn start(&mut self, now_ms: TimeMs) -> Vec<Action> {
         self.now_ms = now_ms;
         self.try_propose();
+        std::mem::take(&mut self.out)
+    }
+
+    /// With `on`, entering a round this node leads while handling a message does not build the
+    /// proposal there: [`Core::handle_message`] returns the message's other actions, and the
+    /// caller asks for the proposal with [`Core::propose_due`] once it has dispatched them. A
+    /// commit's execution and durable write (and so the commit notices) then start before,
+    /// not after, the next payload is packed and signed. The decisions are the same either way.
+    pub fn defer_proposals(&mut self, on: bool) {
+        self.defer_proposals = on;
+    }
+
+    /// The proposal deferred by [`Core::defer_proposals`], if one is due.
+    pub fn propose_due(&mut self) -> Vec<Action> {
+        if std::mem::take(&mut self.proposal_due) {
+            self.try_propose();
+        }
         std::mem::take(&mut self.out)
     }
 
@@ -661,7 +684,11 @@ impl<S: Storage, A: App> Core<S, A> {
         {
             self.waiting_proposal = None;
         }
-        self.try_propose();
+        if self.defer_proposals {
+            self.proposal_due = true;
+        } else {
+            self.try_propose();
+        }
     }
 
     /// Rule "commit" (2-chain): on a QC for B' whose parent B has `B'.round == B.round + 1`, commit B

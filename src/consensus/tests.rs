@@ -641,6 +641,63 @@ fn next_leader_aggregates_votes_into_a_qc_and_proposes() {
     assert_eq!(fx.ctx.verify_qc(&p.block.parent_qc), Ok(()));
 }
 
+/// With deferred proposals the QC-forming vote's actions carry the commit and no proposal; the
+/// proposal follows from `propose_due`, once, the same as without deferral.
+#[test]
+fn deferred_proposal_follows_the_commit() {
+    let fx = Fx::new(4);
+    let g = fx.genesis_qc();
+    let (b1, id1) = fx.block(1, 1, &g, b"1");
+    let qc1 = fx.qc(&b1, id1, &[0, 1, 2]);
+    // v2 proposed b2 in round 2; v3 leads round 3 and gathers the votes for b2.
+    let (b2, id2) = fx.block(2, 2, &qc1, b"2");
+    let proposals = |acts: &[Action]| -> Vec<Block> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Broadcast {
+                    msg: Message::Proposal(p),
+                } => Some(p.block.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut out = vec![];
+    for defer in [false, true] {
+        let mut core = fx.core(3, MemStorage::default());
+        core.defer_proposals(defer);
+        core.start(0);
+        core.handle_message(v(1), fx.verified(fx.proposal(&b1, None)), 1);
+        core.handle_message(v(2), fx.verified(fx.proposal(&b2, None)), 2);
+        let mut acts = vec![];
+        for s in [0u16, 1, 2] {
+            acts.extend(core.handle_message(
+                v(s),
+                fx.verified(Message::Vote(fx.vote(s, &b2, id2))),
+                3,
+            ));
+        }
+        assert_eq!(commits(&acts), vec![Height(1)], "defer {defer}");
+        let due = core.propose_due();
+        if defer {
+            assert!(
+                proposals(&acts).is_empty(),
+                "no proposal inside the message"
+            );
+            assert_eq!(proposals(&due).len(), 1);
+            assert!(proposals(&core.propose_due()).is_empty(), "once");
+            out.push(proposals(&due).remove(0));
+        } else {
+            assert!(due.is_empty());
+            assert_eq!(proposals(&acts).len(), 1);
+            out.push(proposals(&acts).remove(0));
+        }
+    }
+    assert_eq!(out[0].round, Round(3));
+    assert_eq!(out[0].parent_id, id2);
+    assert_eq!(out[0].parent_id, out[1].parent_id);
+    assert_eq!(out[0].height, out[1].height);
+}
+
 #[test]
 fn double_vote_is_evidence() {
     let fx = Fx::new(4);

@@ -391,6 +391,7 @@ impl CoreStage {
 
     /// Starts the core (the first leader proposes).
     pub fn start(&mut self) {
+        self.core.defer_proposals(true);
         let acts = self.core.start(now_ms());
         self.apply(acts);
         self.drain_loopback();
@@ -403,6 +404,7 @@ impl CoreStage {
         for (from, v) in batch {
             let acts = self.core.handle_message(from, v, now);
             self.apply(acts);
+            self.propose_due();
             self.drain_loopback();
         }
         let acts = self.core.handle_tick(now);
@@ -435,6 +437,16 @@ impl CoreStage {
             let acts = self
                 .core
                 .handle_message(me, prepared.into_verified_after_check(), now_ms());
+            self.apply(acts);
+            self.propose_due();
+        }
+    }
+
+    /// Builds and sends a proposal the last message made due (proposals are deferred, see
+    /// [`Core::defer_proposals`]: a commit goes to execution and persistence first).
+    fn propose_due(&mut self) {
+        let acts = self.core.propose_due();
+        if !acts.is_empty() {
             self.apply(acts);
         }
     }
@@ -495,10 +507,10 @@ impl CoreStage {
                         .filter(|(_, b)| Payload::carries_txs(&b.payload))
                         .map(|(_, b)| b.round)
                         .collect();
+                    let _ = self.exec.send(ExecInput::Committed(Box::new(batch)));
                     self.timing()
                         .committed(&loaded, &mine, up_to, std::time::Instant::now());
                     self.core.app_mut().on_committed(&mine, up_to);
-                    let _ = self.exec.send(ExecInput::Committed(Box::new(batch)));
                 }
                 Action::Certified(path) => {
                     // Optional work: never block the core for it.
