@@ -17,6 +17,13 @@
 //! load generator refuses far-ahead rounds and caps the share of batches any one validator gets
 //! through hints at twice an even share).
 //!
+//! A client that follows the hints submits with [`ClientRequest::SubmitToLeader`]: a validator
+//! whose payload for its round is already taken (and that leads none of the next
+//! [`LATE_ROUNDS`] rounds) answers [`TxStatus::Late`] instead of keeping the batch for its next
+//! turn, a whole rotation away, and the client sends the batch to the next leader. The decision
+//! is taken under the mempool lock that proposing takes too, so a batch is either in the
+//! payload being built or answered late.
+//!
 //! A client that sends [`ClientRequest::WatchCommits`] also learns of commits a hop earlier. When
 //! this validator sends a proposal of its own it tells each watching client which of that
 //! client's transactions the block carries ([`ClientResponse::Included`], the block's id and
@@ -52,7 +59,16 @@ pub enum ClientRequest {
     /// Send me [`ClientResponse::Included`] and [`ClientResponse::BlockCommitted`] from now on
     /// (no reply of its own).
     WatchCommits,
+    /// As [`ClientRequest::Submit`], from a client that follows the leader hints: when this
+    /// validator leads none of the next [`LATE_ROUNDS`] rounds (its proposal has just left), it
+    /// takes none of them and answers [`TxStatus::Late`] for each, so that the client sends them
+    /// to the upcoming leader rather than leave them here for a full rotation.
+    SubmitToLeader(Vec<serde_bytes::ByteBuf>),
 }
+
+/// See [`ClientRequest::SubmitToLeader`]: a validator that leads a round within this many
+/// rounds of its current one takes the transactions.
+pub const LATE_ROUNDS: u64 = 2;
 
 /// What happened to one submitted transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +81,8 @@ pub enum TxStatus {
     Duplicate,
     /// Empty or too large.
     Invalid,
+    /// Not taken: this validator leads no round soon ([`ClientRequest::SubmitToLeader`]).
+    Late,
 }
 
 /// Validator → client.
@@ -115,7 +133,9 @@ pub enum ClientResponse {
 impl Bounded for ClientRequest {
     fn check_bounds(&self) -> Result<(), DecodeError> {
         match self {
-            ClientRequest::Submit(txs) => check_len("submit.txs", txs.len(), MAX_SUBMIT_TXS),
+            ClientRequest::Submit(txs) | ClientRequest::SubmitToLeader(txs) => {
+                check_len("submit.txs", txs.len(), MAX_SUBMIT_TXS)
+            }
             ClientRequest::WatchLeaders | ClientRequest::WatchCommits => Ok(()),
         }
     }
@@ -193,5 +213,16 @@ mod tests {
         // Appended variants: the encodings of the older ones are unchanged.
         assert_eq!(encode_infallible(&ClientResponse::Ack(vec![]))[0], 0);
         assert_eq!(encode_infallible(&ClientRequest::WatchCommits)[0], 2);
+        let to_leader = ClientRequest::SubmitToLeader(vec![serde_bytes::ByteBuf::from(vec![1])]);
+        assert_eq!(
+            decode::<ClientRequest>(&encode_infallible(&to_leader)).unwrap(),
+            to_leader
+        );
+        let too_many = ClientRequest::SubmitToLeader(vec![
+            serde_bytes::ByteBuf::from(vec![1]);
+            MAX_SUBMIT_TXS + 1
+        ]);
+        let e = decode::<ClientRequest>(&encode_infallible(&too_many)).unwrap_err();
+        assert!(e.to_string().contains("submit.txs"), "{e}");
     }
 }

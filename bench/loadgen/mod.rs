@@ -63,14 +63,16 @@ impl std::str::FromStr for Route {
 /// A batch sent less than this share of a round after the hint goes to the next round's
 /// leader; later ones go to the leader after it. The next leader proposes as soon as it holds
 /// the votes for the hinted round, about 0.7-0.8 of a round after the proposal left; the hint's
-/// trip to the client and the batch's trip into that leader's mempool take much of the rest, and
-/// a batch that arrives too late waits for that leader's next turn (n rounds, unless that
-/// validator's forwarder hands it on: only below 5,000 tx/s of intake). At 75,000 tx/s, 0.2, 0.4
-/// and 0.6 gave p99 29-40, 39-45 and 41-47 ms in alternating runs.
-pub const EARLY_FRACTION: f64 = 0.2;
+/// trip to the client and the batch's trip into that leader's mempool take much of the rest. A
+/// batch that arrives after that leader took its payload is answered [`TxStatus::Late`]
+/// ([`ClientRequest::SubmitToLeader`]) and goes on to the leader after it, a round trip later.
+/// At 75,000 tx/s, with that answer: 0.5 against 1.0 gave p99 18 / 20 against 19 / 19 ms (a
+/// quarter of the reroutes); 0.7 against 0.5, 24 / 28 against 29 / 23 (noisier minutes). Before
+/// it (a late batch waited a whole rotation): 0.2, 0.4 and 0.6 gave p99 29-40, 39-45 and 41-47.
+pub const EARLY_FRACTION: f64 = 0.5;
 /// A hint is stale this many rounds after it arrived: past the last leader it names
 /// (`LEADER_HINTS` - 1 + [`EARLY_FRACTION`]). Without a fresh hint batches go round-robin.
-pub const STALE_ROUNDS: f64 = 2.2;
+pub const STALE_ROUNDS: f64 = (crate::client_proto::LEADER_HINTS - 1) as f64 + EARLY_FRACTION;
 /// A hint more than this many rounds ahead of the current one is refused while the current one
 /// is fresh (a false round from a faulty validator cannot freeze the routing).
 pub const MAX_ROUND_JUMP: u64 = 1_000;
@@ -262,6 +264,9 @@ pub struct LoadReport {
     pub routed_batches: u64,
     /// Inclusion receipts taken ([`ClientResponse::Included`]).
     pub receipts: u64,
+    /// Batches a hinted leader answered "late" (its proposal had left) and that went on to
+    /// the next leader.
+    pub rerouted_batches: u64,
     /// Transactions first learned committed from a commit announcement
     /// ([`ClientResponse::BlockCommitted`], sent by the validator that formed the committing QC)
     /// rather than from the notice of the validator they were submitted to.
@@ -271,10 +276,30 @@ pub struct LoadReport {
 struct Conn {
     sender: ClientSender,
     pending: Mutex<IdMap<u64>>,
-    /// The ids of each submit awaiting its ack, in send order (pushed and sent under this lock,
-    /// so that the order matches the acks').
-    batches: Mutex<VecDeque<Vec<TxId>>>,
+    /// Each submit awaiting its ack, in send order (pushed and sent under this lock, so that
+    /// the order matches the acks').
+    batches: Mutex<VecDeque<Sent>>,
 }
+
+/// A submit awaiting its ack.
+struct Sent {
+    ids: Vec<TxId>,
+    /// For a [`ClientRequest::SubmitToLeader`]: its frames, sent on to the upcoming leader if
+    /// this validator answers [`TxStatus::Late`].
+    resend: Option<Arc<Frames>>,
+    /// Times the batch was answered late already.
+    bounces: u8,
+}
+
+/// One batch encoded both ways.
+struct Frames {
+    to_leader: Bytes,
+    plain: Bytes,
+}
+
+/// A batch answered [`TxStatus::Late`] this many times goes on as a plain submit, taken
+/// wherever it lands.
+pub const MAX_BOUNCES: u8 = 2;
 
 #[derive(Default)]
 struct Counters {
@@ -285,6 +310,7 @@ struct Counters {
     routed: AtomicU64,
     receipts: AtomicU64,
     announced: AtomicU64,
+    rerouted: AtomicU64,
 }
 
 /// Most inclusion receipts kept, and most transaction ids in them; the oldest go first.
@@ -356,17 +382,23 @@ impl Shared {
             };
             match resp {
                 ClientResponse::Ack(statuses) => {
-                    let ids = conn
+                    let Some(sent) = conn
                         .batches
                         .lock()
-                        .ok()
-                        .and_then(|mut b| b.pop_front())
-                        .unwrap_or_default();
-                    let mut pending = match conn.pending.lock() {
-                        Ok(p) => p,
-                        Err(_) => continue,
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .pop_front()
+                    else {
+                        continue;
                     };
-                    for (id, s) in ids.iter().zip(statuses) {
+                    let all_late = !statuses.is_empty()
+                        && statuses.len() == sent.ids.len()
+                        && statuses.iter().all(|s| *s == TxStatus::Late);
+                    if let (true, Some(frames)) = (all_late, sent.resend) {
+                        self.reroute(ci, sent.ids, frames, sent.bounces + 1);
+                        continue;
+                    }
+                    let mut pending = conn.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                    for (id, s) in sent.ids.iter().zip(statuses) {
                         if s != TxStatus::Accepted {
                             pending.remove(id);
                             self.counters.busy.fetch_add(1, Ordering::Relaxed);
@@ -414,6 +446,59 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Sends a batch that validator `from` answered [`TxStatus::Late`] to the hinted leader
+    /// (else to the other validators in turn); after [`MAX_BOUNCES`] as a plain submit, which is
+    /// taken wherever it lands. Its scheduled times stay its latency origins.
+    fn reroute(&self, from: usize, ids: Vec<TxId>, frames: Arc<Frames>, bounces: u8) {
+        let scheduled: Vec<u64> = {
+            let mut pending = self.conns[from]
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            ids.iter()
+                .map(|id| pending.remove(id).unwrap_or(0))
+                .collect()
+        };
+        let n = self.conns.len();
+        let hinted = self
+            .hint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|h| h.pick(Instant::now()))
+            .filter(|t| *t != from);
+        let mut ids = ids;
+        for t in hinted.into_iter().chain((1..=n).map(|k| (from + k) % n)) {
+            let Some(conn) = self.conns.get(t).filter(|c| !c.sender.is_closed()) else {
+                continue;
+            };
+            let sent = if bounces < MAX_BOUNCES {
+                let f = frames.to_leader.clone();
+                submit(
+                    conn,
+                    ids,
+                    &scheduled,
+                    &f,
+                    Some(Arc::clone(&frames)),
+                    bounces,
+                )
+            } else {
+                submit(conn, ids, &scheduled, &frames.plain, None, bounces)
+            };
+            match sent {
+                Ok(()) => {
+                    self.counters.rerouted.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(back) => ids = back,
+            }
+        }
+        // Every queue full or closed: as refused.
+        self.counters
+            .busy
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
     }
 
     /// Records the latency of those of `ids` still pending on `conn` (a transaction counts
@@ -655,6 +740,7 @@ pub fn run(
         leader_hints: counters.hints.load(Ordering::Relaxed),
         routed_batches: counters.routed.load(Ordering::Relaxed),
         receipts: counters.receipts.load(Ordering::Relaxed),
+        rerouted_batches: counters.rerouted.load(Ordering::Relaxed),
         announced_commits: counters.announced.load(Ordering::Relaxed),
     })
 }
@@ -702,7 +788,20 @@ fn send_loop(
             let mut ids = tx_ids(&raw);
             let txs: Vec<serde_bytes::ByteBuf> =
                 raw.into_iter().map(serde_bytes::ByteBuf::from).collect();
+            // To a hinted leader: the same transactions, to be answered "late" rather than kept
+            // for a full rotation if that validator's proposal has already left.
+            let to_leader = hint.map(|_| {
+                Bytes::from(encode_infallible(&ClientRequest::SubmitToLeader(
+                    txs.clone(),
+                )))
+            });
             let frame = Bytes::from(encode_infallible(&ClientRequest::Submit(txs)));
+            let frames = to_leader.map(|to_leader| {
+                Arc::new(Frames {
+                    to_leader,
+                    plain: frame.clone(),
+                })
+            });
             let sent_to = loop {
                 if done.load(Ordering::Acquire) {
                     return;
@@ -728,7 +827,13 @@ fn send_loop(
                         continue;
                     };
                     open = true;
-                    match submit(conn, ids, &scheduled, &frame) {
+                    let sent = match (&frames, hinted == Some(t)) {
+                        (Some(f), true) => {
+                            submit(conn, ids, &scheduled, &f.to_leader, Some(Arc::clone(f)), 0)
+                        }
+                        _ => submit(conn, ids, &scheduled, &frame, None, 0),
+                    };
+                    match sent {
                         Ok(()) => {
                             taken = Some((t, hinted == Some(t)));
                             ids = Vec::new();
@@ -763,7 +868,14 @@ fn send_loop(
 /// Queues one submit frame on `conn`, its ids awaiting their ack and their notices there.
 /// Gives the ids back, with nothing left behind, when the connection's queue (or its map of
 /// transactions awaiting notices) is full or it has closed.
-fn submit(conn: &Conn, ids: Vec<TxId>, scheduled: &[u64], frame: &Bytes) -> Result<(), Vec<TxId>> {
+fn submit(
+    conn: &Conn,
+    ids: Vec<TxId>,
+    scheduled: &[u64],
+    frame: &Bytes,
+    resend: Option<Arc<Frames>>,
+    bounces: u8,
+) -> Result<(), Vec<TxId>> {
     {
         let mut pending = conn.pending.lock().unwrap_or_else(PoisonError::into_inner);
         if pending.len() >= PENDING_MAX {
@@ -775,11 +887,15 @@ fn submit(conn: &Conn, ids: Vec<TxId>, scheduled: &[u64], frame: &Bytes) -> Resu
     }
     // Pushed and sent under one lock: acks come back in the order the frames were queued.
     let mut batches = conn.batches.lock().unwrap_or_else(PoisonError::into_inner);
-    batches.push_back(ids);
+    batches.push_back(Sent {
+        ids,
+        resend,
+        bounces,
+    });
     if conn.sender.send(frame.clone()).is_ok() {
         return Ok(());
     }
-    let ids = batches.pop_back().unwrap_or_default();
+    let ids = batches.pop_back().map(|s| s.ids).unwrap_or_default();
     drop(batches);
     let mut pending = conn.pending.lock().unwrap_or_else(PoisonError::into_inner);
     for id in &ids {
@@ -820,22 +936,24 @@ mod tests {
             next: vec![Some(1), None, Some(3)],
             round_us: 5_000.0,
         };
-        // 0.2 of a round = 1 ms.
+        // EARLY_FRACTION of a 5 ms round.
+        let early = (EARLY_FRACTION * 5_000.0) as u64;
+        let stale = (STALE_ROUNDS * 5_000.0) as u64;
         assert_eq!(h.pick(at(t0, 0)), Some(1));
-        assert_eq!(h.pick(at(t0, 900)), Some(1));
+        assert_eq!(h.pick(at(t0, early - 100)), Some(1));
         // The second leader is not among the targets: the third one is.
-        assert_eq!(h.pick(at(t0, 1_100)), Some(3));
-        assert_eq!(h.pick(at(t0, 10_900)), Some(3));
-        // Stale from 2.2 rounds on.
-        assert_eq!(h.pick(at(t0, 11_000)), None);
+        assert_eq!(h.pick(at(t0, early + 100)), Some(3));
+        assert_eq!(h.pick(at(t0, stale - 100)), Some(3));
+        // Stale from STALE_ROUNDS on.
+        assert_eq!(h.pick(at(t0, stale)), None);
         assert_eq!(h.pick(at(t0, 60_000)), None);
         let two = Hint {
             next: vec![Some(1), Some(2)],
             ..h.clone()
         };
-        assert_eq!(two.pick(at(t0, 1_100)), Some(2));
+        assert_eq!(two.pick(at(t0, early + 100)), Some(2));
         // Past the named leaders: none.
-        assert_eq!(two.pick(at(t0, 6_100)), None);
+        assert_eq!(two.pick(at(t0, 5_000 + early + 100)), None);
         let none = Hint { next: vec![], ..h };
         assert_eq!(none.pick(at(t0, 100)), None);
     }

@@ -250,6 +250,7 @@ fn summarise(
         "leader_hints": r.leader_hints,
         "routed_batches": r.routed_batches,
         "receipts": r.receipts,
+        "rerouted_batches": r.rerouted_batches,
         "announced_commits": r.announced_commits,
         "offered_tps": r.offered_tps,
         "committed_tps": r.committed_tps,
@@ -271,13 +272,14 @@ fn summarise(
 fn print_summary(v: &serde_json::Value, path: &std::path::Path, svg: &std::path::Path) {
     let l = &v["latency_ms"];
     println!(
-        "bpci testnet: {} validators, {} s, {} B transactions, pipeline depth {}, route {} ({} leader hints)",
+        "bpci testnet: {} validators, {} s, {} B transactions, pipeline depth {}, route {} ({} leader hints, {} batches answered late and rerouted)",
         v["validators"],
         v["duration_s"],
         v["tx_size"],
         v["pipeline_depth"],
         v["route"].as_str().unwrap_or("?"),
-        v["leader_hints"]
+        v["leader_hints"],
+        v["rerouted_batches"]
     );
     println!(
         "  offered      {:>10.0} tx/s",

@@ -26,6 +26,10 @@ pub struct Progress {
     pub committed: AtomicU64,
     /// The core's current round (set by the core stage; read by the mempool forwarder).
     pub round: Arc<AtomicU64>,
+    /// The round of this node's latest proposal, set under the mempool lock as its payload is
+    /// taken (read by the client gateway: a transaction inserted after it waits for this
+    /// node's next turn).
+    pub proposing: Arc<AtomicU64>,
     /// Highest height executed and durable (set by the persistence stage).
     pub durable: AtomicU64,
     /// Group commits that failed (and were retried).
@@ -298,7 +302,10 @@ impl NodeApp {
 impl App for NodeApp {
     fn make_payload(&mut self, _height: Height, round: Round) -> Vec<u8> {
         let taken = match self.mempool.lock() {
-            Ok(mut pool) => pool.take(self.limits.max_txs, self.limits.max_bytes),
+            Ok(mut pool) => {
+                self.progress.proposing.store(round.0, Ordering::Release);
+                pool.take(self.limits.max_txs, self.limits.max_bytes)
+            }
             Err(_) => Vec::new(),
         };
         // The mempool's ids are the leaf hashes: the root needs no hashing of transactions.

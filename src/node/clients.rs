@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use bpci_transport::{ClientFrame, ClientServerHandle, Receiver};
 use bytes::Bytes;
 
-use crate::client_proto::{ClientRequest, ClientResponse, TxStatus};
+use crate::client_proto::{ClientRequest, ClientResponse, TxStatus, LATE_ROUNDS};
 use crate::codec::{decode, encode_infallible};
 use crate::mempool::{HashedTxs, IdMap, Mempool, MempoolError, TxId};
 use crate::types::BlockId;
@@ -76,6 +76,21 @@ pub struct Gateway {
     /// Connections that asked for inclusion receipts and commit announcements
     /// ([`ClientRequest::WatchCommits`]).
     commit_watchers: Mutex<WatchList>,
+    /// Whether this validator leads none of the next [`crate::client_proto::LATE_ROUNDS`]
+    /// rounds ([`ClientRequest::SubmitToLeader`]); never, when not given.
+    late: Option<Late>,
+}
+
+/// See [`Gateway::with_late`].
+pub type Late = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// Whether a validator in round `now`, whose latest proposal (payload taken) was for round
+/// `proposing`, leads none of the rounds from `now` to [`LATE_ROUNDS`] past it that it has not
+/// proposed for yet: a transaction it took now would wait for its next turn.
+pub fn is_late(now: u64, proposing: u64, leads: impl Fn(u64) -> bool) -> bool {
+    let from = now.max(proposing.saturating_add(1));
+    let to = now.saturating_add(LATE_ROUNDS);
+    !(from..=to).any(leads)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -91,7 +106,15 @@ impl Gateway {
             owners: Mutex::new(IdMap::default()),
             leader_watchers: Mutex::new(WatchList::default()),
             commit_watchers: Mutex::new(WatchList::default()),
+            late: None,
         }
+    }
+
+    /// Answers [`ClientRequest::SubmitToLeader`] with [`TxStatus::Late`] whenever `late` says
+    /// this validator leads none of the next rounds.
+    pub fn with_late(mut self, late: Late) -> Self {
+        self.late = Some(late);
+        self
     }
 
     /// Reads client frames until the endpoint shuts down.
@@ -99,10 +122,13 @@ impl Gateway {
         while let Some(f) = frames.blocking_recv() {
             let watch = match decode::<ClientRequest>(&f.frame) {
                 Ok(ClientRequest::Submit(txs)) => {
-                    let reply = ClientResponse::Ack(self.submit(f.conn, txs));
-                    let _ = self
-                        .server
-                        .send(f.conn, Bytes::from(encode_infallible(&reply)));
+                    let statuses = self.submit(f.conn, txs, false);
+                    self.ack(f.conn, statuses);
+                    continue;
+                }
+                Ok(ClientRequest::SubmitToLeader(txs)) => {
+                    let statuses = self.submit(f.conn, txs, true);
+                    self.ack(f.conn, statuses);
                     continue;
                 }
                 Ok(ClientRequest::WatchLeaders) => {
@@ -182,7 +208,17 @@ impl Gateway {
         w.send(&self.server, |_| Some(frame.clone()));
     }
 
-    fn submit(&self, conn: u64, txs: Vec<serde_bytes::ByteBuf>) -> Vec<TxStatus> {
+    fn ack(&self, conn: u64, statuses: Vec<TxStatus>) {
+        let reply = ClientResponse::Ack(statuses);
+        let _ = self
+            .server
+            .send(conn, Bytes::from(encode_infallible(&reply)));
+    }
+
+    /// Inserts `txs` into the mempool; with `to_leader`, none when this validator is late (see
+    /// [`Gateway::with_late`]), decided under the mempool lock that proposing takes too, so a
+    /// batch is either in the payload being built or answered late.
+    fn submit(&self, conn: u64, txs: Vec<serde_bytes::ByteBuf>, to_leader: bool) -> Vec<TxStatus> {
         let n = txs.len();
         let mut accepted = Vec::with_capacity(n);
         // Hashed before the lock: the consensus thread takes the same lock to propose.
@@ -192,6 +228,9 @@ impl Gateway {
                 .collect(),
         );
         let statuses = match self.mempool.lock() {
+            Ok(_) if to_leader && self.late.as_ref().is_some_and(|late| late()) => {
+                return vec![TxStatus::Late; n];
+            }
             Ok(mut pool) => pool
                 .insert_batch(batch)
                 .into_iter()
@@ -235,5 +274,29 @@ impl Gateway {
             let msg = ClientResponse::Committed { height, tx_ids };
             let _ = self.server.send(conn, Bytes::from(encode_infallible(&msg)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_late;
+
+    #[test]
+    fn late_when_no_unproposed_round_of_ours_is_near() {
+        // Four validators round-robin; this one leads rounds 1, 5, 9, ...
+        let leads = |r: u64| r % 4 == 1;
+        // Round 0, last proposal in round 1 - 4: round 1 is ours and near.
+        assert!(!is_late(0, 0, leads));
+        // Round 1, payload for round 1 not taken yet: still ours to fill.
+        assert!(!is_late(1, 0, leads));
+        // Payload for round 1 taken (the core may still be in round 0 or 1): next turn 5.
+        assert!(is_late(0, 1, leads));
+        assert!(is_late(1, 1, leads));
+        assert!(is_late(2, 1, leads));
+        // Round 3: round 5 is two rounds ahead.
+        assert!(!is_late(3, 1, leads));
+        assert!(!is_late(4, 1, leads));
+        // Far beyond any round: no overflow, and no round is near.
+        assert!(is_late(u64::MAX, u64::MAX, leads));
     }
 }

@@ -180,6 +180,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let progress = Arc::new(Progress {
         committed: AtomicU64::new(tip),
         round: Arc::new(AtomicU64::new(0)),
+        proposing: Arc::new(AtomicU64::new(0)),
         durable: AtomicU64::new(tip),
         persist_failures: AtomicU64::new(0),
         roots: Mutex::new(roots),
@@ -247,7 +248,23 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         let mut ccfg = ClientServerConfig::new(addr, key.seed());
         ccfg.max_udp_payload = config.file.tuning.max_udp_payload_bytes;
         let (server, server_handle, frames) = ClientServer::start(ccfg)?;
-        let g = Arc::new(clients::Gateway::new(Arc::clone(&mempool), server_handle));
+        // Late: see `clients::is_late`.
+        let late: clients::Late = {
+            let (round, last, validators) = (
+                Arc::clone(&progress.round),
+                Arc::clone(&progress.proposing),
+                ctx.validators.clone(),
+            );
+            Box::new(move || {
+                clients::is_late(
+                    round.load(Ordering::Acquire),
+                    last.load(Ordering::Acquire),
+                    |r| validators.leader(crate::types::Round(r)) == me,
+                )
+            })
+        };
+        let g =
+            Arc::new(clients::Gateway::new(Arc::clone(&mempool), server_handle).with_late(late));
         let reader = Arc::clone(&g);
         threads.push(
             std::thread::Builder::new()
