@@ -21,8 +21,10 @@
 //! whose payload for its round is already taken (and that leads none of the next
 //! [`LATE_ROUNDS`] rounds) answers [`TxStatus::Late`] instead of keeping the batch for its next
 //! turn, a whole rotation away, and the client sends the batch to the next leader. The decision
-//! is taken under the mempool lock that proposing takes too, so a batch is either in the
-//! payload being built or answered late.
+//! is taken under the mempool lock that proposing takes too, so a batch that arrives after the
+//! payload was taken is never kept for the next turn (one that arrives before may still wait:
+//! a full block, or a round passed without a proposal; and a validator whose round lags may
+//! answer late when it need not).
 //!
 //! A client that sends [`ClientRequest::WatchCommits`] also learns of commits a hop earlier. When
 //! this validator sends a proposal of its own it tells each watching client which of that

@@ -300,6 +300,9 @@ struct Frames {
 /// A batch answered [`TxStatus::Late`] this many times goes on as a plain submit, taken
 /// wherever it lands.
 pub const MAX_BOUNCES: u8 = 2;
+/// A connection with this many submits awaiting their acks gets plain submits (whose frames
+/// are not kept for a resend), so an unresponsive validator pins at most this many batches.
+pub const MAX_RESENDABLE: usize = 256;
 
 #[derive(Default)]
 struct Counters {
@@ -318,44 +321,49 @@ pub const RECEIPTS_MAX: usize = 1 << 14;
 /// See [`RECEIPTS_MAX`] (32 MiB of ids).
 pub const RECEIPT_IDS_MAX: usize = 1 << 20;
 
-/// Inclusion receipts by block: the connection the transactions went through, the block's
-/// round, and their ids.
+/// Inclusion receipts by block and the connection they came on (a validator may name only its
+/// own connection's transactions): the block's round and the ids.
 #[derive(Default)]
 struct Receipts {
-    by_block: HashMap<BlockId, (usize, u64, Vec<TxId>)>,
-    order: VecDeque<BlockId>,
+    by_block: HashMap<(BlockId, usize), (u64, Vec<TxId>)>,
+    order: VecDeque<(BlockId, usize)>,
     ids: usize,
 }
 
 impl Receipts {
     fn insert(&mut self, block: BlockId, conn: usize, round: u64, ids: Vec<TxId>) {
-        if self.by_block.contains_key(&block) {
-            // A second receipt for one block (never from an honest validator): the first stands.
+        if self.by_block.contains_key(&(block, conn)) {
+            // A second receipt for one block on one connection (never from an honest
+            // validator): the first stands.
             return;
         }
         while self.order.len() >= RECEIPTS_MAX || self.ids + ids.len() > RECEIPT_IDS_MAX {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            if let Some((_, _, gone)) = self.by_block.remove(&old) {
+            if let Some((_, gone)) = self.by_block.remove(&old) {
                 self.ids -= gone.len();
             }
         }
         self.ids += ids.len();
-        self.order.push_back(block);
-        self.by_block.insert(block, (conn, round, ids));
+        self.order.push_back((block, conn));
+        self.by_block.insert((block, conn), (round, ids));
     }
 
-    /// The receipt for `block` of `round`, once (its place in the order ages out).
-    fn take(&mut self, block: &BlockId, round: u64) -> Option<(usize, Vec<TxId>)> {
-        match self.by_block.get(block) {
-            Some((_, r, _)) if *r == round => {
-                let (conn, _, ids) = self.by_block.remove(block)?;
-                self.ids -= ids.len();
-                Some((conn, ids))
+    /// The receipts for `block` of `round` on any of `conns` connections, once each (their
+    /// places in the order age out).
+    fn take(&mut self, block: &BlockId, round: u64, conns: usize) -> Vec<(usize, Vec<TxId>)> {
+        let mut out = Vec::new();
+        for c in 0..conns {
+            let key = (*block, c);
+            if self.by_block.get(&key).is_some_and(|(r, _)| *r == round) {
+                if let Some((_, ids)) = self.by_block.remove(&key) {
+                    self.ids -= ids.len();
+                    out.push((c, ids));
+                }
             }
-            _ => None,
         }
+        out
     }
 }
 
@@ -368,6 +376,8 @@ struct Shared {
     hint: Arc<Mutex<Option<Hint>>>,
     keys: Arc<Vec<[u8; 32]>>,
     receipts: Mutex<Receipts>,
+    /// Batches per target through hints (the sender's and the reroutes').
+    shares: Arc<Mutex<Shares>>,
     start: Instant,
     warmup_us: u64,
 }
@@ -434,12 +444,12 @@ impl Shared {
                         .insert(block, ci, round, tx_ids);
                 }
                 ClientResponse::BlockCommitted { round, block, .. } => {
-                    let receipt = self
+                    let receipts = self
                         .receipts
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .take(&block, round);
-                    if let Some((owner, ids)) = receipt {
+                        .take(&block, round, self.conns.len());
+                    for (owner, ids) in receipts {
                         let n = self.resolve(&self.conns[owner], &ids);
                         self.counters.announced.fetch_add(n, Ordering::Relaxed);
                     }
@@ -452,25 +462,38 @@ impl Shared {
     /// (else to the other validators in turn); after [`MAX_BOUNCES`] as a plain submit, which is
     /// taken wherever it lands. Its scheduled times stay its latency origins.
     fn reroute(&self, from: usize, ids: Vec<TxId>, frames: Arc<Frames>, bounces: u8) {
-        let scheduled: Vec<u64> = {
-            let mut pending = self.conns[from]
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            ids.iter()
-                .map(|id| pending.remove(id).unwrap_or(0))
-                .collect()
+        let old = &self.conns[from];
+        // Still pending on `from` (read, not removed: a batch in flight stays counted as
+        // outstanding until the new connection holds it).
+        let scheduled: Option<Vec<u64>> = {
+            let pending = old.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            ids.iter().map(|id| pending.get(id).copied()).collect()
+        };
+        let give_up = |ids: &[TxId]| {
+            let mut pending = old.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let gone = ids
+                .iter()
+                .filter(|id| pending.remove(*id).is_some())
+                .count();
+            self.counters.busy.fetch_add(gone as u64, Ordering::Relaxed);
+        };
+        let Some(scheduled) = scheduled else {
+            // Some already noticed (a validator that answered late and committed them too):
+            // not resent, or they would count twice.
+            give_up(&ids);
+            return;
         };
         let n = self.conns.len();
-        let hinted = self
-            .hint
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .and_then(|h| h.pick(Instant::now()))
-            .filter(|t| *t != from);
+        let hinted = {
+            let hint = self.hint.lock().unwrap_or_else(PoisonError::into_inner);
+            let shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+            hint.as_ref()
+                .and_then(|h| h.pick(Instant::now()))
+                .filter(|t| *t != from && shares.allows(*t))
+        };
+        let moved = ids.clone();
         let mut ids = ids;
-        for t in hinted.into_iter().chain((1..=n).map(|k| (from + k) % n)) {
+        for t in hinted.into_iter().chain((1..n).map(|k| (from + k) % n)) {
             let Some(conn) = self.conns.get(t).filter(|c| !c.sender.is_closed()) else {
                 continue;
             };
@@ -489,6 +512,15 @@ impl Shared {
             };
             match sent {
                 Ok(()) => {
+                    let mut pending = old.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                    for id in &moved {
+                        pending.remove(id);
+                    }
+                    drop(pending);
+                    self.shares
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .record(t);
                     self.counters.rerouted.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -496,9 +528,7 @@ impl Shared {
             }
         }
         // Every queue full or closed: as refused.
-        self.counters
-            .busy
-            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        give_up(&ids);
     }
 
     /// Records the latency of those of `ids` still pending on `conn` (a transaction counts
@@ -612,6 +642,7 @@ pub fn run(
         receivers.push(rx);
     }
     let conns = Arc::new(conns);
+    let shares = Arc::new(Mutex::new(Shares::new(conns.len())));
     let shared = Arc::new(Shared {
         conns: Arc::clone(&conns),
         counters: Arc::clone(&counters),
@@ -620,6 +651,7 @@ pub fn run(
         hint: Arc::clone(&hint),
         keys: Arc::clone(&keys),
         receipts: Mutex::new(Receipts::default()),
+        shares: Arc::clone(&shares),
         start,
         warmup_us: cfg.warmup.min(cfg.duration).as_micros() as u64,
     });
@@ -639,6 +671,7 @@ pub fn run(
         let (conns3, counters3, done3) =
             (Arc::clone(&conns), Arc::clone(&counters), Arc::clone(&done));
         let hint3 = (cfg.route == Route::Leader).then(|| Arc::clone(&hint));
+        let shares3 = Arc::clone(&shares);
         let tx_bytes = cfg.tx_bytes;
         let duration = cfg.duration;
         threads.push(std::thread::spawn(move || {
@@ -647,6 +680,7 @@ pub fn run(
                 own,
                 &conns3,
                 hint3.as_deref(),
+                &shares3,
                 &counters3,
                 sender_rate,
                 tx_bytes,
@@ -755,6 +789,7 @@ fn send_loop(
     own: Option<usize>,
     conns: &[Arc<Conn>],
     hint: Option<&Mutex<Option<Hint>>>,
+    shares: &Mutex<Shares>,
     counters: &Counters,
     rate: f64,
     tx_bytes: usize,
@@ -764,7 +799,6 @@ fn send_loop(
 ) {
     let mut k: u64 = 0;
     let mut batch_no: usize = 0;
-    let mut shares = Shares::new(conns.len());
     while !done.load(Ordering::Acquire) {
         let elapsed = start.elapsed();
         if elapsed >= duration {
@@ -812,7 +846,12 @@ fn send_loop(
                         let h = h.lock().unwrap_or_else(PoisonError::into_inner);
                         h.as_ref().and_then(|h| h.pick(Instant::now()))
                     })
-                    .filter(|t| shares.allows(*t));
+                    .filter(|t| {
+                        shares
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .allows(*t)
+                    });
                 let candidates: Vec<usize> = match own {
                     Some(o) => vec![o],
                     None => hinted
@@ -827,7 +866,15 @@ fn send_loop(
                         continue;
                     };
                     open = true;
-                    let sent = match (&frames, hinted == Some(t)) {
+                    // Kept for a resend only while few batches await their acks here.
+                    let resendable = hinted == Some(t)
+                        && conn
+                            .batches
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .len()
+                            < MAX_RESENDABLE;
+                    let sent = match (&frames, resendable) {
                         (Some(f), true) => {
                             submit(conn, ids, &scheduled, &f.to_leader, Some(Arc::clone(f)), 0)
                         }
@@ -853,7 +900,10 @@ fn send_loop(
                 std::thread::sleep(Duration::from_micros(200));
             };
             let (target, routed) = sent_to;
-            shares.record(target);
+            shares
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(target);
             batch_no += 1;
             if routed {
                 counters.routed.fetch_add(1, Ordering::Relaxed);
@@ -1025,14 +1075,19 @@ mod tests {
         let (a, b) = (BlockId([1; 32]), BlockId([2; 32]));
         r.insert(a, 0, 5, vec![[10; 32], [11; 32]]);
         r.insert(b, 3, 6, vec![[12; 32]]);
-        // A second receipt for a block does not replace the first.
-        r.insert(a, 2, 5, vec![[99; 32]]);
+        // A second receipt for a block on the same connection does not replace the first; one
+        // on another connection (another validator's claim) stands beside it.
+        r.insert(a, 0, 5, vec![[99; 32]]);
+        r.insert(a, 2, 5, vec![[13; 32]]);
         // The round must match the receipt's.
-        assert_eq!(r.take(&a, 4), None);
-        assert_eq!(r.take(&a, 5), Some((0, vec![[10; 32], [11; 32]])));
-        assert_eq!(r.take(&a, 5), None, "once");
+        assert!(r.take(&a, 4, 4).is_empty());
+        assert_eq!(
+            r.take(&a, 5, 4),
+            vec![(0, vec![[10; 32], [11; 32]]), (2, vec![[13; 32]])]
+        );
+        assert!(r.take(&a, 5, 4).is_empty(), "once");
         assert_eq!(r.ids, 1);
-        assert_eq!(r.take(&b, 6), Some((3, vec![[12; 32]])));
+        assert_eq!(r.take(&b, 6, 4), vec![(3, vec![[12; 32]])]);
         assert_eq!(r.ids, 0);
         // Bounded by ids: the oldest receipts go first.
         let mut r = Receipts::default();
@@ -1041,8 +1096,8 @@ mod tests {
             r.insert(BlockId([k; 32]), 0, u64::from(k), half.clone());
         }
         assert!(r.ids <= RECEIPT_IDS_MAX);
-        assert_eq!(r.take(&BlockId([0; 32]), 0), None);
-        assert!(r.take(&BlockId([2; 32]), 2).is_some());
+        assert!(r.take(&BlockId([0; 32]), 0, 1).is_empty());
+        assert_eq!(r.take(&BlockId([2; 32]), 2, 1).len(), 1);
         // And by count.
         let mut r = Receipts::default();
         for k in 0..(RECEIPTS_MAX as u64 + 10) {

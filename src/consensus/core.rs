@@ -260,7 +260,9 @@ impl<S: Storage, A: App> Core<S, A> {
     /// proposal there: [`Core::handle_message`] returns the message's other actions, and the
     /// caller asks for the proposal with [`Core::propose_due`] once it has dispatched them. A
     /// commit's execution and durable write (and so the commit notices) then start before,
-    /// not after, the next payload is packed and signed. The decisions are the same either way.
+    /// not after, the next payload is packed and signed. The proposal is the one the message
+    /// would have built (the caller keeps what the app's `can_propose` reads as it was), except
+    /// that a message moving the round twice proposes only for the last round entered.
     pub fn defer_proposals(&mut self, on: bool) {
         self.defer_proposals = on;
     }

@@ -217,7 +217,8 @@ impl Gateway {
 
     /// Inserts `txs` into the mempool; with `to_leader`, none when this validator is late (see
     /// [`Gateway::with_late`]), decided under the mempool lock that proposing takes too, so a
-    /// batch is either in the payload being built or answered late.
+    /// batch that arrives after the payload was taken is answered late, never kept for the
+    /// next turn.
     fn submit(&self, conn: u64, txs: Vec<serde_bytes::ByteBuf>, to_leader: bool) -> Vec<TxStatus> {
         let n = txs.len();
         let mut accepted = Vec::with_capacity(n);

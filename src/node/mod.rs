@@ -218,6 +218,10 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         app,
         stages::now_ms(),
     )?;
+    // A restarted validator has proposed up to its stored round already.
+    progress
+        .proposing
+        .store(core.safety().last_proposed_round.0, Ordering::Release);
 
     // Transport.
     let mut peers = Vec::new();

@@ -358,6 +358,8 @@ pub struct CoreStage {
     /// Told of each own proposal once it is on its way.
     pub on_own_proposal: Option<OnOwnProposal>,
     loopback: VecDeque<Message>,
+    /// The committed height of the message being handled, published after its proposal.
+    committed_unpublished: Option<u64>,
 }
 
 impl CoreStage {
@@ -380,6 +382,7 @@ impl CoreStage {
             timing: Arc::new(Mutex::new(ConsensusTiming::default())),
             on_own_proposal: None,
             loopback: VecDeque::new(),
+            committed_unpublished: None,
         }
     }
 
@@ -395,6 +398,7 @@ impl CoreStage {
         let acts = self.core.start(now_ms());
         self.apply(acts);
         self.drain_loopback();
+        self.publish_committed();
         self.publish_round();
     }
 
@@ -410,6 +414,7 @@ impl CoreStage {
         let acts = self.core.handle_tick(now);
         self.apply(acts);
         self.drain_loopback();
+        self.publish_committed();
         self.publish_round();
         if let Ok(mut s) = self.snapshot.lock() {
             *s = CoreSnapshot::from_core(
@@ -448,6 +453,15 @@ impl CoreStage {
         let acts = self.core.propose_due();
         if !acts.is_empty() {
             self.apply(acts);
+        }
+        self.publish_committed();
+    }
+
+    /// Publishes the committed height (read by the back-pressure check and the mempool
+    /// forwarder).
+    fn publish_committed(&mut self) {
+        if let Some(h) = self.committed_unpublished.take() {
+            self.progress.committed.store(h, Ordering::Release);
         }
     }
 
@@ -491,9 +505,9 @@ impl CoreStage {
                     let Some((_, last)) = batch.blocks.last() else {
                         continue;
                     };
-                    self.progress
-                        .committed
-                        .store(last.height.0, Ordering::Release);
+                    // Published once the proposal this message made due is built (see
+                    // `propose_due`): back-pressure judges it as without the deferral.
+                    self.committed_unpublished = Some(last.height.0);
                     let mine: Vec<Round> = batch
                         .blocks
                         .iter()
