@@ -72,6 +72,28 @@ pub enum ClientRequest {
 /// rounds of its current one takes the transactions.
 pub const LATE_ROUNDS: u64 = 2;
 
+/// BCS variant indices of the two submit requests (one byte each: below 128).
+const SUBMIT_TAG: u8 = 0;
+const SUBMIT_TO_LEADER_TAG: u8 = 3;
+
+/// An encoded [`ClientRequest::Submit`] as the same transactions'
+/// [`ClientRequest::SubmitToLeader`], or back (`to_leader: false`), without decoding the
+/// transactions: the two differ only in the variant index. `None` if `frame` is neither.
+pub fn retag_submit(frame: &[u8], to_leader: bool) -> Option<Vec<u8>> {
+    let (&tag, rest) = frame.split_first()?;
+    if tag != SUBMIT_TAG && tag != SUBMIT_TO_LEADER_TAG {
+        return None;
+    }
+    let mut out = Vec::with_capacity(frame.len());
+    out.push(if to_leader {
+        SUBMIT_TO_LEADER_TAG
+    } else {
+        SUBMIT_TAG
+    });
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
 /// What happened to one submitted transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxStatus {
@@ -226,5 +248,20 @@ mod tests {
         ]);
         let e = decode::<ClientRequest>(&encode_infallible(&too_many)).unwrap_err();
         assert!(e.to_string().contains("submit.txs"), "{e}");
+        // Re-tagging turns one submit into the other, and refuses anything else.
+        let txs = vec![
+            serde_bytes::ByteBuf::from(vec![1, 2, 3]),
+            serde_bytes::ByteBuf::from(vec![4; 300]),
+        ];
+        let plain = encode_infallible(&ClientRequest::Submit(txs.clone()));
+        let led = retag_submit(&plain, true).unwrap();
+        assert_eq!(
+            decode::<ClientRequest>(&led).unwrap(),
+            ClientRequest::SubmitToLeader(txs.clone())
+        );
+        assert_eq!(retag_submit(&led, false).unwrap(), plain);
+        let watch = encode_infallible(&ClientRequest::WatchLeaders);
+        assert_eq!(retag_submit(&watch, true), None);
+        assert_eq!(retag_submit(&[], true), None);
     }
 }

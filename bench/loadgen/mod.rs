@@ -284,17 +284,17 @@ struct Conn {
 /// A submit awaiting its ack.
 struct Sent {
     ids: Vec<TxId>,
-    /// For a [`ClientRequest::SubmitToLeader`]: its frames, sent on to the upcoming leader if
+    /// For a [`ClientRequest::SubmitToLeader`]: its frame, sent on to the upcoming leader if
     /// this validator answers [`TxStatus::Late`].
-    resend: Option<Arc<Frames>>,
+    resend: Option<Bytes>,
     /// Times the batch was answered late already.
     bounces: u8,
 }
 
-/// One batch encoded both ways.
-struct Frames {
-    to_leader: Bytes,
-    plain: Bytes,
+/// A `SubmitToLeader` frame as the plain `Submit` of the same transactions.
+fn as_plain(frame: &Bytes) -> Bytes {
+    // Our own encoding: the re-tag cannot fail; were it to, the frame goes as it is.
+    crate::client_proto::retag_submit(frame, false).map_or_else(|| frame.clone(), Bytes::from)
 }
 
 /// A batch answered [`TxStatus::Late`] this many times goes on as a plain submit, taken
@@ -403,8 +403,8 @@ impl Shared {
                     let all_late = !statuses.is_empty()
                         && statuses.len() == sent.ids.len()
                         && statuses.iter().all(|s| *s == TxStatus::Late);
-                    if let (true, Some(frames)) = (all_late, sent.resend) {
-                        self.reroute(ci, sent.ids, frames, sent.bounces + 1);
+                    if let (true, Some(frame)) = (all_late, sent.resend) {
+                        self.reroute(ci, sent.ids, frame, sent.bounces + 1);
                         continue;
                     }
                     let mut pending = conn.pending.lock().unwrap_or_else(PoisonError::into_inner);
@@ -461,7 +461,7 @@ impl Shared {
     /// Sends a batch that validator `from` answered [`TxStatus::Late`] to the hinted leader
     /// (else to the other validators in turn); after [`MAX_BOUNCES`] as a plain submit, which is
     /// taken wherever it lands. Its scheduled times stay its latency origins.
-    fn reroute(&self, from: usize, ids: Vec<TxId>, frames: Arc<Frames>, bounces: u8) {
+    fn reroute(&self, from: usize, ids: Vec<TxId>, frame: Bytes, bounces: u8) {
         let old = &self.conns[from];
         // Still pending on `from` (read, not removed: a batch in flight stays counted as
         // outstanding until the new connection holds it).
@@ -498,17 +498,9 @@ impl Shared {
                 continue;
             };
             let sent = if bounces < MAX_BOUNCES {
-                let f = frames.to_leader.clone();
-                submit(
-                    conn,
-                    ids,
-                    &scheduled,
-                    &f,
-                    Some(Arc::clone(&frames)),
-                    bounces,
-                )
+                submit(conn, ids, &scheduled, &frame, Some(frame.clone()), bounces)
             } else {
-                submit(conn, ids, &scheduled, &frames.plain, None, bounces)
+                submit(conn, ids, &scheduled, &as_plain(&frame), None, bounces)
             };
             match sent {
                 Ok(()) => {
@@ -822,20 +814,16 @@ fn send_loop(
             let mut ids = tx_ids(&raw);
             let txs: Vec<serde_bytes::ByteBuf> =
                 raw.into_iter().map(serde_bytes::ByteBuf::from).collect();
-            // To a hinted leader: the same transactions, to be answered "late" rather than kept
-            // for a full rotation if that validator's proposal has already left.
-            let to_leader = hint.map(|_| {
-                Bytes::from(encode_infallible(&ClientRequest::SubmitToLeader(
-                    txs.clone(),
-                )))
-            });
-            let frame = Bytes::from(encode_infallible(&ClientRequest::Submit(txs)));
-            let frames = to_leader.map(|to_leader| {
-                Arc::new(Frames {
-                    to_leader,
-                    plain: frame.clone(),
-                })
-            });
+            // Following hints, a batch goes as SubmitToLeader (answered "late" rather than
+            // kept for a full rotation if that leader's payload is already taken); a plain
+            // Submit, re-tagged from it, only where it goes elsewhere.
+            let led = hint.is_some();
+            let frame = Bytes::from(encode_infallible(&if led {
+                ClientRequest::SubmitToLeader(txs)
+            } else {
+                ClientRequest::Submit(txs)
+            }));
+            let mut plain: Option<Bytes> = (!led).then(|| frame.clone());
             let sent_to = loop {
                 if done.load(Ordering::Acquire) {
                     return;
@@ -874,11 +862,11 @@ fn send_loop(
                             .unwrap_or_else(PoisonError::into_inner)
                             .len()
                             < MAX_RESENDABLE;
-                    let sent = match (&frames, resendable) {
-                        (Some(f), true) => {
-                            submit(conn, ids, &scheduled, &f.to_leader, Some(Arc::clone(f)), 0)
-                        }
-                        _ => submit(conn, ids, &scheduled, &frame, None, 0),
+                    let sent = if led && resendable {
+                        submit(conn, ids, &scheduled, &frame, Some(frame.clone()), 0)
+                    } else {
+                        let p = plain.get_or_insert_with(|| as_plain(&frame));
+                        submit(conn, ids, &scheduled, p, None, 0)
                     };
                     match sent {
                         Ok(()) => {
@@ -923,7 +911,7 @@ fn submit(
     ids: Vec<TxId>,
     scheduled: &[u64],
     frame: &Bytes,
-    resend: Option<Arc<Frames>>,
+    resend: Option<Bytes>,
     bounces: u8,
 ) -> Result<(), Vec<TxId>> {
     {

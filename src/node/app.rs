@@ -30,6 +30,9 @@ pub struct Progress {
     /// taken (read by the client gateway: a transaction inserted after it waits for this
     /// node's next turn).
     pub proposing: Arc<AtomicU64>,
+    /// Whether that proposal's payload left transactions behind (a full block: a backlog, so
+    /// a newcomer waits for later blocks wherever it goes).
+    pub backlog: Arc<std::sync::atomic::AtomicBool>,
     /// Highest height executed and durable (set by the persistence stage).
     pub durable: AtomicU64,
     /// Group commits that failed (and were retried).
@@ -304,7 +307,11 @@ impl App for NodeApp {
         let taken = match self.mempool.lock() {
             Ok(mut pool) => {
                 self.progress.proposing.store(round.0, Ordering::Release);
-                pool.take(self.limits.max_txs, self.limits.max_bytes)
+                let taken = pool.take(self.limits.max_txs, self.limits.max_bytes);
+                self.progress
+                    .backlog
+                    .store(!pool.is_empty(), Ordering::Release);
+                taken
             }
             Err(_) => Vec::new(),
         };

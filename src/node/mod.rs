@@ -40,6 +40,10 @@ use stages::{
     PersistStage,
 };
 
+/// Own proposals waiting for their inclusion receipts to be built; past it receipts are
+/// dropped (best effort: the commit notices still follow).
+pub const RECEIPT_QUEUE: usize = 64;
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -181,6 +185,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         committed: AtomicU64::new(tip),
         round: Arc::new(AtomicU64::new(0)),
         proposing: Arc::new(AtomicU64::new(0)),
+        backlog: Arc::new(AtomicBool::new(false)),
         durable: AtomicU64::new(tip),
         persist_failures: AtomicU64::new(0),
         roots: Mutex::new(roots),
@@ -254,17 +259,21 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         let (server, server_handle, frames) = ClientServer::start(ccfg)?;
         // Late: see `clients::is_late`.
         let late: clients::Late = {
-            let (round, last, validators) = (
+            let (round, last, backlog, validators) = (
                 Arc::clone(&progress.round),
                 Arc::clone(&progress.proposing),
+                Arc::clone(&progress.backlog),
                 ctx.validators.clone(),
             );
             Box::new(move || {
-                clients::is_late(
-                    round.load(Ordering::Acquire),
-                    last.load(Ordering::Acquire),
-                    |r| validators.leader(crate::types::Round(r)) == me,
-                )
+                // Under a backlog a batch waits for later blocks wherever it goes: sending it
+                // elsewhere would only move load onto the next leader.
+                !backlog.load(Ordering::Acquire)
+                    && clients::is_late(
+                        round.load(Ordering::Acquire),
+                        last.load(Ordering::Acquire),
+                        |r| validators.leader(crate::types::Round(r)) == me,
+                    )
             })
         };
         let g =
@@ -320,9 +329,30 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
 
     // Leader hints and inclusion receipts for watching clients, sent by the consensus stage with
     // each own proposal.
+    // Receipts name each transaction's client (a map look-up per transaction): built on a
+    // thread of their own, never on the consensus thread; dropped when that thread is behind
+    // (the commit notices still follow).
+    let mut receipts_tx = None;
+    if let Some(g) = &gateway {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<stages::OwnProposal>(RECEIPT_QUEUE);
+        let g = Arc::clone(g);
+        threads.push(
+            std::thread::Builder::new()
+                .name("node.receipts".into())
+                .spawn(move || {
+                    while let Ok(own) = rx.recv() {
+                        if let Some(ids) = &own.tx_ids {
+                            g.included(own.round.0, own.block, ids);
+                        }
+                    }
+                })?,
+        );
+        receipts_tx = Some(tx);
+    }
     let leader_hints = gateway.as_ref().map(|g| -> stages::OnOwnProposal {
         let g = Arc::clone(g);
         let validators = ctx.validators.clone();
+        let receipts = receipts_tx.take();
         Box::new(move |own: stages::OwnProposal| {
             // All or nothing: a missing leader would shift the others onto wrong rounds.
             let next: Option<Vec<[u8; 32]>> = (1..=crate::client_proto::LEADER_HINTS as u64)
@@ -335,8 +365,8 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
             if let Some(next) = next {
                 g.announce_leaders(own.round.0, next);
             }
-            if let Some(ids) = &own.tx_ids {
-                g.included(own.round.0, own.block, ids);
+            if let (Some(receipts), Some(_)) = (&receipts, &own.tx_ids) {
+                let _ = receipts.try_send(own);
             }
         })
     });
