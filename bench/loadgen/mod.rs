@@ -291,6 +291,24 @@ struct Sent {
     bounces: u8,
 }
 
+/// Where the hint points now, unless that is `exclude` or past its share ([`MAX_SHARE`]).
+fn hinted_target(
+    hint: &Mutex<Option<Hint>>,
+    shares: &Mutex<Shares>,
+    exclude: Option<usize>,
+) -> Option<usize> {
+    let target = hint
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .and_then(|h| h.pick(Instant::now()))?;
+    let allowed = shares
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .allows(target);
+    (Some(target) != exclude && allowed).then_some(target)
+}
+
 /// A `SubmitToLeader` frame as the plain `Submit` of the same transactions.
 fn as_plain(frame: &Bytes) -> Bytes {
     // Our own encoding: the re-tag cannot fail; were it to, the frame goes as it is.
@@ -484,13 +502,7 @@ impl Shared {
             return;
         };
         let n = self.conns.len();
-        let hinted = {
-            let hint = self.hint.lock().unwrap_or_else(PoisonError::into_inner);
-            let shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
-            hint.as_ref()
-                .and_then(|h| h.pick(Instant::now()))
-                .filter(|t| *t != from && shares.allows(*t))
-        };
+        let hinted = hinted_target(&self.hint, &self.shares, Some(from));
         let moved = ids.clone();
         let mut ids = ids;
         for t in hinted.into_iter().chain((1..n).map(|k| (from + k) % n)) {
@@ -829,17 +841,7 @@ fn send_loop(
                     return;
                 }
                 // Chosen as late as possible: the hint is fresher.
-                let hinted = hint
-                    .and_then(|h| {
-                        let h = h.lock().unwrap_or_else(PoisonError::into_inner);
-                        h.as_ref().and_then(|h| h.pick(Instant::now()))
-                    })
-                    .filter(|t| {
-                        shares
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .allows(*t)
-                    });
+                let hinted = hint.and_then(|h| hinted_target(h, shares, None));
                 let candidates: Vec<usize> = match own {
                     Some(o) => vec![o],
                     None => hinted

@@ -28,7 +28,7 @@ struct WatchList(Vec<(u64, u32)>);
 
 impl WatchList {
     fn add(&mut self, conn: u64, what: &str) -> Result<(), String> {
-        if self.0.iter().any(|(c, _)| *c == conn) {
+        if self.contains(conn) {
             return Ok(());
         }
         if self.0.len() >= MAX_WATCHERS {
@@ -120,32 +120,29 @@ impl Gateway {
     /// Reads client frames until the endpoint shuts down.
     pub fn serve(&self, mut frames: Receiver<ClientFrame>) {
         while let Some(f) = frames.blocking_recv() {
-            let watch = match decode::<ClientRequest>(&f.frame) {
+            let reply = match decode::<ClientRequest>(&f.frame) {
                 Ok(ClientRequest::Submit(txs)) => {
-                    let statuses = self.submit(f.conn, txs, false);
-                    self.ack(f.conn, statuses);
-                    continue;
+                    Some(ClientResponse::Ack(self.submit(f.conn, txs, false)))
                 }
                 Ok(ClientRequest::SubmitToLeader(txs)) => {
-                    let statuses = self.submit(f.conn, txs, true);
-                    self.ack(f.conn, statuses);
-                    continue;
+                    Some(ClientResponse::Ack(self.submit(f.conn, txs, true)))
                 }
-                Ok(ClientRequest::WatchLeaders) => {
-                    lock(&self.leader_watchers).add(f.conn, "watch_leaders")
-                }
-                Ok(ClientRequest::WatchCommits) => {
-                    lock(&self.commit_watchers).add(f.conn, "watch_commits")
-                }
-                Err(e) => Err(e.to_string()),
+                // Watching has no reply of its own, only a refusal.
+                Ok(ClientRequest::WatchLeaders) => lock(&self.leader_watchers)
+                    .add(f.conn, "watch_leaders")
+                    .err()
+                    .map(ClientResponse::Error),
+                Ok(ClientRequest::WatchCommits) => lock(&self.commit_watchers)
+                    .add(f.conn, "watch_commits")
+                    .err()
+                    .map(ClientResponse::Error),
+                Err(e) => Some(ClientResponse::Error(e.to_string())),
             };
-            let Err(e) = watch else {
-                continue;
-            };
-            let reply = ClientResponse::Error(e);
-            let _ = self
-                .server
-                .send(f.conn, Bytes::from(encode_infallible(&reply)));
+            if let Some(reply) = reply {
+                let _ = self
+                    .server
+                    .send(f.conn, Bytes::from(encode_infallible(&reply)));
+            }
         }
     }
 
@@ -206,13 +203,6 @@ impl Gateway {
         };
         let frame = Bytes::from(encode_infallible(&msg));
         w.send(&self.server, |_| Some(frame.clone()));
-    }
-
-    fn ack(&self, conn: u64, statuses: Vec<TxStatus>) {
-        let reply = ClientResponse::Ack(statuses);
-        let _ = self
-            .server
-            .send(conn, Bytes::from(encode_infallible(&reply)));
     }
 
     /// Inserts `txs` into the mempool; with `to_leader`, none when this validator is late (see
