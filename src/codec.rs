@@ -123,6 +123,43 @@ pub fn decode_borrowed<'a, T: Deserialize<'a> + Bounded>(
     Ok(value)
 }
 
+thread_local! {
+    /// The frame [`decode_shared`] is decoding on this thread, if any.
+    static SHARED_FRAME: std::cell::RefCell<Option<bytes::Bytes>> = const { std::cell::RefCell::new(None) };
+}
+
+/// [`decode`] from a shared frame: byte strings that opt in (block payloads, see
+/// [`crate::consensus::PayloadBytes`]) become slices of `frame` instead of copies.
+pub fn decode_shared<T: DeserializeOwned + Bounded>(frame: &bytes::Bytes) -> Result<T, DecodeError> {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SHARED_FRAME.with(|f| f.borrow_mut().take());
+        }
+    }
+    SHARED_FRAME.with(|f| *f.borrow_mut() = Some(frame.clone()));
+    let _reset = Reset;
+    decode_borrowed(frame)
+}
+
+/// `part` as a slice of the frame [`decode_shared`] is decoding, if it lies inside it; a copy
+/// otherwise.
+pub fn share_or_copy(part: &[u8]) -> bytes::Bytes {
+    SHARED_FRAME.with(|f| {
+        let f = f.borrow();
+        match f.as_ref() {
+            Some(frame) if within(frame, part) => frame.slice_ref(part),
+            _ => bytes::Bytes::copy_from_slice(part),
+        }
+    })
+}
+
+/// Whether `part` lies inside `whole` (address range; an empty `part` only at a valid position).
+fn within(whole: &[u8], part: &[u8]) -> bool {
+    let (w, p) = (whole.as_ptr() as usize, part.as_ptr() as usize);
+    p >= w && p + part.len() <= w + whole.len()
+}
+
 fn map_bcs_error(e: bcs::Error) -> DecodeError {
     match e {
         bcs::Error::Eof => DecodeError::Truncated,

@@ -756,6 +756,31 @@ fn payload_bytes_encode_as_a_byte_string_and_keep_their_own_digest() {
     assert_ne!(other, p);
 }
 
+/// A payload decoded from a shared frame is a slice of that frame (no copy); decoded from plain
+/// bytes, or from a frame decoded earlier, it owns a copy. Either way it equals the original.
+#[test]
+fn payload_decoded_from_a_shared_frame_is_a_slice_of_it() {
+    use crate::codec::{decode, decode_shared, encode_infallible};
+    let fx = Fx::new(4);
+    let (b, _) = fx.block(1, 1, &fx.genesis_qc(), &[9u8; 4096]);
+    let frame = bytes::Bytes::from(encode_infallible(&b));
+    let inside = |p: &PayloadBytes| {
+        let (f, q) = (frame.as_ptr() as usize, p.as_ptr() as usize);
+        q >= f && q + p.len() <= f + frame.len()
+    };
+    let shared: Block = decode_shared(&frame).unwrap();
+    assert_eq!(shared, b);
+    assert!(inside(&shared.payload), "decode_shared copied the payload");
+    assert_eq!(shared.payload.shared().as_ptr(), shared.payload.as_ptr());
+    let copied: Block = decode(&frame).unwrap();
+    assert_eq!(copied, b);
+    assert!(!inside(&copied.payload), "plain decode must not borrow a past frame");
+    // Truncated: an error, and the thread forgets the frame.
+    assert!(decode_shared::<Block>(&frame.slice(..frame.len() - 1)).is_err());
+    let again: Block = decode(&frame).unwrap();
+    assert!(!inside(&again.payload));
+}
+
 /// Catch-up responses stay under the message limit when blocks are large: of 8 committed blocks
 /// with 4 MiB payloads, a sync response and a block response each carry two (the third would
 /// pass the 12 MiB budget), and the sync response ends at the proof of its last block.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bpci_transport::{Class, TransportHandle};
 use bytes::Bytes;
 
-use crate::codec::{decode, encode_infallible};
+use crate::codec::encode_infallible;
 use crate::consensus::StorageError;
 use crate::consensus::{
     Action, Block, CommittedBatch, Core, CoreStats, EpochContext, Message, Prepared, TxBatch,
@@ -73,8 +73,13 @@ pub enum Ingress {
 }
 
 /// Ingress: decode and structurally check one frame (runs on the ingress thread).
-pub fn ingress(ctx: &EpochContext, from: u16, frame: &[u8], border: &BorderStats) -> Ingress {
-    let msg: Message = match decode(frame) {
+pub fn ingress(
+    ctx: &EpochContext,
+    from: u16,
+    frame: &bytes::Bytes,
+    border: &BorderStats,
+) -> Ingress {
+    let msg: Message = match crate::codec::decode_shared(frame) {
         Ok(m) => m,
         Err(e) => {
             border.undecodable.fetch_add(1, Ordering::Relaxed);
