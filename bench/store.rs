@@ -5,7 +5,7 @@
 //!   ([`bpci::store::SafetyFile`], one `pwrite` + `fdatasync` in place); `redb` is one redb
 //!   transaction holding the same bytes with `Durability::Immediate` (how the state was kept
 //!   before).
-//! - `store::commit_group/payload_kib=<4|64>`: one committed block with its commit proof through
+//! - `store::commit_group/payload_kib=<4|64|4096>`: one committed block with its commit proof through
 //!   the persistence stage's group commit (value-log append + `fdatasync`, then the redb index
 //!   commit).
 //!
@@ -58,7 +58,7 @@ fn persist_safety(c: &mut Criterion) {
 
 fn commit_group(c: &mut Criterion) {
     let mut group = c.benchmark_group("store::commit_group");
-    for kib in [4usize, 64] {
+    for kib in [4usize, 64, 4096] {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut store = RedbStore::open(&dir.path().join("node.redb")).expect("store");
         let mut h = 0u64;

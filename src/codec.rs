@@ -130,7 +130,9 @@ thread_local! {
 
 /// [`decode`] from a shared frame: byte strings that opt in (block payloads, see
 /// [`crate::consensus::PayloadBytes`]) become slices of `frame` instead of copies.
-pub fn decode_shared<T: DeserializeOwned + Bounded>(frame: &bytes::Bytes) -> Result<T, DecodeError> {
+pub fn decode_shared<T: DeserializeOwned + Bounded>(
+    frame: &bytes::Bytes,
+) -> Result<T, DecodeError> {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {

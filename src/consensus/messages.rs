@@ -50,6 +50,40 @@ pub struct Block {
 }
 
 impl Block {
+    /// The block's encoding split around its payload bytes: `encode(self)` is
+    /// `head ‖ payload ‖ tail`. The store writes a block this way, the payload straight from
+    /// memory (no copy of it into one encoding). `None` if the split does not add up to the
+    /// encoding's length (a field added without updating this).
+    pub fn encode_around_payload(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        let mut head = encode_infallible(&(
+            &self.parent_id,
+            &self.round,
+            &self.height,
+            &self.epoch,
+            &self.author,
+        ));
+        // The payload's length prefix: BCS's ULEB128.
+        let mut n = self.payload.len();
+        loop {
+            let low = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                head.push(low);
+                break;
+            }
+            head.push(low | 0x80);
+        }
+        let tail = encode_infallible(&(
+            &self.parent_qc,
+            &self.timestamp_ms,
+            &self.exec_height,
+            &self.exec_root,
+            &self.evidence,
+        ));
+        let whole = bcs::serialized_size(self).ok()?;
+        (head.len() + self.payload.len() + tail.len() == whole).then_some((head, tail))
+    }
+
     /// The genesis block of an epoch: round 0, height 0, certified by [`QuorumCert::genesis`].
     pub fn genesis(epoch: Epoch) -> Block {
         Block {
@@ -176,7 +210,10 @@ impl<'de> Deserialize<'de> for PayloadBytes {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a byte string")
             }
-            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+            fn visit_borrowed_bytes<E: serde::de::Error>(
+                self,
+                v: &'de [u8],
+            ) -> Result<Self::Value, E> {
                 Ok(crate::codec::share_or_copy(v))
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
@@ -198,10 +235,12 @@ impl Bounded for PayloadBytes {
 
 /// The digest of a block payload, which the block's header (and so its id) commits to.
 pub fn payload_digest(payload: &[u8]) -> Digest32 {
-    *blake3::Hasher::new_derive_key(PAYLOAD_DIGEST_CONTEXT)
-        .update(payload)
-        .finalize()
-        .as_bytes()
+    *payload_hasher().update(payload).finalize().as_bytes()
+}
+
+/// The hasher of [`payload_digest`], for payloads read in pieces.
+pub fn payload_hasher() -> blake3::Hasher {
+    blake3::Hasher::new_derive_key(PAYLOAD_DIGEST_CONTEXT)
 }
 
 /// BLAKE3 derive_key context of [`payload_digest`].

@@ -756,6 +756,24 @@ fn payload_bytes_encode_as_a_byte_string_and_keep_their_own_digest() {
     assert_ne!(other, p);
 }
 
+/// `head ‖ payload ‖ tail` is the block's encoding, for payload lengths whose ULEB128 prefix
+/// takes one to four bytes, and with evidence.
+#[test]
+fn block_encoding_splits_around_the_payload() {
+    use crate::codec::encode_infallible;
+    let fx = Fx::new(4);
+    for len in [0usize, 1, 127, 128, 16_383, 16_384, 2_097_152] {
+        let (mut b, _) = fx.block(1, 3, &fx.genesis_qc(), &vec![5u8; len]);
+        b.timestamp_ms = 77;
+        let (head, tail) = b.encode_around_payload().unwrap();
+        assert_eq!(
+            [&head[..], &b.payload[..], &tail[..]].concat(),
+            encode_infallible(&b),
+            "{len}"
+        );
+    }
+}
+
 /// A payload decoded from a shared frame is a slice of that frame (no copy); decoded from plain
 /// bytes, or from a frame decoded earlier, it owns a copy. Either way it equals the original.
 #[test]
@@ -774,7 +792,10 @@ fn payload_decoded_from_a_shared_frame_is_a_slice_of_it() {
     assert_eq!(shared.payload.shared().as_ptr(), shared.payload.as_ptr());
     let copied: Block = decode(&frame).unwrap();
     assert_eq!(copied, b);
-    assert!(!inside(&copied.payload), "plain decode must not borrow a past frame");
+    assert!(
+        !inside(&copied.payload),
+        "plain decode must not borrow a past frame"
+    );
     // Truncated: an error, and the thread forgets the frame.
     assert!(decode_shared::<Block>(&frame.slice(..frame.len() - 1)).is_err());
     let again: Block = decode(&frame).unwrap();

@@ -22,7 +22,7 @@ use crate::codec::{decode, encode_infallible, Bounded, DecodeError};
 use crate::consensus::{Block, CommitProof, SafetyState, Storage, StorageError};
 use crate::types::Height;
 
-pub use log::{Extent, Group, GroupEntry, GroupMeta, ValueLog};
+pub use log::{Extent, Group, GroupEntry, GroupMeta, Record, ValueLog};
 pub use safety_file::SafetyFile;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -151,22 +151,41 @@ impl ChainWriter {
         items: &[GroupItem<'_>],
         index_synced: &mut std::time::Instant,
     ) -> Result<(), StorageError> {
-        let mut records = Vec::with_capacity(items.len() * 2);
+        // A block is written as its encoding split around the payload, the payload straight
+        // from the block (no copy into one encoding) and entering the group digest by the
+        // digest the block keeps.
+        let mut parts = Vec::with_capacity(items.len());
         let mut entries = Vec::with_capacity(items.len());
         for it in items {
-            let block = encode_infallible(it.block);
+            let (head, tail) = it.block.encode_around_payload().ok_or_else(|| {
+                StorageError::Backend(format!(
+                    "block {}: its encoding does not split around its payload",
+                    it.block.height.0
+                ))
+            })?;
             let proof = it.proof.map(encode_infallible);
+            let block_len = head.len() + it.block.payload.len() + tail.len();
             entries.push(GroupEntry {
                 height: it.block.height.0,
-                block_len: record_len(&block)?,
+                block_len: u32::try_from(block_len).map_err(|_| {
+                    StorageError::Backend(format!("record of {block_len} bytes is too large"))
+                })?,
                 proof_len: proof.as_deref().map(record_len).transpose()?,
                 exec_root: it.exec_root,
+                payload: Some((head.len() as u32, it.block.payload.len() as u32)),
             });
-            records.push(block);
-            records.extend(proof);
+            parts.push((head, it.block.payload.digest(), tail, proof));
         }
-        let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
-        let group = self.log.append_group(GroupMeta { entries }, &refs)?;
+        let mut records = Vec::with_capacity(items.len() * 2);
+        for ((head, digest, tail, proof), it) in parts.iter().zip(items) {
+            records.push(Record {
+                head,
+                payload: Some((&it.block.payload[..], digest)),
+                tail,
+            });
+            records.extend(proof.as_deref().map(Record::plain));
+        }
+        let group = self.log.append_group(GroupMeta { entries }, &records)?;
         self.log.sync()?;
         // The index may only name durable bytes.
         if self.log.synced_to() < group.end {
