@@ -51,6 +51,13 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let cli = Cli::parse_from(args);
+    // rayon's workers (hashing long transaction lists, large signature batches) get their own
+    // name: unnamed, they would carry the name of whichever stage thread first used rayon, and
+    // per-thread profiles would charge that stage for them. Fails only if already built (a
+    // second call in one process, as in tests), which leaves the first pool as it is.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("rayon-{i}"))
+        .build_global();
     let result = match cli.command {
         Command::Sim(args) => sim::run(args),
         Command::Keys(cmd) => keys::run(cmd),
