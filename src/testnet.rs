@@ -78,9 +78,17 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestnetError {
     move |source| TestnetError::Io { what, source }
 }
 
-fn free_port() -> Result<u16, TestnetError> {
-    let s = UdpSocket::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
-    Ok(s.local_addr().map_err(io("finding a free port"))?.port())
+/// `n` distinct free UDP ports on 127.0.0.1. Every socket is held until all are picked: a port
+/// picked and released at once could be handed out again by the next pick, and two validators
+/// given the same port left one unable to start ("Address already in use").
+fn free_ports(n: usize) -> Result<Vec<u16>, TestnetError> {
+    let sockets = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").map_err(io("finding a free port")))
+        .collect::<Result<Vec<_>, _>>()?;
+    sockets
+        .iter()
+        .map(|s| Ok(s.local_addr().map_err(io("finding a free port"))?.port()))
+        .collect()
 }
 
 /// Writes keys and configs for a fresh testnet. A directory of an earlier testnet is cleared
@@ -105,13 +113,14 @@ pub fn write(cfg: &TestnetConfig) -> Result<Vec<NodeInfo>, TestnetError> {
     .map_err(io("writing the testnet marker"))?;
     let dir = std::fs::canonicalize(&cfg.dir).map_err(io("resolving the directory"))?;
     let mut keys = Vec::new();
-    let mut ports = Vec::new();
     for i in 0..cfg.validators {
         let key = Keypair::generate(&mut rand::rngs::OsRng);
         crate::node::keys::write(&dir.join(format!("validator-{i}.key")), &key)?;
         keys.push(key);
-        ports.push((free_port()?, free_port()?));
     }
+    // Each validator's peer port and client port.
+    let picked = free_ports(2 * cfg.validators)?;
+    let ports: Vec<(u16, u16)> = picked.chunks_exact(2).map(|p| (p[0], p[1])).collect();
     let validators: String = keys
         .iter()
         .enumerate()
@@ -328,5 +337,17 @@ impl Testnet {
 impl Drop for Testnet {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Ports picked together are distinct (each socket is held until all are picked).
+    #[test]
+    fn ports_picked_together_are_distinct() {
+        let ports = super::free_ports(256).unwrap();
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+        assert!(ports.iter().all(|p| *p != 0));
     }
 }
