@@ -462,6 +462,8 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         move |b| core_stage.on_batch(b),
     )?;
     let verify_border = Arc::clone(&border);
+    let inline_core_in = core_in.clone();
+    let inline_border = Arc::clone(&border);
     let (verify_in, verify_stage) = pipeline::spawn(
         stage("pipeline.verify", 8192, 512, None, core_of(1)),
         move |b| {
@@ -493,7 +495,16 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                             if let crate::consensus::Message::Proposal(prop) = p.message() {
                                 app::precheck(&payload_checks, &prop.block.payload);
                             }
-                            if verify_in.send((from, p)).is_err() {
+                            // A message with one signature (a vote, a timeout) while the
+                            // verify stage has nothing queued would be a batch of one there:
+                            // verified here, it skips a thread hand-off on the round's path.
+                            if p.items().len() <= 1 && verify_in.depth() == 0 {
+                                for v in stages::verify(vec![(from, p)], &inline_border) {
+                                    if inline_core_in.send(v).is_err() {
+                                        break;
+                                    }
+                                }
+                            } else if verify_in.send((from, p)).is_err() {
                                 break;
                             }
                         }
