@@ -449,6 +449,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         Arc::clone(&snapshot),
     );
     core_stage.on_own_proposal = leader_hints;
+    core_stage.direct_egress = Some((handle.clone(), Arc::clone(&dropped)));
     let timing = Arc::clone(&core_stage.timing);
     core_stage.start();
     let (core_in, core_stage_handle) = pipeline::spawn(

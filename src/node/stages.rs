@@ -362,6 +362,9 @@ pub struct CoreStage {
     pub timing: Arc<Mutex<ConsensusTiming>>,
     /// Told of each own proposal once it is on its way.
     pub on_own_proposal: Option<OnOwnProposal>,
+    /// Sends votes and timeouts itself while the egress stage has nothing queued (see
+    /// [`CoreStage::send_to`]): the transport and the counter of refused sends.
+    pub direct_egress: Option<(TransportHandle, Arc<AtomicU64>)>,
     loopback: VecDeque<Message>,
     /// The committed height of the message being handled, published after its proposal.
     committed_unpublished: Option<u64>,
@@ -386,6 +389,7 @@ impl CoreStage {
             snapshot,
             timing: Arc::new(Mutex::new(ConsensusTiming::default())),
             on_own_proposal: None,
+            direct_egress: None,
             loopback: VecDeque::new(),
             committed_unpublished: None,
         }
@@ -470,6 +474,20 @@ impl CoreStage {
         }
     }
 
+    /// Sends `msg` to one validator. A vote or a timeout (one signature, a few hundred bytes)
+    /// goes to the transport from this thread when the egress stage has nothing queued: there it
+    /// would be a batch of one, and the hand-off would sit on the round's path. Everything else,
+    /// and everything while egress has a queue, goes through egress in order.
+    fn send_to(&mut self, to: ValidatorIndex, msg: Message) {
+        if let Some((transport, dropped)) = &self.direct_egress {
+            if matches!(msg, Message::Vote(_) | Message::Timeout(_)) && self.egress.depth() == 0 {
+                egress(vec![Outbound::To(to, msg)], transport, dropped);
+                return;
+            }
+        }
+        let _ = self.egress.send(Outbound::To(to, msg));
+    }
+
     /// The ids of a payload this node built (kept by [`NodeApp`] under its transaction root).
     fn built_ids(&mut self, payload: &[u8]) -> Option<Arc<[TxId]>> {
         let root = Payload::root_of(payload)?;
@@ -482,9 +500,7 @@ impl CoreStage {
         for a in actions {
             match a {
                 Action::Send { to, msg } if to == me => self.loopback.push_back(msg),
-                Action::Send { to, msg } => {
-                    let _ = self.egress.send(Outbound::To(to, msg));
-                }
+                Action::Send { to, msg } => self.send_to(to, msg),
                 Action::Broadcast { msg } => {
                     let own = match &msg {
                         Message::Proposal(p) if p.block.author == me => {
