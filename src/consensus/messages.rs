@@ -240,8 +240,14 @@ pub fn payload_digest(payload: &[u8]) -> Digest32 {
 
 /// The hasher of [`payload_digest`], for payloads read in pieces.
 pub fn payload_hasher() -> blake3::Hasher {
-    blake3::Hasher::new_derive_key(PAYLOAD_DIGEST_CONTEXT)
+    use blake3::hazmat::HasherExt;
+    blake3::Hasher::new_from_context_key(&PAYLOAD_DIGEST_KEY)
 }
+
+/// [`PAYLOAD_DIGEST_CONTEXT`] hashed once per process (`new_derive_key` would hash it for every
+/// block).
+static PAYLOAD_DIGEST_KEY: std::sync::LazyLock<blake3::hazmat::ContextKey> =
+    std::sync::LazyLock::new(|| blake3::hazmat::hash_derive_key_context(PAYLOAD_DIGEST_CONTEXT));
 
 /// BLAKE3 derive_key context of [`payload_digest`].
 pub const PAYLOAD_DIGEST_CONTEXT: &str = "bpci 2026-11 block payload v1";

@@ -747,6 +747,12 @@ fn payload_bytes_encode_as_a_byte_string_and_keep_their_own_digest() {
         encode_infallible(&serde_bytes::ByteBuf::from(b"abc".to_vec()))
     );
     assert_eq!(p.digest(), payload_digest(b"abc"));
+    // The prepared context key gives BLAKE3's derive_key hash.
+    let derived = *blake3::Hasher::new_derive_key(PAYLOAD_DIGEST_CONTEXT)
+        .update(b"abc")
+        .finalize()
+        .as_bytes();
+    assert_eq!(payload_digest(b"abc"), derived);
     let back: PayloadBytes = decode(&encode_infallible(&p)).unwrap();
     assert_eq!((&back, back.digest()), (&p, p.digest()));
     let copy = p.clone();

@@ -467,13 +467,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let inline_border = Arc::clone(&border);
     let (verify_in, verify_stage) = pipeline::spawn(
         stage("pipeline.verify", 8192, 512, None, core_of(1)),
-        move |b| {
-            for v in stages::verify(b, &verify_border) {
-                if core_in.send(v).is_err() {
-                    break;
-                }
-            }
-        },
+        move |b| stages::verify_into(b, &verify_border, &core_in),
     )?;
 
     let ingress_ctx = Arc::clone(&ctx);
@@ -500,11 +494,11 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                             // verify stage has nothing queued would be a batch of one there:
                             // verified here, it skips a thread hand-off on the round's path.
                             if p.items().len() <= 1 && verify_in.depth() == 0 {
-                                for v in stages::verify(vec![(from, p)], &inline_border) {
-                                    if inline_core_in.send(v).is_err() {
-                                        break;
-                                    }
-                                }
+                                stages::verify_into(
+                                    vec![(from, p)],
+                                    &inline_border,
+                                    &inline_core_in,
+                                );
                             } else if verify_in.send((from, p)).is_err() {
                                 break;
                             }

@@ -156,6 +156,19 @@ pub enum Outbound {
     All(Message),
 }
 
+/// [`verify`], then the verified messages to the consensus stage, in order (stops if it ended).
+pub fn verify_into(
+    batch: Vec<(ValidatorIndex, Prepared)>,
+    border: &BorderStats,
+    core: &StageInput<(ValidatorIndex, Verified)>,
+) {
+    for v in verify(batch, border) {
+        if core.send(v).is_err() {
+            break;
+        }
+    }
+}
+
 /// Egress: encode once, hand to the transport (which queues per peer and coalesces writes).
 pub fn egress(batch: Vec<Outbound>, transport: &TransportHandle, dropped: &AtomicU64) {
     for out in batch {

@@ -141,6 +141,32 @@ pub struct GroupEntry {
     pub payload: Option<(u32, u32)>,
 }
 
+impl GroupEntry {
+    /// The entry naming `block` and, if stored, its `proof`: lengths and payload span taken from
+    /// the records themselves.
+    pub fn describe(
+        height: u64,
+        exec_root: Option<[u8; 32]>,
+        block: &Record<'_>,
+        proof: Option<&Record<'_>>,
+    ) -> Result<Self, StorageError> {
+        let u32_of = |n: u64| {
+            u32::try_from(n)
+                .map_err(|_| StorageError::Backend(format!("record of {n} bytes is too large")))
+        };
+        Ok(Self {
+            height,
+            block_len: u32_of(block.len())?,
+            proof_len: proof.map(|p| u32_of(p.len())).transpose()?,
+            exec_root,
+            payload: block
+                .span()
+                .map(|(o, l)| Ok::<_, StorageError>((u32_of(o)?, u32_of(l)?)))
+                .transpose()?,
+        })
+    }
+}
+
 /// [`GroupEntry`] as format 1 wrote it (no payload span).
 #[derive(serde::Deserialize)]
 struct GroupEntryV1 {
@@ -539,7 +565,7 @@ impl ValueLog {
             .map_err(|e| io_err(&self.path, "read", e))?;
         let records_at = body_at + section_len;
         let mut buf = Vec::new();
-        let meta = if v1 {
+        if v1 {
             let mut h = group_hasher(&self.key, GROUP_DIGEST_CONTEXT_V1, at, body_len, &section);
             self.hash_range(&mut h, records_at, end, &mut buf)?;
             if h.finalize().as_bytes()[..] != head[24..56] {
@@ -548,45 +574,40 @@ impl ValueLog {
             let Ok(meta) = crate::codec::decode::<GroupMetaV1>(&section) else {
                 return Ok(None);
             };
-            GroupMeta::from(meta)
-        } else {
-            // The section is decoded first (bounded, and it names the payload spans), the
-            // digest checked after: nothing it names is used before that.
-            let Ok(meta) = crate::codec::decode::<GroupMeta>(&section) else {
-                return Ok(None);
-            };
-            if meta.layout(records_at).1 != end {
-                return Ok(None);
-            }
-            let mut h = group_hasher(&self.key, GROUP_DIGEST_CONTEXT, at, body_len, &section);
-            for (e, (block, proof)) in meta.entries.iter().zip(meta.layout(records_at).0) {
-                match e.payload {
-                    Some((o, l)) if u64::from(o) + u64::from(l) <= u64::from(block.len) => {
-                        let (p, q) = (
-                            block.offset + u64::from(o),
-                            block.offset + u64::from(o) + u64::from(l),
-                        );
-                        self.hash_range(&mut h, block.offset, p, &mut buf)?;
-                        let mut payload = crate::consensus::payload_hasher();
-                        self.hash_range(&mut payload, p, q, &mut buf)?;
-                        h.update(payload.finalize().as_bytes());
-                        self.hash_range(&mut h, q, block.end(), &mut buf)?;
-                    }
-                    Some(_) => return Ok(None),
-                    None => self.hash_range(&mut h, block.offset, block.end(), &mut buf)?,
-                }
-                if let Some(p) = proof {
-                    self.hash_range(&mut h, p.offset, p.end(), &mut buf)?;
-                }
-            }
-            if h.finalize().as_bytes()[..] != head[24..56] {
-                return Ok(None);
-            }
-            meta
+            let meta = GroupMeta::from(meta);
+            // The named lengths must add up to the records exactly.
+            let (extents, next) = meta.layout(records_at);
+            return Ok((next == end).then_some(Group { meta, extents, end }));
+        }
+        // The section is decoded first (bounded, and it names the payload spans), the digest
+        // checked after: nothing it names is used before that.
+        let Ok(meta) = crate::codec::decode::<GroupMeta>(&section) else {
+            return Ok(None);
         };
-        // The named lengths must add up to the records exactly.
         let (extents, next) = meta.layout(records_at);
         if next != end {
+            return Ok(None);
+        }
+        let mut h = group_hasher(&self.key, GROUP_DIGEST_CONTEXT, at, body_len, &section);
+        for (e, (block, proof)) in meta.entries.iter().zip(&extents) {
+            match e.payload {
+                Some((o, l)) if u64::from(o) + u64::from(l) <= u64::from(block.len) => {
+                    let p = block.offset + u64::from(o);
+                    let q = p + u64::from(l);
+                    self.hash_range(&mut h, block.offset, p, &mut buf)?;
+                    let mut payload = crate::consensus::payload_hasher();
+                    self.hash_range(&mut payload, p, q, &mut buf)?;
+                    h.update(payload.finalize().as_bytes());
+                    self.hash_range(&mut h, q, block.end(), &mut buf)?;
+                }
+                Some(_) => return Ok(None),
+                None => self.hash_range(&mut h, block.offset, block.end(), &mut buf)?,
+            }
+            if let Some(p) = proof {
+                self.hash_range(&mut h, p.offset, p.end(), &mut buf)?;
+            }
+        }
+        if h.finalize().as_bytes()[..] != head[24..56] {
             return Ok(None);
         }
         Ok(Some(Group { meta, extents, end }))

@@ -155,7 +155,6 @@ impl ChainWriter {
         // from the block (no copy into one encoding) and entering the group digest by the
         // digest the block keeps.
         let mut parts = Vec::with_capacity(items.len());
-        let mut entries = Vec::with_capacity(items.len());
         for it in items {
             let (head, tail) = it.block.encode_around_payload().ok_or_else(|| {
                 StorageError::Backend(format!(
@@ -163,27 +162,30 @@ impl ChainWriter {
                     it.block.height.0
                 ))
             })?;
-            let proof = it.proof.map(encode_infallible);
-            let block_len = head.len() + it.block.payload.len() + tail.len();
-            entries.push(GroupEntry {
-                height: it.block.height.0,
-                block_len: u32::try_from(block_len).map_err(|_| {
-                    StorageError::Backend(format!("record of {block_len} bytes is too large"))
-                })?,
-                proof_len: proof.as_deref().map(record_len).transpose()?,
-                exec_root: it.exec_root,
-                payload: Some((head.len() as u32, it.block.payload.len() as u32)),
-            });
-            parts.push((head, it.block.payload.digest(), tail, proof));
+            parts.push((
+                head,
+                it.block.payload.digest(),
+                tail,
+                it.proof.map(encode_infallible),
+            ));
         }
         let mut records = Vec::with_capacity(items.len() * 2);
+        let mut entries = Vec::with_capacity(items.len());
         for ((head, digest, tail, proof), it) in parts.iter().zip(items) {
-            records.push(Record {
+            let block = Record {
                 head,
                 payload: Some((&it.block.payload[..], digest)),
                 tail,
-            });
-            records.extend(proof.as_deref().map(Record::plain));
+            };
+            let proof = proof.as_deref().map(Record::plain);
+            entries.push(GroupEntry::describe(
+                it.block.height.0,
+                it.exec_root,
+                &block,
+                proof.as_ref(),
+            )?);
+            records.push(block);
+            records.extend(proof);
         }
         let group = self.log.append_group(GroupMeta { entries }, &records)?;
         self.log.sync()?;
@@ -201,11 +203,6 @@ impl ChainWriter {
         }
         Ok(())
     }
-}
-
-fn record_len(r: &[u8]) -> Result<u32, StorageError> {
-    u32::try_from(r.len())
-        .map_err(|_| StorageError::Backend(format!("record of {} bytes is too large", r.len())))
 }
 
 /// Indexes the groups' blocks, proofs and execution roots, with the log's end after the last
