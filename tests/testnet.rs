@@ -61,6 +61,7 @@ fn four_validators_commit_client_transactions() {
                 warmup: Duration::ZERO,
                 drain: Duration::from_secs(10),
                 route,
+                sender_nice: loadgen::DEFAULT_SENDER_NICE,
             },
             &AtomicBool::new(false),
             |_| {},
@@ -138,6 +139,7 @@ fn killed_validator_is_not_needed_and_catches_up_with_the_same_chain() {
         warmup: Duration::ZERO,
         drain: Duration::from_secs(5),
         route: Route::Leader,
+        sender_nice: loadgen::DEFAULT_SENDER_NICE,
     };
     std::thread::scope(|s| {
         let load_thread = s.spawn(|| loadgen::run(&load, &stop, |_| {}).unwrap());

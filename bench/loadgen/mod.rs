@@ -207,7 +207,19 @@ pub struct LoadConfig {
     pub drain: Duration,
     /// Where batches go.
     pub route: Route,
+    /// The nice value of the thread that builds and sends the batches (0 leaves it as it is;
+    /// see [`DEFAULT_SENDER_NICE`]). The threads that take commit notices keep the caller's
+    /// priority: a late wake-up there would be measured as latency.
+    pub sender_nice: i32,
 }
+
+/// The sending thread's default nice value. Sharing a machine with the validators it loads (a
+/// local testnet), the generator competes for the same cores; at a nice value above theirs the
+/// kernel runs a validator thread first when both are ready, as it would if the generator had
+/// its own machine. A batch that leaves late is still timed from its scheduled instant
+/// (coordinated omission), so the delay shows in the latency, never hides. See
+/// `perf/README.md` (tenth session) for the runs that chose it.
+pub const DEFAULT_SENDER_NICE: i32 = 10;
 
 /// Latency percentiles in milliseconds.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -597,6 +609,12 @@ pub fn run(
     stop: &AtomicBool,
     mut on_tick: impl FnMut(&Tick),
 ) -> Result<LoadReport, LoadError> {
+    if !(0..=19).contains(&cfg.sender_nice) {
+        return Err(LoadError::Config(format!(
+            "sender nice value must be between 0 and 19, got {}",
+            cfg.sender_nice
+        )));
+    }
     if cfg.targets.is_empty() || cfg.rate_tps == 0 || cfg.tx_bytes < 16 {
         return Err(LoadError::Config(
             "load needs at least one target, a positive rate and transactions of at least 16 bytes"
@@ -661,7 +679,12 @@ pub fn run(
     });
     for (ci, rx) in receivers.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
-        threads.push(std::thread::spawn(move || shared.receive(ci, rx)));
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("loadgen.recv-{ci}"))
+                .spawn(move || shared.receive(ci, rx))
+                .map_err(|e| LoadError::Runtime(format!("starting a receiver thread: {e}")))?,
+        );
     }
     // Senders: one per connection when spreading; one for all of them when following the
     // leader (a batch a millisecond to whichever validator proposes next: a quarter of the
@@ -678,8 +701,16 @@ pub fn run(
         let shares3 = Arc::clone(&shares);
         let tx_bytes = cfg.tx_bytes;
         let duration = cfg.duration;
-        threads.push(std::thread::spawn(move || {
-            send_loop(
+        let nice = cfg.sender_nice;
+        let spawned = std::thread::Builder::new()
+            .name(format!("loadgen.send-{si}"))
+            .spawn(move || {
+                if nice > 0 {
+                    if let Err(e) = crate::pipeline::lower_thread_priority(nice) {
+                        tracing::warn!(target: "loadgen", nice, error = %e, "sender priority unchanged");
+                    }
+                }
+                send_loop(
                 si as u32,
                 own,
                 &conns3,
@@ -692,7 +723,10 @@ pub fn run(
                 start,
                 &done3,
             )
-        }));
+            });
+        threads.push(
+            spawned.map_err(|e| LoadError::Runtime(format!("starting a sender thread: {e}")))?,
+        );
     }
     // Progress, once a second, until the offered period ends; then drain.
     let mut ticks = Vec::new();

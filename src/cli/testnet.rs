@@ -69,6 +69,12 @@ pub struct TestnetArgs {
     /// validators' leader hints) or `spread` (each connection to its own validator).
     #[arg(long, default_value = "leader")]
     route: Route,
+    /// The nice value (0-19) of the load generator's sending thread: above the validators'
+    /// 0, the kernel runs a validator thread first when both are ready, as if the generator
+    /// had its own machine; late batches are still timed from their scheduled instant.
+    #[arg(long, default_value_t = loadgen::DEFAULT_SENDER_NICE,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    sender_nice: i32,
     /// Where keys, configs, data, logs, results.json and the latency plot go.
     #[arg(long, default_value = "target/testnet")]
     dir: PathBuf,
@@ -141,6 +147,7 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         drain: Duration::from_secs(5),
         route: args.route,
+        sender_nice: args.sender_nice,
     };
     let bar = if args.json {
         ProgressBar::hidden()
@@ -354,6 +361,12 @@ pub struct LoadArgs {
     /// `leader` (send to the upcoming leader, from the validators' leader hints) or `spread`.
     #[arg(long, default_value = "leader")]
     route: Route,
+    /// The nice value (0-19) of the load generator's sending thread: above the validators'
+    /// 0, the kernel runs a validator thread first when both are ready, as if the generator
+    /// had its own machine; late batches are still timed from their scheduled instant.
+    #[arg(long, default_value_t = loadgen::DEFAULT_SENDER_NICE,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    sender_nice: i32,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -387,6 +400,7 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         drain: Duration::from_secs(5),
         route: args.route,
+        sender_nice: args.sender_nice,
     };
     let report = loadgen::run(&cfg, &stop, |t| {
         if !args.json {

@@ -353,6 +353,51 @@ pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Lowers the calling thread's scheduling priority to nice value `nice` (0..=19; Linux keeps a
+/// nice value per thread, and threads this one starts inherit it). Raising a priority needs a
+/// privilege, lowering one does not, so this only ever lowers: a value at or below the thread's
+/// current one changes nothing. Elsewhere than Linux it does nothing.
+pub fn lower_thread_priority(nice: i32) -> std::io::Result<()> {
+    if !(0..=19).contains(&nice) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("nice value {nice} is outside 0..=19"),
+        ));
+    }
+    #[cfg(target_os = "linux")]
+    {
+        if nice <= current_thread_nice()? {
+            return Ok(());
+        }
+        // SAFETY: gettid has no arguments; setpriority reads only integers.
+        let rc =
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The calling thread's nice value (0 elsewhere than Linux).
+pub fn current_thread_nice() -> std::io::Result<i32> {
+    #[cfg(target_os = "linux")]
+    {
+        // getpriority returns -1 both as a value and on error: errno, cleared first, tells.
+        // SAFETY: the errno location is this thread's and always valid; gettid has no
+        // arguments and getpriority reads only integers.
+        unsafe { *libc::__errno_location() = 0 };
+        let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        let err = std::io::Error::last_os_error();
+        if now == -1 && err.raw_os_error() != Some(0) {
+            return Err(err);
+        }
+        Ok(now)
+    }
+    #[cfg(not(target_os = "linux"))]
+    Ok(0)
+}
+
 /// mimalloc's `mi_option_purge_delay` (v2 `mimalloc.h`: the option between
 /// `mi_option_eager_commit_delay` = 14 and `mi_option_use_numa_nodes` = 16; the -sys crate names
 /// neither it nor its old name `reset_delay`).
@@ -388,6 +433,30 @@ pub fn core_count() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lowering sets exactly the value asked, a value at or below the current one changes
+    /// nothing (raising needs a privilege), out-of-range values are refused; each on a fresh
+    /// thread, so the test thread keeps its priority.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn thread_priority_is_only_lowered_and_only_on_its_thread() {
+        let outer = current_thread_nice().unwrap();
+        let (at, after_raise) = std::thread::spawn(move || {
+            let target = (outer + 3).min(19);
+            lower_thread_priority(target).unwrap();
+            let at = current_thread_nice().unwrap();
+            lower_thread_priority(outer).unwrap();
+            (target == at, current_thread_nice().unwrap() == at)
+        })
+        .join()
+        .unwrap();
+        assert!(at && after_raise);
+        assert_eq!(current_thread_nice().unwrap(), outer);
+        for bad in [-1, 20] {
+            let e = lower_thread_priority(bad).unwrap_err();
+            assert!(e.to_string().contains(&bad.to_string()), "{e}");
+        }
+    }
 
     /// The option number is the purge delay's: its neighbours are where the header puts them,
     /// and setting it reads back.
