@@ -4,7 +4,7 @@
 //! When it is full, [`Mempool::insert`] answers [`MempoolError::Full`] and the client endpoint
 //! tells the client "busy": memory never grows without bound.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,8 +28,6 @@ pub type TxId = Digest32;
 /// is several times faster, and the seed keeps clients that pick transactions from steering their
 /// ids into one bucket chain.
 pub type IdMap<V> = std::collections::HashMap<TxId, V, foldhash::fast::RandomState>;
-/// A hash set of transaction ids (see [`IdMap`]).
-pub type IdSet = HashSet<TxId, foldhash::fast::RandomState>;
 
 /// The id of transaction bytes.
 pub fn tx_id(tx: &[u8]) -> TxId {
@@ -133,6 +131,10 @@ impl Default for MempoolLimits {
     }
 }
 
+/// The owner of a transaction no client connection of ours waits on (forwarded to us, or
+/// inserted without one).
+pub const NO_OWNER: u64 = u64::MAX;
+
 /// Pending transactions.
 #[derive(Debug, Default)]
 pub struct Mempool {
@@ -141,7 +143,10 @@ pub struct Mempool {
     queue: VecDeque<(TxId, Vec<u8>)>,
     /// Forwarded to us by other validators (proposed here, never forwarded again).
     forwarded: VecDeque<(TxId, Vec<u8>)>,
-    ids: IdSet,
+    /// The pending ids, each with the client connection that submitted it ([`NO_OWNER`] for
+    /// none): the one table a transaction's admission touches, and what [`Mempool::take`]
+    /// hands over with it for receipts and commit notices.
+    ids: IdMap<u64>,
     bytes: usize,
     /// Transactions ever accepted from our own clients.
     local_inserted: u64,
@@ -176,18 +181,22 @@ impl Mempool {
         self.bytes
     }
 
-    /// Adds a transaction from one of our clients, returning its id.
+    /// Adds a transaction from one of our clients (no owner), returning its id.
     pub fn insert(&mut self, tx: Vec<u8>) -> Result<TxId, MempoolError> {
         let id = tx_id(&tx);
-        self.enqueue(id, tx, true)
+        self.enqueue(id, tx, true, NO_OWNER)
     }
 
-    /// Adds a batch of our clients' transactions (hashed beforehand, outside the pool's lock):
-    /// one result per transaction, in order.
-    pub fn insert_batch(&mut self, batch: HashedTxs) -> Vec<Result<TxId, MempoolError>> {
+    /// Adds a batch of our clients' transactions (hashed beforehand, outside the pool's lock),
+    /// submitted by client connection `owner`: one result per transaction, in order.
+    pub fn insert_batch(
+        &mut self,
+        batch: HashedTxs,
+        owner: u64,
+    ) -> Vec<Result<TxId, MempoolError>> {
         batch
             .into_iter()
-            .map(|(id, tx)| self.enqueue(id, tx, true))
+            .map(|(id, tx)| self.enqueue(id, tx, true, owner))
             .collect()
     }
 
@@ -196,13 +205,19 @@ impl Mempool {
     pub fn insert_forwarded_batch(&mut self, batch: HashedTxs) -> Vec<Result<TxId, MempoolError>> {
         batch
             .into_iter()
-            .map(|(id, tx)| self.enqueue(id, tx, false))
+            .map(|(id, tx)| self.enqueue(id, tx, false, NO_OWNER))
             .collect()
     }
 
     /// Admits `tx` (whose id is `id`) into our clients' queue (`local`) or the forwarded one.
-    fn enqueue(&mut self, id: TxId, tx: Vec<u8>, local: bool) -> Result<TxId, MempoolError> {
-        self.admit(&tx, id)?;
+    fn enqueue(
+        &mut self,
+        id: TxId,
+        tx: Vec<u8>,
+        local: bool,
+        owner: u64,
+    ) -> Result<TxId, MempoolError> {
+        self.admit(&tx, id, owner)?;
         self.bytes += tx.len();
         if local {
             self.local_inserted += 1;
@@ -213,8 +228,8 @@ impl Mempool {
         Ok(id)
     }
 
-    /// Checks size, room and novelty; records the id (`id` is `tx_id(tx)`).
-    fn admit(&mut self, tx: &[u8], id: TxId) -> Result<TxId, MempoolError> {
+    /// Checks size, room and novelty; records the id (`id` is `tx_id(tx)`) and its owner.
+    fn admit(&mut self, tx: &[u8], id: TxId, owner: u64) -> Result<TxId, MempoolError> {
         if tx.is_empty() {
             return Err(MempoolError::Empty);
         }
@@ -230,16 +245,28 @@ impl Mempool {
                 bytes: self.bytes,
             });
         }
-        if !self.ids.insert(id) {
-            return Err(MempoolError::Duplicate);
+        match self.ids.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(MempoolError::Duplicate),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(owner);
+                Ok(id)
+            }
         }
-        Ok(id)
     }
 
     /// Takes up to `max_count` transactions and `max_bytes` bytes for a proposal: those
     /// forwarded to us first (they waited at another validator already), then our clients',
     /// each oldest first.
     pub fn take(&mut self, max_count: usize, max_bytes: usize) -> Vec<(TxId, Vec<u8>)> {
+        self.take_owned(max_count, max_bytes).0
+    }
+
+    /// [`Mempool::take`], with each transaction's owner (in the same order).
+    pub fn take_owned(
+        &mut self,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> (Vec<(TxId, Vec<u8>)>, Vec<u64>) {
         let mut out = Vec::new();
         let mut bytes = 0;
         Self::take_from(
@@ -250,17 +277,22 @@ impl Mempool {
             max_bytes,
         );
         Self::take_from(&mut self.queue, &mut out, &mut bytes, max_count, max_bytes);
-        self.settle(&out, bytes);
-        out
+        let owners = self.settle(&out, bytes);
+        (out, owners)
     }
 
-    /// Takes only our own clients' transactions (to forward them), oldest first.
-    pub fn take_local(&mut self, max_count: usize, max_bytes: usize) -> Vec<(TxId, Vec<u8>)> {
+    /// Takes only our own clients' transactions (to forward them), oldest first, with their
+    /// owners.
+    pub fn take_local(
+        &mut self,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> (Vec<(TxId, Vec<u8>)>, Vec<u64>) {
         let mut out = Vec::new();
         let mut bytes = 0;
         Self::take_from(&mut self.queue, &mut out, &mut bytes, max_count, max_bytes);
-        self.settle(&out, bytes);
-        out
+        let owners = self.settle(&out, bytes);
+        (out, owners)
     }
 
     fn take_from(
@@ -285,17 +317,27 @@ impl Mempool {
         }
     }
 
-    fn settle(&mut self, taken: &[(TxId, Vec<u8>)], bytes: usize) {
+    /// Forgets the taken ids: their owners, in order.
+    fn settle(&mut self, taken: &[(TxId, Vec<u8>)], bytes: usize) -> Vec<u64> {
         self.bytes -= bytes;
-        for (id, _) in taken {
-            self.ids.remove(id);
-        }
+        taken
+            .iter()
+            .map(|(id, _)| self.ids.remove(id).unwrap_or(NO_OWNER))
+            .collect()
     }
 
-    /// Puts back transactions whose block was abandoned (front of the queue, original order).
+    /// Puts back transactions whose block was abandoned (front of the queue, original order),
+    /// without owners.
     pub fn requeue(&mut self, txs: Vec<(TxId, Vec<u8>)>) {
-        for (id, tx) in txs.into_iter().rev() {
-            if self.ids.insert(id) {
+        self.requeue_owned(txs, &[]);
+    }
+
+    /// [`Mempool::requeue`] with each transaction's owner (`owners[i]` for `txs[i]`;
+    /// [`NO_OWNER`] past its end).
+    pub fn requeue_owned(&mut self, txs: Vec<(TxId, Vec<u8>)>, owners: &[u64]) {
+        for (i, (id, tx)) in txs.into_iter().enumerate().rev() {
+            if let std::collections::hash_map::Entry::Vacant(v) = self.ids.entry(id) {
+                v.insert(owners.get(i).copied().unwrap_or(NO_OWNER));
                 self.bytes += tx.len();
                 self.queue.push_front((id, tx));
             }
@@ -540,6 +582,35 @@ mod tests {
     }
 
     #[test]
+    fn owners_travel_with_their_transactions() {
+        let mut m = Mempool::new(MempoolLimits::default());
+        let batch = HashedTxs::new(vec![b"a".to_vec(), b"b".to_vec()]);
+        let [a, b] = [0, 1].map(|i| batch.ids()[i]);
+        assert!(m.insert_batch(batch, 5).iter().all(Result::is_ok));
+        // A duplicate from another connection keeps the first owner.
+        let again = m.insert_batch(HashedTxs::new(vec![b"a".to_vec()]), 6);
+        assert_eq!(again, vec![Err(MempoolError::Duplicate)]);
+        let c = m.insert(b"c".to_vec()).unwrap();
+        let (taken, owners) = m.take_owned(2, 1 << 20);
+        assert_eq!(
+            taken.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![a, b]
+        );
+        assert_eq!(owners, vec![5, 5]);
+        // Abandoned: back with their owners, ahead of what is still pending.
+        m.requeue_owned(taken, &[5, 8]);
+        let (taken, owners) = m.take_owned(10, 1 << 20);
+        assert_eq!(
+            taken.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![a, b, c]
+        );
+        assert_eq!(owners, vec![5, 8, NO_OWNER]);
+        // Requeued without owners: none.
+        m.requeue(taken);
+        assert_eq!(m.take_owned(10, 1 << 20).1, vec![NO_OWNER; 3]);
+    }
+
+    #[test]
     fn unusual_but_valid_or_invalid_lengths_go_to_bcs() {
         // A count written in two bytes where one would do: not canonical, refused by both.
         let mut bytes = encoded(&[b"x".to_vec()]);
@@ -622,7 +693,7 @@ mod tests {
         let ids: Vec<TxId> = txs.iter().map(|t| tx_id(t)).collect();
         assert_eq!(batch.ids()[..6], ids[..6]);
         assert_eq!(batch.ids()[6], tx_id(b""), "too large: not hashed");
-        let r = m.insert_batch(batch);
+        let r = m.insert_batch(batch, NO_OWNER);
         assert_eq!(r[0], Ok(ids[0]));
         assert_eq!(r[1], Err(MempoolError::Empty));
         assert_eq!(r[2], Err(MempoolError::Duplicate));
@@ -650,7 +721,7 @@ mod tests {
             Err(MempoolError::Full { txs: 3, .. })
         ));
         assert_eq!(m.len(), 3);
-        let local = m.take_local(1, 1 << 20);
+        let (local, _) = m.take_local(1, 1 << 20);
         assert_eq!(
             local.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
             vec![own]

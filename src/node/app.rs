@@ -12,6 +12,8 @@ use crate::exec::StateRoot;
 use crate::mempool::{IdMap, Mempool, Payload, TxId, MAX_TXS_PER_BLOCK};
 use crate::types::{Height, Round, ValidatorIndex};
 
+use super::clients::{Awaiting, ProposedTxs};
+
 /// Recent durable state roots kept for checking proposers' claims.
 pub const RECENT_ROOTS_MAX: usize = 4096;
 /// Most pending claims about heights not yet executed here.
@@ -236,6 +238,7 @@ impl Default for BlockLimits {
 struct InFlight {
     tx_root: Digest32,
     txs: Vec<(TxId, Vec<u8>)>,
+    owners: Arc<[u64]>,
 }
 
 /// [`App`] for a validator node.
@@ -252,6 +255,9 @@ pub struct NodeApp {
     pub tx_ids: Arc<Mutex<TxIdCache>>,
     /// Payload checks done ahead by the ingress stage.
     pub payload_checks: Arc<Mutex<PayloadChecks>>,
+    /// Own proposals awaiting commit, with their transactions' owners (shared with the client
+    /// gateway, which sends receipts and commit notices from them).
+    pub awaiting: Arc<Mutex<Awaiting>>,
     me: ValidatorIndex,
     in_flight: BTreeMap<Round, InFlight>,
 }
@@ -272,6 +278,7 @@ impl NodeApp {
             limits,
             tx_ids: Arc::new(Mutex::new(TxIdCache::default())),
             payload_checks: Arc::new(Mutex::new(PayloadChecks::default())),
+            awaiting: Arc::new(Mutex::new(Awaiting::default())),
             me,
             in_flight: BTreeMap::new(),
         }
@@ -288,9 +295,14 @@ impl NodeApp {
         if abandoned.is_empty() {
             return;
         }
+        if let Ok(mut awaiting) = self.awaiting.lock() {
+            for f in abandoned.values() {
+                awaiting.take(&f.tx_root);
+            }
+        }
         if let Ok(mut pool) = self.mempool.lock() {
             for (_, f) in abandoned.into_iter().rev() {
-                pool.requeue(f.txs);
+                pool.requeue_owned(f.txs, &f.owners);
             }
         }
     }
@@ -304,31 +316,42 @@ impl NodeApp {
 
 impl App for NodeApp {
     fn make_payload(&mut self, _height: Height, round: Round) -> Vec<u8> {
-        let taken = match self.mempool.lock() {
+        let (taken, owners) = match self.mempool.lock() {
             Ok(mut pool) => {
                 self.progress.proposing.store(round.0, Ordering::Release);
-                let taken = pool.take(self.limits.max_txs, self.limits.max_bytes);
+                let taken = pool.take_owned(self.limits.max_txs, self.limits.max_bytes);
                 self.progress
                     .backlog
                     .store(!pool.is_empty(), Ordering::Release);
                 taken
             }
-            Err(_) => Vec::new(),
+            Err(_) => (Vec::new(), Vec::new()),
         };
         // The mempool's ids are the leaf hashes: the root needs no hashing of transactions.
         let ids: Arc<[TxId]> = taken.iter().map(|(id, _)| *id).collect();
         let payload = Payload::with_ids(taken.iter().map(|(_, tx)| tx.as_slice()), &ids);
         let (bytes, tx_root) = (payload.encode(), payload.tx_root);
-        self.remember_ids(tx_root, ids);
         if !taken.is_empty() {
+            let owners: Arc<[u64]> = owners.into();
+            if let Ok(mut awaiting) = self.awaiting.lock() {
+                awaiting.insert(
+                    tx_root,
+                    ProposedTxs {
+                        ids: Arc::clone(&ids),
+                        owners: Arc::clone(&owners),
+                    },
+                );
+            }
             self.in_flight.insert(
                 round,
                 InFlight {
                     tx_root,
                     txs: taken,
+                    owners,
                 },
             );
         }
+        self.remember_ids(tx_root, ids);
         bytes
     }
 

@@ -9,13 +9,50 @@ use bytes::Bytes;
 
 use crate::client_proto::{ClientRequest, ClientResponse, TxStatus, LATE_ROUNDS};
 use crate::codec::{decode, encode_infallible};
-use crate::mempool::{HashedTxs, IdMap, Mempool, MempoolError, TxId};
+use crate::crypto::Digest32;
+use crate::mempool::{HashedTxs, IdMap, Mempool, MempoolError, Payload, TxId, NO_OWNER};
 use crate::types::BlockId;
 
+use super::app::FifoMap;
 use super::stages::Executed;
 
-/// Most transactions whose submitter is remembered for a commit notice.
+/// Most forwarded transactions whose submitter is remembered for a commit notice.
 pub const MAX_TRACKED_TXS: usize = 1 << 20;
+/// Most own proposals whose transactions' owners are kept until they commit.
+pub const MAX_AWAITING_BLOCKS: usize = 1024;
+
+/// The transactions of one of this validator's proposals and the client connection that
+/// submitted each ([`NO_OWNER`] for none), in payload order.
+#[derive(Clone, Debug)]
+pub struct ProposedTxs {
+    /// Their ids.
+    pub ids: Arc<[TxId]>,
+    /// Their owners.
+    pub owners: Arc<[u64]>,
+}
+
+impl ProposedTxs {
+    /// The ids of each owner's transactions (owners in order of first appearance).
+    fn by_owner(&self) -> Vec<(u64, Vec<TxId>)> {
+        let mut out: Vec<(u64, Vec<TxId>)> = Vec::new();
+        for (id, owner) in self.ids.iter().zip(self.owners.iter()) {
+            if *owner == NO_OWNER {
+                continue;
+            }
+            // Few connections per block (a load generator, a handful of clients): a scan.
+            match out.iter_mut().find(|(o, _)| o == owner) {
+                Some((_, ids)) => ids.push(*id),
+                None => out.push((*owner, vec![*id])),
+            }
+        }
+        out
+    }
+}
+
+/// This validator's proposals awaiting commit, by payload root (the transactions' Merkle
+/// root, which names exactly one transaction list): where receipts and commit notices find each
+/// transaction's client, one look-up per block instead of one per transaction.
+pub type Awaiting = FifoMap<ProposedTxs, MAX_AWAITING_BLOCKS>;
 /// Most client connections watching leader hints, or commits, at once.
 pub const MAX_WATCHERS: usize = 1024;
 /// A watcher whose queue was full for this many frames in a row (a client that does not read)
@@ -70,7 +107,12 @@ impl WatchList {
 pub struct Gateway {
     mempool: Arc<Mutex<Mempool>>,
     server: ClientServerHandle,
-    owners: Mutex<IdMap<u64>>,
+    /// Own proposals awaiting commit (filled as payloads are built, see
+    /// [`super::app::NodeApp::awaiting`]).
+    awaiting: Arc<Mutex<Awaiting>>,
+    /// Owners of our clients' transactions forwarded to another leader (see
+    /// [`super::forward`]).
+    forwarded: Arc<Mutex<IdMap<u64>>>,
     /// Connections that asked for leader hints ([`ClientRequest::WatchLeaders`]).
     leader_watchers: Mutex<WatchList>,
     /// Connections that asked for inclusion receipts and commit announcements
@@ -98,12 +140,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Gateway {
-    /// A gateway over the node's mempool and client endpoint.
-    pub fn new(mempool: Arc<Mutex<Mempool>>, server: ClientServerHandle) -> Self {
+    /// A gateway over the node's mempool and client endpoint, with the owners of its own
+    /// proposals' transactions (`awaiting`) and of forwarded ones (`forwarded`).
+    pub fn new(
+        mempool: Arc<Mutex<Mempool>>,
+        server: ClientServerHandle,
+        awaiting: Arc<Mutex<Awaiting>>,
+        forwarded: Arc<Mutex<IdMap<u64>>>,
+    ) -> Self {
         Self {
             mempool,
             server,
-            owners: Mutex::new(IdMap::default()),
+            awaiting,
+            forwarded,
             leader_watchers: Mutex::new(WatchList::default()),
             commit_watchers: Mutex::new(WatchList::default()),
             late: None,
@@ -158,23 +207,21 @@ impl Gateway {
     }
 
     /// Tells each commit-watching client which of its transactions this validator's proposal
-    /// `block` (just sent) carries (called by the consensus stage; never blocks).
-    pub fn included(&self, round: u64, block: BlockId, tx_ids: &[TxId]) {
+    /// `block` (just sent, its payload root `tx_root`) carries (called off the consensus
+    /// thread; never blocks).
+    pub fn included(&self, round: u64, block: BlockId, tx_root: &Digest32) {
         let mut w = lock(&self.commit_watchers);
-        if w.0.is_empty() || tx_ids.is_empty() {
+        if w.0.is_empty() {
             return;
         }
-        let mut per_conn: HashMap<u64, Vec<TxId>> = HashMap::new();
-        {
-            let owners = lock(&self.owners);
-            for id in tx_ids {
-                if let Some(conn) = owners.get(id) {
-                    if w.contains(*conn) {
-                        per_conn.entry(*conn).or_default().push(*id);
-                    }
-                }
-            }
-        }
+        let Some(proposed) = lock(&self.awaiting).get(tx_root).cloned() else {
+            return;
+        };
+        let mut per_conn: HashMap<u64, Vec<TxId>> = proposed
+            .by_owner()
+            .into_iter()
+            .filter(|(conn, _)| w.contains(*conn))
+            .collect();
         if per_conn.is_empty() {
             return;
         }
@@ -211,52 +258,61 @@ impl Gateway {
     /// next turn.
     fn submit(&self, conn: u64, txs: Vec<serde_bytes::ByteBuf>, to_leader: bool) -> Vec<TxStatus> {
         let n = txs.len();
-        let mut accepted = Vec::with_capacity(n);
         // Hashed before the lock: the consensus thread takes the same lock to propose.
         let batch = HashedTxs::new(
             txs.into_iter()
                 .map(serde_bytes::ByteBuf::into_vec)
                 .collect(),
         );
-        let statuses = match self.mempool.lock() {
+        match self.mempool.lock() {
             Ok(_) if to_leader && self.late.as_ref().is_some_and(|late| late()) => {
-                return vec![TxStatus::Late; n];
+                vec![TxStatus::Late; n]
             }
             Ok(mut pool) => pool
-                .insert_batch(batch)
+                .insert_batch(batch, conn)
                 .into_iter()
                 .map(|r| match r {
-                    Ok(id) => {
-                        accepted.push(id);
-                        TxStatus::Accepted
-                    }
+                    Ok(_) => TxStatus::Accepted,
                     Err(MempoolError::Full { .. }) => TxStatus::Busy,
                     Err(MempoolError::Duplicate) => TxStatus::Duplicate,
                     Err(_) => TxStatus::Invalid,
                 })
                 .collect(),
             Err(_) => vec![TxStatus::Busy; n],
+        }
+    }
+
+    /// Sends commit notices for durable blocks (called by the persistence stage): for our own
+    /// proposals from their owner lists, for any block from the owners of forwarded
+    /// transactions.
+    pub fn notify(&self, executed: &[Executed]) {
+        let mut per_conn: HashMap<u64, (u64, Vec<TxId>)> = HashMap::new();
+        let mut add = |conn: u64, height: u64, ids: &mut dyn Iterator<Item = TxId>| {
+            let entry = per_conn.entry(conn).or_insert((height, Vec::new()));
+            entry.0 = height;
+            entry.1.extend(ids);
         };
-        if let Ok(mut owners) = self.owners.lock() {
-            for id in accepted {
-                if owners.len() < MAX_TRACKED_TXS {
-                    owners.insert(id, conn);
+        {
+            let mut awaiting = lock(&self.awaiting);
+            for e in executed {
+                let Some(root) = Payload::root_of(&e.block.payload) else {
+                    continue;
+                };
+                if let Some(proposed) = awaiting.take(&root) {
+                    for (conn, ids) in proposed.by_owner() {
+                        add(conn, e.height, &mut ids.into_iter());
+                    }
                 }
             }
         }
-        statuses
-    }
-
-    /// Sends commit notices for durable blocks (called by the persistence stage).
-    pub fn notify(&self, executed: &[Executed]) {
-        let mut per_conn: HashMap<u64, (u64, Vec<TxId>)> = HashMap::new();
-        if let Ok(mut owners) = self.owners.lock() {
-            for e in executed {
-                for id in e.tx_ids.iter() {
-                    if let Some(conn) = owners.remove(id) {
-                        let entry = per_conn.entry(conn).or_insert((e.height, Vec::new()));
-                        entry.0 = e.height;
-                        entry.1.push(*id);
+        {
+            let mut forwarded = lock(&self.forwarded);
+            if !forwarded.is_empty() {
+                for e in executed {
+                    for id in e.tx_ids.iter() {
+                        if let Some(conn) = forwarded.remove(id) {
+                            add(conn, e.height, &mut std::iter::once(*id));
+                        }
                     }
                 }
             }
@@ -270,7 +326,20 @@ impl Gateway {
 
 #[cfg(test)]
 mod tests {
-    use super::is_late;
+    use super::*;
+
+    #[test]
+    fn a_proposals_transactions_are_grouped_by_owner_in_order() {
+        let id = |i: u8| [i; 32];
+        let proposed = ProposedTxs {
+            ids: (1..=5).map(id).collect(),
+            owners: vec![3, NO_OWNER, 9, 3, 9].into(),
+        };
+        assert_eq!(
+            proposed.by_owner(),
+            vec![(3, vec![id(1), id(4)]), (9, vec![id(3), id(5)])]
+        );
+    }
 
     #[test]
     fn late_when_no_unproposed_round_of_ours_is_near() {

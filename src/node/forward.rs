@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::consensus::{Message, TxBatch};
-use crate::mempool::{HashedTxs, IdMap, Mempool, TxId};
+use crate::mempool::{HashedTxs, IdMap, Mempool, TxId, NO_OWNER};
 use crate::types::ValidatorIndex;
 
 /// The forwarder sends to the leader of (current round + this).
@@ -166,6 +166,9 @@ pub struct Forwarder {
     pub mempool: Arc<Mutex<Mempool>>,
     /// Handed-off transactions (shared with the commit notice path).
     pub handoff: Arc<Mutex<HandOff>>,
+    /// The client connection of each forwarded transaction, until its commit notice (shared
+    /// with the client gateway; at most [`super::clients::MAX_TRACKED_TXS`]).
+    pub owners: Arc<Mutex<IdMap<u64>>>,
     /// Whether a validator is connected now (a batch queued for a peer that is down would come
     /// back only after the hand-off timeout, so none is taken for it).
     pub reachable: Box<dyn Fn(ValidatorIndex) -> bool + Send>,
@@ -205,9 +208,17 @@ impl Forwarder {
         if self.held().bytes() >= MAX_HANDED_BYTES {
             return FORWARD_INTERVAL;
         }
-        let taken = self.pool().take_local(MAX_BATCH_TXS, MAX_BATCH_BYTES);
+        let (taken, owners) = self.pool().take_local(MAX_BATCH_TXS, MAX_BATCH_BYTES);
         if taken.is_empty() {
             return FORWARD_INTERVAL;
+        }
+        {
+            let mut known = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
+            for ((id, _), owner) in taken.iter().zip(owners) {
+                if owner != NO_OWNER && known.len() < super::clients::MAX_TRACKED_TXS {
+                    known.insert(*id, owner);
+                }
+            }
         }
         let msg = Message::Txs(TxBatch {
             txs: taken
@@ -276,6 +287,7 @@ mod tests {
             round: Arc::new(AtomicU64::new(round)),
             mempool: Arc::new(Mutex::new(Mempool::new(MempoolLimits::default()))),
             handoff: Arc::new(Mutex::new(HandOff::default())),
+            owners: Arc::default(),
             reachable: Box::new(|_| true),
             send: Box::new(move |to, m| {
                 sent.lock().unwrap().push((to, m));
@@ -298,9 +310,27 @@ mod tests {
         let ids: Vec<TxId> = (0..3u8)
             .map(|i| f.mempool.lock().unwrap().insert(vec![i; 100]).unwrap())
             .collect();
+        // One more from client connection 7, whose owner the commit notice will need.
+        let owned = f
+            .mempool
+            .lock()
+            .unwrap()
+            .insert_batch(HashedTxs::new(vec![vec![9; 100]]), 7)
+            .remove(0)
+            .unwrap();
         let t0 = Instant::now();
         f.step(t0);
         assert_eq!(pending(&f), 0, "handed off, not pending here");
+        {
+            let owners = f.owners.lock().unwrap();
+            assert_eq!(owners.get(&owned), Some(&7));
+            assert_eq!(
+                owners.len(),
+                1,
+                "transactions without an owner are not tracked"
+            );
+        }
+        f.handoff.lock().unwrap().committed([&owned]);
         {
             let sent = sent.lock().unwrap();
             assert_eq!(sent.len(), 1);
@@ -308,7 +338,7 @@ mod tests {
             let Message::Txs(b) = &sent[0].1 else {
                 panic!("not a transaction batch: {:?}", sent[0].1.kind())
             };
-            assert_eq!(b.txs.len(), 3);
+            assert_eq!(b.txs.len(), 4);
         }
         assert_eq!(f.handoff.lock().unwrap().len(), 3);
         // One of them is committed; the other two come back after the timeout, in order.

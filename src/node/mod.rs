@@ -215,6 +215,9 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     };
     let tx_ids = Arc::clone(&app.tx_ids);
     let payload_checks = Arc::clone(&app.payload_checks);
+    let awaiting = Arc::clone(&app.awaiting);
+    // Owners of our clients' transactions forwarded to another leader (commit notices).
+    let forwarded_owners: Arc<Mutex<crate::mempool::IdMap<u64>>> = Arc::default();
     let core = Core::new(
         Arc::clone(&ctx),
         core_cfg,
@@ -276,8 +279,15 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                     )
             })
         };
-        let g =
-            Arc::new(clients::Gateway::new(Arc::clone(&mempool), server_handle).with_late(late));
+        let g = Arc::new(
+            clients::Gateway::new(
+                Arc::clone(&mempool),
+                server_handle,
+                Arc::clone(&awaiting),
+                Arc::clone(&forwarded_owners),
+            )
+            .with_late(late),
+        );
         let reader = Arc::clone(&g);
         threads.push(
             std::thread::Builder::new()
@@ -295,6 +305,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
             round: Arc::clone(&progress.round),
             mempool: Arc::clone(&mempool),
             handoff: Arc::clone(&handoff),
+            owners: Arc::clone(&forwarded_owners),
             reachable: {
                 let h = handle.clone();
                 Box::new(move |to| h.connected_peers().contains(&to.0))
@@ -329,9 +340,9 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
 
     // Leader hints and inclusion receipts for watching clients, sent by the consensus stage with
     // each own proposal.
-    // Receipts name each transaction's client (a map look-up per transaction): built on a
-    // thread of their own, never on the consensus thread; dropped when that thread is behind
-    // (the commit notices still follow).
+    // Receipts name each transaction's client (grouped from the proposal's owner list): built
+    // on a thread of their own, never on the consensus thread; dropped when that thread is
+    // behind (the commit notices still follow).
     let mut receipts_tx = None;
     if let Some(g) = &gateway {
         let (tx, rx) = std::sync::mpsc::sync_channel::<stages::OwnProposal>(RECEIPT_QUEUE);
@@ -341,8 +352,8 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                 .name("node.receipts".into())
                 .spawn(move || {
                     while let Ok(own) = rx.recv() {
-                        if let Some(ids) = &own.tx_ids {
-                            g.included(own.round.0, own.block, ids);
+                        if let Some(root) = &own.tx_root {
+                            g.included(own.round.0, own.block, root);
                         }
                     }
                 })?,
@@ -365,7 +376,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
             if let Some(next) = next {
                 g.announce_leaders(own.round.0, next);
             }
-            if let (Some(receipts), Some(_)) = (&receipts, &own.tx_ids) {
+            if let (Some(receipts), Some(_)) = (&receipts, &own.tx_root) {
                 let _ = receipts.try_send(own);
             }
         })

@@ -348,8 +348,9 @@ pub struct OwnProposal {
     pub round: Round,
     /// The block's id.
     pub block: BlockId,
-    /// The ids of the transactions it carries (none for an empty block).
-    pub tx_ids: Option<Arc<[TxId]>>,
+    /// The root of its transactions (none for an empty block): where the client gateway
+    /// finds them and their owners ([`super::clients::Awaiting`]).
+    pub tx_root: Option<crate::crypto::Digest32>,
 }
 
 /// Called by the consensus stage right after it sends a proposal of its own (leader hints and
@@ -502,12 +503,6 @@ impl CoreStage {
     }
 
     /// The ids of a payload this node built (kept by [`NodeApp`] under its transaction root).
-    fn built_ids(&mut self, payload: &[u8]) -> Option<Arc<[TxId]>> {
-        let root = Payload::root_of(payload)?;
-        let cache = self.core.app_mut().tx_ids.lock().ok()?;
-        cache.get(&root).cloned()
-    }
-
     fn apply(&mut self, actions: Vec<Action>) {
         let me = self.core.me();
         for a in actions {
@@ -525,7 +520,9 @@ impl CoreStage {
                             self.on_own_proposal.is_some().then(|| OwnProposal {
                                 round: p.block.round,
                                 block: p.block.id(&self.ctx.chain_id),
-                                tx_ids: loaded.then(|| self.built_ids(&p.block.payload)).flatten(),
+                                tx_root: loaded
+                                    .then(|| Payload::root_of(&p.block.payload))
+                                    .flatten(),
                             })
                         }
                         _ => None,
