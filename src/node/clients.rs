@@ -118,6 +118,9 @@ pub struct Gateway {
     /// Connections that asked for inclusion receipts and commit announcements
     /// ([`ClientRequest::WatchCommits`]).
     commit_watchers: Mutex<WatchList>,
+    /// Answers and commit notices a client connection's full queue (or its closing) refused:
+    /// that client lost them (`client_frames_dropped` in `stats.json`).
+    pub dropped: std::sync::atomic::AtomicU64,
     /// Whether this validator leads none of the next [`crate::client_proto::LATE_ROUNDS`]
     /// rounds ([`ClientRequest::SubmitToLeader`]); never, when not given.
     late: Option<Late>,
@@ -153,6 +156,7 @@ impl Gateway {
             server,
             awaiting,
             forwarded,
+            dropped: std::sync::atomic::AtomicU64::new(0),
             leader_watchers: Mutex::new(WatchList::default()),
             commit_watchers: Mutex::new(WatchList::default()),
             late: None,
@@ -188,9 +192,10 @@ impl Gateway {
                 Err(e) => Some(ClientResponse::Error(e.to_string())),
             };
             if let Some(reply) = reply {
-                let _ = self
+                let sent = self
                     .server
                     .send(f.conn, Bytes::from(encode_infallible(&reply)));
+                self.count_drop(sent);
             }
         }
     }
@@ -282,6 +287,13 @@ impl Gateway {
         }
     }
 
+    fn count_drop(&self, sent: Result<(), bpci_transport::SendError>) {
+        if sent.is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Sends commit notices for durable blocks (called by the persistence stage): for our own
     /// proposals from their owner lists, for any block from the owners of forwarded
     /// transactions.
@@ -319,7 +331,8 @@ impl Gateway {
         }
         for (conn, (height, tx_ids)) in per_conn {
             let msg = ClientResponse::Committed { height, tx_ids };
-            let _ = self.server.send(conn, Bytes::from(encode_infallible(&msg)));
+            let sent = self.server.send(conn, Bytes::from(encode_infallible(&msg)));
+            self.count_drop(sent);
         }
     }
 }

@@ -381,6 +381,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
             }
         })
     });
+    let stats_gateway_handle = gateway.clone();
     if let Some(g) = gateway {
         if let Ok(mut list) = notices.lock() {
             // First the announcement: this validator formed the QC that commits the batch's
@@ -540,6 +541,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let stats_progress = Arc::clone(&progress);
     let stats_exec = Arc::clone(&exec_counters);
     let stats_transport = handle.clone();
+    let stats_gateway = stats_gateway_handle;
     threads.push(
         std::thread::Builder::new()
             .name("node.stats".into())
@@ -582,6 +584,9 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                             "bad_signature": border.bad_signature.load(Ordering::Relaxed),
                         },
                         "egress_dropped": dropped.load(Ordering::Relaxed),
+                        "client_frames_dropped": stats_gateway
+                            .as_ref()
+                            .map_or(0, |g| g.dropped.load(Ordering::Relaxed)),
                         "persist_failures": stats_progress.persist_failures.load(Ordering::Relaxed),
                         "transport": {
                             "connected_peers": stats_transport.connected_peers().len(),
