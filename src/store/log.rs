@@ -25,6 +25,13 @@
 //! and a whole group after them is refused as damage rather than silently cut.
 //! That takes one of the two syncs of a group commit off the path to the commit notice.
 //!
+//! Appends bypass the page cache where the file system allows it ([`super::direct`]): the group
+//! is copied once into an aligned buffer and written from there, instead of into fresh
+//! page-cache pages that the sync then writes back. A direct write covers whole 4 KiB blocks, so
+//! it rewrites the start of the block the group begins in (the same bytes) and ends in zeros,
+//! which are free space like any other bytes past the last group. At 75,000 tx/s on the
+//! 4-validator testnet the page-cache copy was 9 % of all CPU.
+//!
 //! Small group commits go into space the file already has: the file is grown ahead of its end in
 //! zero-filled 1 MiB steps, so that such an append overwrites existing blocks and its `fdatasync`
 //! flushes data only, without a file-size change to commit to the journal. On this class of
@@ -40,6 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use super::direct::{self, DirectWriter};
 use crate::consensus::StorageError;
 
 /// Where a record lives in the log.
@@ -91,9 +99,11 @@ impl Extent {
 /// An append-only record file (one writer at a time; reads from any thread).
 #[derive(Debug)]
 pub struct ValueLog {
+    /// Reads, recovery, syncs, and writes where direct I/O is not to be had.
     file: File,
     path: PathBuf,
-    /// End of the records (the next append goes here) and the file's allocated length.
+    /// End of the records (the next append goes here), the file's allocated length, and the
+    /// direct writer.
     len: Mutex<Ends>,
     /// Bytes before this offset have been synced and dropped from the page cache.
     uncached_before: AtomicU64,
@@ -103,11 +113,15 @@ pub struct ValueLog {
     key: [u8; 32],
 }
 
-/// Where the records end, and how far the file is allocated (zero-filled) beyond that.
-#[derive(Debug, Clone, Copy)]
+/// Where the records end, how far the file is allocated (zero-filled) beyond that, and how
+/// appends reach the file.
+#[derive(Debug)]
 struct Ends {
     records: u64,
     allocated: u64,
+    /// Appends bypass the page cache through this writer ([`super::direct`]); `None` where the
+    /// file system refuses direct I/O, or if chosen so: appends are buffered `pwrite`s.
+    direct: Option<DirectWriter>,
 }
 
 /// First bytes of every group written now (format 2: payloads enter the digest by their digest).
@@ -349,6 +363,20 @@ impl ValueLog {
     /// # Errors
     /// I/O errors, and a file shorter than `indexed_end` (the index points past the data).
     pub fn open(path: &Path, indexed_end: u64, key: [u8; 32]) -> Result<Self, StorageError> {
+        Self::open_with(path, indexed_end, key, true)
+    }
+
+    /// [`ValueLog::open`], with appends bypassing the page cache if `direct` and the file system
+    /// allows it, else written through it.
+    ///
+    /// # Errors
+    /// As [`ValueLog::open`].
+    pub fn open_with(
+        path: &Path,
+        indexed_end: u64,
+        key: [u8; 32],
+        direct: bool,
+    ) -> Result<Self, StorageError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -370,12 +398,22 @@ impl ValueLog {
                 path.display()
             )));
         }
+        let direct = if direct {
+            let d = DirectWriter::open(path).map_err(|e| io_err(path, "open for direct I/O", e))?;
+            if d.is_none() {
+                tracing::info!(path = %path.display(), "value log: no direct I/O on this file system, writing through the page cache");
+            }
+            d
+        } else {
+            None
+        };
         Ok(Self {
             file,
             path: path.to_path_buf(),
             len: Mutex::new(Ends {
                 records: indexed_end,
                 allocated: on_disk,
+                direct,
             }),
             uncached_before: AtomicU64::new(0),
             synced_to: AtomicU64::new(0),
@@ -388,25 +426,67 @@ impl ValueLog {
     /// overwrites whatever part of them reached the file.
     pub fn append(&self, records: &[&[u8]]) -> Result<Vec<Extent>, StorageError> {
         let mut len = self.len.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut at = len.records;
-        let total: u64 = records.iter().map(|r| r.len() as u64).sum();
-        if at + total > len.allocated && total < GROW_FOR_LESS_THAN {
-            len.allocated = self.grow(len.allocated, at + total)?;
-        }
+        let at = len.records;
         let mut out = Vec::with_capacity(records.len());
+        let mut end = at;
         for r in records {
             let n = u32::try_from(r.len()).map_err(|_| {
                 StorageError::Backend(format!("record of {} bytes is too large", r.len()))
             })?;
-            self.file
-                .write_all_at(r, at)
-                .map_err(|e| io_err(&self.path, "write", e))?;
-            out.push(Extent { offset: at, len: n });
-            at += u64::from(n);
+            out.push(Extent {
+                offset: end,
+                len: n,
+            });
+            end += u64::from(n);
         }
-        len.records = at;
-        len.allocated = len.allocated.max(at);
+        let grow_to = (end > len.allocated && end - at < GROW_FOR_LESS_THAN)
+            .then(|| end.div_ceil(GROW_STEP) * GROW_STEP);
+        let written_to = self.write(&mut len, at, records)?;
+        if let Some(target) = grow_to {
+            // Past what was just written: zeros only over space no record uses.
+            let from = written_to.max(len.allocated);
+            self.zero_fill(&mut len, from, target)?;
+            len.allocated = target;
+        }
+        len.records = end;
+        len.allocated = len.allocated.max(written_to);
         Ok(out)
+    }
+
+    /// Writes `records` one after the other at `at`, directly if the log can; returns the first
+    /// byte after what reached the file (past `at` and the records, a direct write ends in zeros
+    /// up to the next [`direct::ALIGN`] boundary).
+    fn write(&self, len: &mut Ends, at: u64, records: &[&[u8]]) -> Result<u64, StorageError> {
+        if let Some(d) = len.direct.as_mut() {
+            match d.write_at(&self.file, at, records) {
+                Ok(end) => return Ok(end),
+                Err(e) if direct::unsupported(&e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "value log: direct write refused, writing through the page cache from now on");
+                    len.direct = None;
+                }
+                Err(e) => return Err(io_err(&self.path, "write", e)),
+            }
+        }
+        let mut pos = at;
+        for r in records {
+            self.file
+                .write_all_at(r, pos)
+                .map_err(|e| io_err(&self.path, "write", e))?;
+            pos += r.len() as u64;
+        }
+        Ok(pos)
+    }
+
+    /// Zero-fills `from..to` (space past every record); the zeros become durable with the next
+    /// [`ValueLog::sync`], which also records the new file size.
+    fn zero_fill(&self, len: &mut Ends, from: u64, to: u64) -> Result<(), StorageError> {
+        let r = match len.direct.as_mut() {
+            // Whole blocks: `from` is a written end or the allocated end, and both are aligned
+            // when every write was direct; otherwise the unaligned start goes through the cache.
+            Some(d) if from % direct::ALIGN == 0 => d.zero(from, to),
+            _ => direct::write_zeros(&self.file, from, to),
+        };
+        r.map_err(|e| io_err(&self.path, "growing the file", e))
     }
 
     /// Appends one group (see the module documentation): `meta` names `records`, which must be
@@ -635,29 +715,21 @@ impl ValueLog {
         Ok(())
     }
 
-    /// Zero-fills the file from `allocated` up to `needed` rounded up to a whole step; returns
-    /// the new allocated length. The zeros become durable with the next [`ValueLog::sync`], which
-    /// also records the new file size, once per step.
-    fn grow(&self, allocated: u64, needed: u64) -> Result<u64, StorageError> {
-        let target = needed.div_ceil(GROW_STEP) * GROW_STEP;
-        let zeros = vec![0u8; GROW_STEP as usize];
-        let mut at = allocated;
-        while at < target {
-            let n = (target - at).min(GROW_STEP) as usize;
-            self.file
-                .write_all_at(&zeros[..n], at)
-                .map_err(|e| io_err(&self.path, "growing the file", e))?;
-            at += n as u64;
-        }
-        Ok(target)
-    }
-
     /// Forgets appends after `end` (a group commit whose index was not committed). A synced
     /// group stays readable until overwritten: a restart before that re-indexes it (it holds
     /// committed blocks, which the retried group commit writes again, byte for byte).
     pub fn rewind(&self, end: u64) {
         let mut len = self.len.lock().unwrap_or_else(PoisonError::into_inner);
         len.records = len.records.min(end);
+    }
+
+    /// Whether appends bypass the page cache.
+    pub fn writes_direct(&self) -> bool {
+        self.len
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .direct
+            .is_some()
     }
 
     /// The current end of the records.
@@ -684,6 +756,10 @@ impl ValueLog {
     /// largest single cost of the persistence stage. Separate from [`ValueLog::sync`] so that
     /// the persistence stage sends its commit notices first.
     pub fn drop_synced_pages(&self) {
+        if self.writes_direct() {
+            // Direct writes leave nothing in the page cache.
+            return;
+        }
         let end = self.synced_to.load(Ordering::Relaxed);
         // Whole pages only: the kernel keeps a partly covered one, so start at a page boundary.
         let from = self.uncached_before.load(Ordering::Relaxed) & !4095;
@@ -723,9 +799,20 @@ mod tests {
 
     #[test]
     fn append_read_grow_and_reuse_unindexed_tail() {
+        append_read_grow_and_reuse(true);
+        append_read_grow_and_reuse(false);
+    }
+
+    /// Through the page cache or around it (`direct`), the same records land at the same
+    /// offsets; direct writes end in zeros to a block boundary.
+    fn append_read_grow_and_reuse(direct: bool) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.log");
-        let log = ValueLog::open(&path, 0, [1; 32]).unwrap();
+        let open = |end| ValueLog::open_with(&path, end, [1; 32], direct);
+        let log = open(0).unwrap();
+        // Direct where asked, unless this file system has none.
+        let direct = log.writes_direct();
+        let written_end = |end| if direct { direct::align_up(end) } else { end };
         let ex = log.append(&[b"hello", b"", b"world!"]).unwrap();
         log.sync().unwrap();
         log.drop_synced_pages();
@@ -746,7 +833,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW_STEP);
         // Reopened with the index reaching only "hello": the rest is free space, overwritten by
         // the next append.
-        let log = ValueLog::open(&path, 5, [1; 32]).unwrap();
+        let log = open(5).unwrap();
         assert_eq!(log.end(), 5);
         let again = log.append(&[b"again"]).unwrap();
         assert_eq!(again[0], Extent { offset: 5, len: 5 });
@@ -761,13 +848,14 @@ mod tests {
         let big = vec![7u8; GROW_STEP as usize + 10];
         let ex = log.append(&[&big]).unwrap();
         assert_eq!(log.read(ex[0]).unwrap(), big);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), ex[0].end());
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            written_end(ex[0].end())
+        );
         assert_eq!(log.read(small[0]).unwrap(), [5u8; 200]);
         drop(log);
         // An index past the data is refused with a message naming the file.
-        let err = ValueLog::open(&path, 9 * GROW_STEP, [1; 32])
-            .unwrap_err()
-            .to_string();
+        let err = open(9 * GROW_STEP).unwrap_err().to_string();
         assert!(err.contains("damaged") && err.contains("v.log"), "{err}");
     }
 

@@ -9,6 +9,7 @@
 //! indexes them commits; that transaction is durable only every [`INDEX_SYNC_INTERVAL`], and
 //! opening the store re-indexes the groups past the durable index's end (see [`log`]).
 
+mod direct;
 pub mod log;
 pub mod safety_file;
 
