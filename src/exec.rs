@@ -128,22 +128,37 @@ static BALANCE_KEY: LazyLock<ContextKey> =
 static LOG_KEY: LazyLock<ContextKey> =
     LazyLock::new(|| hash_derive_key_context("bpci 2026-11 ledger log v2"));
 
-/// The log entries of one block, hashed into the log's chain in one pass when the block ends.
+/// The log entries of one block, hashed into the log's chain in one pass when the block ends:
+/// the ids are gathered first and handed to BLAKE3 as one input, which it hashes 16 chunks at a
+/// time in SIMD lanes (fed one 32-byte id at a time, it compressed each 64-byte block in turn).
 struct LogAppend {
-    hasher: blake3::Hasher,
-    count: u64,
+    head: Digest32,
+    ids: Vec<u8>,
 }
 
 impl LogAppend {
-    fn new(head: &Digest32) -> Self {
-        let mut hasher = blake3::Hasher::new_from_context_key(&LOG_KEY);
-        hasher.update(head);
-        Self { hasher, count: 0 }
+    fn new(head: &Digest32, capacity: usize) -> Self {
+        Self {
+            head: *head,
+            ids: Vec::with_capacity(capacity * 32),
+        }
     }
 
     fn push(&mut self, id: &TxId) {
-        self.hasher.update(id);
-        self.count += 1;
+        self.ids.extend_from_slice(id);
+    }
+
+    /// Entries pushed.
+    fn count(&self) -> u64 {
+        (self.ids.len() / 32) as u64
+    }
+
+    /// `H(head ‖ ids)`.
+    fn digest(&self) -> Digest32 {
+        let mut hasher = blake3::Hasher::new_from_context_key(&LOG_KEY);
+        hasher.update(&self.head);
+        hasher.update(&self.ids);
+        *hasher.finalize().as_bytes()
     }
 }
 
@@ -292,7 +307,7 @@ impl StateMachine for Ledger {
             return Err(ExecError::TooManyStates(MAX_LEDGER_STATES));
         }
         let mut state = parent.clone();
-        let mut log = LogAppend::new(&state.log_head);
+        let mut log = LogAppend::new(&state.log_head, block.txs.len());
         let receipts = block
             .txs
             .iter()
@@ -310,9 +325,9 @@ impl StateMachine for Ledger {
                 }
             })
             .collect();
-        if log.count > 0 {
-            state.log_head = *log.hasher.finalize().as_bytes();
-            state.log_len += log.count;
+        if log.count() > 0 {
+            state.log_head = log.digest();
+            state.log_len += log.count();
         }
         let root = state.root();
         self.states.insert(root, state);
@@ -387,6 +402,30 @@ mod tests {
         swapped.swap(2, 4);
         let (r3, _) = run(&mut l2, &g, &swapped).unwrap();
         assert_ne!(r1, r3, "log order is part of the state");
+    }
+
+    /// The log's head after a block is one keyed hash over the previous head and the block's
+    /// logged ids in order (however the ids were gathered), across BLAKE3 chunk boundaries.
+    #[test]
+    fn log_head_is_one_hash_over_the_previous_head_and_the_logged_ids() {
+        let mut l = Ledger::default();
+        let g = l.genesis();
+        let txs: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let (r1, _) = run(&mut l, &g, &txs[..1]).unwrap();
+        let (r2, _) = run(&mut l, &r1, &txs[1..]).unwrap();
+        let head1 = l.state(&r1).unwrap().log_head;
+        let mut h = blake3::Hasher::new_derive_key("bpci 2026-11 ledger log v2");
+        h.update(&Digest32::default());
+        h.update(&tx_id(&txs[0]));
+        assert_eq!(head1, *h.finalize().as_bytes());
+        let mut h = blake3::Hasher::new_derive_key("bpci 2026-11 ledger log v2");
+        h.update(&head1);
+        for t in &txs[1..] {
+            h.update(&tx_id(t));
+        }
+        let s2 = l.state(&r2).unwrap();
+        assert_eq!(s2.log_head, *h.finalize().as_bytes());
+        assert_eq!(s2.log_len(), 100);
     }
 
     #[test]

@@ -1,20 +1,27 @@
 //! A BLAKE3 Merkle tree over transactions, with inclusion proofs.
 //!
 //! # Hashing
-//! `H(x)` is BLAKE3 keyed with `K = BLAKE3-derive_key("bpci 2026-11 merkle v1", "")`, so no
-//! Merkle hash equals any other BLAKE3 hash in bpci. One tag byte separates the three uses:
+//! Each of the three uses has its own BLAKE3 key, `K_use = BLAKE3-derive_key("bpci 2026-12
+//! merkle <use> v2", "")`, so no Merkle hash equals any other BLAKE3 hash in bpci, nor a hash of
+//! another use:
 //!
 //! ```text
-//! leaf(data)        = H(0x00 ‖ data)
-//! node(left, right) = H(0x01 ‖ left ‖ right)
-//! root              = H(0x02 ‖ u64_le(leaf_count) ‖ top)     (leaf_count ≥ 1)
-//! root of no leaves = H(0x02 ‖ u64_le(0))                    (a fixed constant)
+//! leaf(data)        = H(K_leaf, data)
+//! node(left, right) = H(K_node, left ‖ right)
+//! root              = H(K_root, u64_le(leaf_count) ‖ top)     (leaf_count ≥ 1)
+//! root of no leaves = H(K_root, u64_le(0))                    (a fixed constant)
 //! ```
 //!
-//! The leaf tag means a leaf can never pass for an inner node or the reverse (second
+//! The separate leaf key means a leaf can never pass for an inner node or the reverse (second
 //! preimages). The root binds the leaf count, so a proof cannot claim a leaf sits in a tree of
 //! another size, and for a given size each index has its own left/right path, so the index is
 //! bound as well.
+//!
+//! Keys rather than tag bytes (version 1 hashed `H(K, tag ‖ x)`): a 512-byte transaction and a
+//! 64-byte pair of children are then whole BLAKE3 blocks, hashed entirely in SIMD lanes
+//! ([`super::many`]). Transaction ids, block transaction roots and proofs of version 1 differ
+//! from version 2's: validators of the two kinds reject each other's proposals, so such an
+//! upgrade is a stop-all one.
 //!
 //! # Shape: an odd node is promoted, never duplicated
 //! Each level pairs nodes left to right. When a level has an odd number of nodes the last one
@@ -39,10 +46,14 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::digest::Digest32;
-use super::many::{hash_tagged, hash_tagged_many, ManyKey};
+use super::many::{hash_keyed, hash_keyed_many, ManyKey};
 
-/// The BLAKE3 derive_key context of the Merkle hashing key.
-pub const MERKLE_CONTEXT: &str = "bpci 2026-11 merkle v1";
+/// The BLAKE3 derive_key context of the leaf key.
+pub const MERKLE_LEAF_CONTEXT: &str = "bpci 2026-12 merkle leaf v2";
+/// The BLAKE3 derive_key context of the inner node key.
+pub const MERKLE_NODE_CONTEXT: &str = "bpci 2026-12 merkle node v2";
+/// The BLAKE3 derive_key context of the root key.
+pub const MERKLE_ROOT_CONTEXT: &str = "bpci 2026-12 merkle root v2";
 
 /// Lists of at least this many messages (leaves, or the node pairs of a level) are hashed on
 /// rayon threads. Hashed in
@@ -53,19 +64,16 @@ pub const MERKLE_CONTEXT: &str = "bpci 2026-11 merkle v1";
 /// latency was 454/589 ms against 150/105 ms at 4,096 (two back-to-back pairs).
 pub const PARALLEL_HASH_LEN_MIN: usize = 4096;
 
-/// Tag byte of a leaf hash.
-const LEAF_TAG: u8 = 0x00;
-/// Tag byte of an inner node hash.
-const NODE_TAG: u8 = 0x01;
-/// Tag byte of the root (which binds the leaf count).
-const ROOT_TAG: u8 = 0x02;
-
 /// Leaves or nodes per rayon task when a list is hashed in parallel.
 const PARALLEL_CHUNK_LEN: usize = 256;
 
-/// The hashing key `K`, derived once (prepared for hashing many messages at once too).
-static MERKLE_KEY: LazyLock<ManyKey> =
-    LazyLock::new(|| ManyKey::new(&blake3::derive_key(MERKLE_CONTEXT, b"")));
+/// The hashing keys, each derived once (prepared for hashing many messages at once too).
+static LEAF_KEY: LazyLock<ManyKey> =
+    LazyLock::new(|| ManyKey::new(&blake3::derive_key(MERKLE_LEAF_CONTEXT, b"")));
+static NODE_KEY: LazyLock<ManyKey> =
+    LazyLock::new(|| ManyKey::new(&blake3::derive_key(MERKLE_NODE_CONTEXT, b"")));
+static ROOT_KEY: LazyLock<ManyKey> =
+    LazyLock::new(|| ManyKey::new(&blake3::derive_key(MERKLE_ROOT_CONTEXT, b"")));
 
 /// Why a Merkle proof was not produced or did not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -253,22 +261,22 @@ fn path_len(index: u64, leaf_count: u64) -> usize {
     len
 }
 
-/// `H(0x00 ‖ data)`: the hash of one leaf (a transaction's id is its leaf hash).
+/// `H(K_leaf, data)`: the hash of one leaf (a transaction's id is its leaf hash).
 pub fn leaf_hash(data: &[u8]) -> Digest32 {
-    hash_tagged(&MERKLE_KEY, LEAF_TAG, data)
+    hash_keyed(&LEAF_KEY, data)
 }
 
-/// `H(0x01 ‖ left ‖ right)`.
+/// `H(K_node, left ‖ right)`.
 fn node_hash(left: &Digest32, right: &Digest32) -> Digest32 {
-    let mut hasher = MERKLE_KEY.hasher(NODE_TAG);
+    let mut hasher = NODE_KEY.hasher();
     hasher.update(left);
     hasher.update(right);
     *hasher.finalize().as_bytes()
 }
 
-/// `H(0x02 ‖ u64_le(leaf_count) ‖ top)`, `top` absent for the empty tree.
+/// `H(K_root, u64_le(leaf_count) ‖ top)`, `top` absent for the empty tree.
 fn root_hash(leaf_count: u64, top: Option<&Digest32>) -> Digest32 {
-    let mut hasher = MERKLE_KEY.hasher(ROOT_TAG);
+    let mut hasher = ROOT_KEY.hasher();
     hasher.update(&leaf_count.to_le_bytes());
     if let Some(top) = top {
         hasher.update(top);
@@ -276,15 +284,15 @@ fn root_hash(leaf_count: u64, top: Option<&Digest32>) -> Digest32 {
     *hasher.finalize().as_bytes()
 }
 
-/// `H(tag ‖ m)` for every `m`, many at once (SIMD lanes), and on rayon threads for long lists.
-fn hash_all(tag: u8, msgs: &[&[u8]]) -> Vec<Digest32> {
+/// `H(key, m)` for every `m`, many at once (SIMD lanes), and on rayon threads for long lists.
+fn hash_all(key: &ManyKey, msgs: &[&[u8]]) -> Vec<Digest32> {
     let mut out = vec![Digest32::default(); msgs.len()];
     if msgs.len() < PARALLEL_HASH_LEN_MIN {
-        hash_tagged_many(&MERKLE_KEY, tag, msgs, &mut out);
+        hash_keyed_many(key, msgs, &mut out);
     } else {
         msgs.par_chunks(PARALLEL_CHUNK_LEN)
             .zip(out.par_chunks_mut(PARALLEL_CHUNK_LEN))
-            .for_each(|(m, o)| hash_tagged_many(&MERKLE_KEY, tag, m, o));
+            .for_each(|(m, o)| hash_keyed_many(key, m, o));
     }
     out
 }
@@ -293,7 +301,7 @@ fn hash_all(tag: u8, msgs: &[&[u8]]) -> Vec<Digest32> {
 pub fn leaf_hashes<T: AsRef<[u8]>>(leaves: &[T]) -> Vec<Digest32> {
     // Borrow as slices first: `T` itself need not be `Sync`.
     let slices: Vec<&[u8]> = leaves.iter().map(AsRef::as_ref).collect();
-    hash_all(LEAF_TAG, &slices)
+    hash_all(&LEAF_KEY, &slices)
 }
 
 /// The level above `level`: pairs hashed (many at once), an odd last node promoted unchanged.
@@ -308,7 +316,7 @@ fn next_level(level: &[Digest32]) -> Vec<Digest32> {
         })
         .collect();
     let msgs: Vec<&[u8]> = joined.iter().map(|j| j.as_slice()).collect();
-    let mut out = hash_all(NODE_TAG, &msgs);
+    let mut out = hash_all(&NODE_KEY, &msgs);
     out.extend(level.chunks_exact(2).remainder().first().copied());
     out
 }
@@ -350,9 +358,8 @@ mod tests {
         assert_eq!(tree.leaf_count(), 0);
         assert_eq!(tree.root(), merkle_root(&none));
         assert_eq!(tree.root(), root_hash(0, None));
-        let mut hasher = blake3::Hasher::new_keyed(&blake3::derive_key(MERKLE_CONTEXT, b""));
-        hasher.update(&[0x02, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(tree.root(), *hasher.finalize().as_bytes());
+        let key = blake3::derive_key(MERKLE_ROOT_CONTEXT, b"");
+        assert_eq!(tree.root(), *blake3::keyed_hash(&key, &[0; 8]).as_bytes());
         assert_eq!(
             tree.proof(0),
             Err(MerkleError::IndexOutOfRange {
@@ -362,6 +369,30 @@ mod tests {
         );
         // The empty root differs from the root of one empty leaf.
         assert_ne!(tree.root(), merkle_root(&[b""]));
+    }
+
+    /// Each use is plain keyed BLAKE3 of the documented input under its own key.
+    #[test]
+    fn hashes_are_keyed_blake3_of_the_documented_inputs() {
+        let key = |ctx| blake3::derive_key(ctx, b"");
+        let (a, b) = (leaf_hash(&[7; 512]), leaf_hash(b"b"));
+        assert_eq!(
+            a,
+            *blake3::keyed_hash(&key(MERKLE_LEAF_CONTEXT), &[7; 512]).as_bytes()
+        );
+        assert_eq!(
+            node_hash(&a, &b),
+            *blake3::keyed_hash(&key(MERKLE_NODE_CONTEXT), &[a, b].concat()).as_bytes()
+        );
+        let top = [&2u64.to_le_bytes()[..], &node_hash(&a, &b)].concat();
+        assert_eq!(
+            merkle_root(&[&[7u8; 512][..], b"b"]),
+            *blake3::keyed_hash(&key(MERKLE_ROOT_CONTEXT), &top).as_bytes()
+        );
+        // The same bytes under the three keys: three different hashes.
+        let x = [a, b].concat();
+        let leaf_of_pair = leaf_hash(&x);
+        assert_ne!(leaf_of_pair, node_hash(&a, &b));
     }
 
     #[test]
@@ -526,7 +557,7 @@ mod tests {
         let (n01, n23) = (node_hash(&l[0], &l[1]), node_hash(&l[2], &l[3]));
         let root = tree.root();
         let concat = |a: &Digest32, b: &Digest32| [a.as_slice(), b.as_slice()].concat();
-        let tagged = |a: &Digest32, b: &Digest32| [&[NODE_TAG][..], a, b].concat();
+        let tagged = |a: &Digest32, b: &Digest32| [&[0x01][..], a, b].concat();
         let attempts = [
             (concat(&n01, &n23), 0u64, 1u64, vec![]),
             (concat(&n01, &n23), 0, 4, vec![]),
