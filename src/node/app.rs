@@ -3,7 +3,7 @@
 //! proposing.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::consensus::{App, Block, PayloadBytes};
@@ -22,7 +22,7 @@ pub const PENDING_CLAIMS_MAX: usize = 1024;
 pub const TX_ID_CACHE_MAX: usize = 128;
 
 /// Heights shared between the core and the execution/persistence stages.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Progress {
     /// Highest committed height (set by the core stage).
     pub committed: AtomicU64,
@@ -41,6 +41,37 @@ pub struct Progress {
     pub persist_failures: AtomicU64,
     /// Durable executed roots, and the checks of the roots that blocks claim.
     pub roots: Mutex<ExecRoots>,
+    /// Set when a proposal waits for `durable` to catch up with `committed` (pipeline-depth
+    /// back-pressure); the persistence stage, finding it set, wakes the core stage through
+    /// `wake_core`.
+    pub proposal_held: AtomicBool,
+    /// Runs the core stage's tick now (set once the core stage runs).
+    pub wake_core: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl Progress {
+    /// Records that blocks up to `height` are executed and durable, and wakes the core stage
+    /// if a proposal waits for that.
+    pub fn set_durable(&self, height: u64) {
+        // SeqCst here and in `can_propose` (a store, then a load of the other variable, on
+        // each side): one of the two always sees the other's store, so no wake-up is lost.
+        self.durable.store(height, Ordering::SeqCst);
+        if self.proposal_held.swap(false, Ordering::SeqCst) {
+            if let Some(wake) = self.wake_core.get() {
+                wake();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("committed", &self.committed)
+            .field("durable", &self.durable)
+            .field("round", &self.round)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Executed state roots of recent committed heights (durable here), and the roots blocks
@@ -398,9 +429,22 @@ impl App for NodeApp {
         }
     }
 
+    /// Pipeline-depth back-pressure (DESIGN §2): a leader proposes only while fewer than
+    /// `pipeline_depth` committed blocks wait for execution and persistence, counting the
+    /// blocks the message being handled just committed (the core stage publishes them before
+    /// the proposal is built). Depth 1 is the sequential baseline: every committed ancestor is
+    /// durable before the next proposal. A refusal leaves a flag the persistence stage answers
+    /// by waking the core once more blocks are durable.
     fn can_propose(&self) -> bool {
         let committed = self.progress.committed.load(Ordering::Acquire);
         let durable = self.progress.durable.load(Ordering::Acquire);
+        if committed.saturating_sub(durable) < self.pipeline_depth {
+            return true;
+        }
+        self.progress.proposal_held.store(true, Ordering::SeqCst);
+        // Durable may have moved between the read and the flag: look again, so no wake-up
+        // is lost (see `Progress::set_durable`).
+        let durable = self.progress.durable.load(Ordering::SeqCst);
         committed.saturating_sub(durable) < self.pipeline_depth
     }
 
@@ -455,6 +499,44 @@ mod tests {
             roots.record_durable(h, [4; 32]);
         }
         assert_eq!(roots.recent.len(), RECENT_ROOTS_MAX);
+    }
+
+    /// Depth `d`: a proposal while fewer than `d` committed blocks are not yet durable; a
+    /// refused one is woken exactly when persistence catches up (not on the next tick).
+    #[test]
+    fn pipeline_depth_holds_proposals_and_durable_blocks_wake_them() {
+        use crate::consensus::App;
+        let woken = Arc::new(AtomicU64::new(0));
+        for depth in [1u64, 3] {
+            let progress = Arc::new(Progress::default());
+            let w = Arc::clone(&woken);
+            let _ = progress.wake_core.set(Box::new(move || {
+                w.fetch_add(1, Ordering::SeqCst);
+            }));
+            let mempool = Arc::new(Mutex::new(Mempool::new(
+                crate::mempool::MempoolLimits::default(),
+            )));
+            let app = NodeApp::new(
+                v(0),
+                mempool,
+                Arc::clone(&progress),
+                depth,
+                BlockLimits::default(),
+            );
+            woken.store(0, Ordering::SeqCst);
+            // Blocks 1..=10 committed, 10 - depth + 1 ..= 10 not durable: held.
+            progress.committed.store(10, Ordering::SeqCst);
+            progress.set_durable(10 - depth);
+            assert!(!app.can_propose(), "depth {depth}");
+            assert_eq!(woken.load(Ordering::SeqCst), 0);
+            // One more durable block: the core is woken once, and may propose.
+            progress.set_durable(10 - depth + 1);
+            assert_eq!(woken.load(Ordering::SeqCst), 1);
+            assert!(app.can_propose());
+            // No proposal waits: no wake-up.
+            progress.set_durable(10);
+            assert_eq!(woken.load(Ordering::SeqCst), 1);
+        }
     }
 
     fn app(me: u16) -> NodeApp {

@@ -189,6 +189,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         durable: AtomicU64::new(tip),
         persist_failures: AtomicU64::new(0),
         roots: Mutex::new(roots),
+        ..Progress::default()
     });
 
     let hs = &config.file.triple_consensus.hotstuff;
@@ -474,6 +475,9 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         ),
         move |b| core_stage.on_batch(b),
     )?;
+    let ticker = core_in.ticker();
+    // The persistence stage wakes the core when a proposal waits for durable blocks.
+    let _ = progress.wake_core.set(Box::new(move || ticker.tick_now()));
     let verify_border = Arc::clone(&border);
     let inline_core_in = core_in.clone();
     let inline_border = Arc::clone(&border);

@@ -380,8 +380,6 @@ pub struct CoreStage {
     /// [`CoreStage::send_to`]): the transport and the counter of refused sends.
     pub direct_egress: Option<(TransportHandle, Arc<AtomicU64>)>,
     loopback: VecDeque<Message>,
-    /// The committed height of the message being handled, published after its proposal.
-    committed_unpublished: Option<u64>,
 }
 
 impl CoreStage {
@@ -405,7 +403,6 @@ impl CoreStage {
             on_own_proposal: None,
             direct_egress: None,
             loopback: VecDeque::new(),
-            committed_unpublished: None,
         }
     }
 
@@ -421,7 +418,6 @@ impl CoreStage {
         let acts = self.core.start(now_ms());
         self.apply(acts);
         self.drain_loopback();
-        self.publish_committed();
         self.publish_round();
     }
 
@@ -437,7 +433,6 @@ impl CoreStage {
         let acts = self.core.handle_tick(now);
         self.apply(acts);
         self.drain_loopback();
-        self.publish_committed();
         self.publish_round();
         if let Ok(mut s) = self.snapshot.lock() {
             *s = CoreSnapshot::from_core(
@@ -476,15 +471,6 @@ impl CoreStage {
         let acts = self.core.propose_due();
         if !acts.is_empty() {
             self.apply(acts);
-        }
-        self.publish_committed();
-    }
-
-    /// Publishes the committed height (read by the back-pressure check and the mempool
-    /// forwarder).
-    fn publish_committed(&mut self) {
-        if let Some(h) = self.committed_unpublished.take() {
-            self.progress.committed.store(h, Ordering::Release);
         }
     }
 
@@ -536,9 +522,11 @@ impl CoreStage {
                     let Some((_, last)) = batch.blocks.last() else {
                         continue;
                     };
-                    // Published once the proposal this message made due is built (see
-                    // `propose_due`): back-pressure judges it as without the deferral.
-                    self.committed_unpublished = Some(last.height.0);
+                    // Published before the proposal this message made due is built:
+                    // back-pressure counts the blocks just committed (DESIGN §2).
+                    self.progress
+                        .committed
+                        .store(last.height.0, Ordering::Release);
                     let mine: Vec<Round> = batch
                         .blocks
                         .iter()
@@ -830,7 +818,7 @@ impl PersistStage {
                 roots.record_durable(e.height, e.root);
             }
         }
-        self.progress.durable.store(last.height, Ordering::Release);
+        self.progress.set_durable(last.height);
         (self.notify)(&executed);
         self.writer.release_cache();
     }

@@ -15,7 +15,7 @@
 //! 30,000 such switches per second. So a stage spins briefly before parking only when it is
 //! pinned to its own core.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -148,6 +148,8 @@ impl StageStats {
 pub struct StageInput<T> {
     tx: Sender<T>,
     stats: Arc<StageStats>,
+    /// Set by [`StageInput::tick_now`], taken by the stage's wait.
+    tick_asked: Arc<AtomicBool>,
     /// Last: dropped after `tx` (see [`Wake`]).
     wake: Wake,
 }
@@ -176,6 +178,31 @@ impl<T> StageInput<T> {
     /// Items queued now.
     pub fn depth(&self) -> usize {
         self.tx.len()
+    }
+
+    /// A handle that asks the stage for a tick now ([`Ticker::tick_now`]); unlike an input, it
+    /// does not keep the stage running.
+    pub fn ticker(&self) -> Ticker {
+        Ticker {
+            asked: Arc::clone(&self.tick_asked),
+            unparker: self.wake.0.clone(),
+        }
+    }
+}
+
+/// Asks a stage for a tick (an empty batch) now, without waiting for its tick interval: for a
+/// condition another thread changed that the stage looks at on its ticks.
+#[derive(Clone, Debug)]
+pub struct Ticker {
+    asked: Arc<AtomicBool>,
+    unparker: Unparker,
+}
+
+impl Ticker {
+    /// Asks for the tick.
+    pub fn tick_now(&self) {
+        self.asked.store(true, Ordering::Release);
+        self.unparker.unpark();
     }
 }
 
@@ -240,6 +267,8 @@ where
     let thread_stats = Arc::clone(&stats);
     let parker = Parker::new();
     let wake = Wake(parker.unparker().clone());
+    let tick_asked = Arc::new(AtomicBool::new(false));
+    let thread_tick_asked = Arc::clone(&tick_asked);
     let handle = std::thread::Builder::new()
         .name(cfg.name.to_string())
         .spawn(move || {
@@ -254,7 +283,8 @@ where
             let batch_max = cfg.batch_max.max(1);
             let mut batch = Vec::with_capacity(batch_max);
             loop {
-                let Some(first) = wait(&rx, &parker, cfg.tick, spin_polls) else {
+                let Some(first) = wait(&rx, &parker, cfg.tick, &thread_tick_asked, spin_polls)
+                else {
                     break;
                 };
                 batch.extend(first);
@@ -277,6 +307,7 @@ where
         StageInput {
             tx,
             stats: Arc::clone(&stats),
+            tick_asked,
             wake,
         },
         Stage {
@@ -286,13 +317,15 @@ where
     ))
 }
 
-/// Waits for the next item: `Some(Some(item))`, `Some(None)` when `tick` passes with none (a
-/// tick), `None` once every input is dropped and the queue is empty. Polls `spin_polls` times
-/// before parking; the senders unpark (a stale wake-up only costs one more poll).
+/// Waits for the next item: `Some(Some(item))`, `Some(None)` when `tick` passes with none or a
+/// tick was asked for (`tick_asked`), `None` once every input is dropped and the queue is
+/// empty. Polls `spin_polls` times before parking; the senders unpark (a stale wake-up only
+/// costs one more poll).
 fn wait<T>(
     rx: &Receiver<T>,
     parker: &Parker,
     tick: Option<Duration>,
+    tick_asked: &AtomicBool,
     spin_polls: u32,
 ) -> Option<Option<T>> {
     // A tick too far to represent is no tick.
@@ -303,6 +336,9 @@ fn wait<T>(
             Ok(item) => return Some(Some(item)),
             Err(TryRecvError::Disconnected) => return None,
             Err(TryRecvError::Empty) => {}
+        }
+        if tick_asked.swap(false, Ordering::AcqRel) {
+            return Some(None);
         }
         if polls < spin_polls {
             polls += 1;
@@ -565,6 +601,35 @@ mod tests {
         assert!(done_rx.recv_timeout(Duration::from_millis(50)).is_err());
         drop(other);
         assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)), Ok(()));
+    }
+
+    #[test]
+    fn a_ticker_asks_for_a_tick_at_once_and_keeps_no_stage_running() {
+        let (seen_tx, seen_rx) = crossbeam_channel::unbounded();
+        let (input, stage) = spawn(
+            StageConfig {
+                name: "pipeline.test",
+                queue_capacity: 4,
+                batch_max: 4,
+                core: None,
+                tick: None,
+            },
+            move |b: Vec<u32>| {
+                let _ = seen_tx.send(b.len());
+            },
+        )
+        .unwrap();
+        let ticker = input.ticker();
+        // No tick interval: nothing arrives until a tick is asked for.
+        assert!(seen_rx.recv_timeout(Duration::from_millis(50)).is_err());
+        ticker.tick_now();
+        assert_eq!(seen_rx.recv_timeout(Duration::from_secs(5)), Ok(0));
+        // One request, one tick.
+        assert!(seen_rx.recv_timeout(Duration::from_millis(50)).is_err());
+        // The ticker does not hold the stage open: dropping the input ends it.
+        drop(input);
+        stage.join();
+        ticker.tick_now();
     }
 
     #[test]
