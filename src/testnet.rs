@@ -71,6 +71,9 @@ pub enum TestnetError {
     /// Nodes did not connect in time.
     #[error("validators not ready after {0:?}: {1}")]
     NotReady(Duration, String),
+    /// Stopped (Ctrl-C) while waiting for the validators.
+    #[error("interrupted while waiting for the validators to connect")]
+    Interrupted,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestnetError {
@@ -279,9 +282,22 @@ impl Testnet {
 
     /// Waits until every running validator is connected to all others and committing.
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), TestnetError> {
+        self.wait_ready_unless(timeout, &std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// [`Testnet::wait_ready`], giving up with [`TestnetError::Interrupted`] as soon as `stop` is
+    /// set (Ctrl-C).
+    pub fn wait_ready_unless(
+        &self,
+        timeout: Duration,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), TestnetError> {
         let deadline = Instant::now() + timeout;
         let n = self.nodes.len() as u64;
         loop {
+            if stop.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(TestnetError::Interrupted);
+            }
             let ready = (0..self.nodes.len()).all(|i| {
                 self.stats(i).is_some_and(|s| {
                     s["transport"]["connected_peers"].as_u64() == Some(n - 1)

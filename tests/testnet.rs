@@ -281,6 +281,42 @@ fn unknown_key_cannot_connect_and_garbage_does_not_stop_a_validator() {
         Duration::from_secs(20),
         || (0..3).all(|i| net.height(i) > before[i] + 20),
     );
+    bad.shutdown();
+
+    // Oversized: a length prefix past the validators' frame limit (the bad peer's own limit
+    // raised so that it sends one). The receiver refuses it from the prefix, before reading
+    // the body, drops that stream, and goes on committing.
+    let frame_errors = |net: &Testnet| -> u64 {
+        (0..3)
+            .map(|i| {
+                net.stats(i).unwrap()["transport"]["frame_errors"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let errors_before = frame_errors(&net);
+    let mut cfg = TransportConfig::new(3, listen, seed, peers.clone());
+    cfg.max_frame_bytes = 64 << 20;
+    let (bad, bad_handle, _rx) = Transport::start(cfg).unwrap();
+    wait_for("the bad peer to reconnect", Duration::from_secs(15), || {
+        bad_handle.connected_peers().len() == 3
+    });
+    let before: Vec<u64> = (0..3).map(|i| net.height(i)).collect();
+    let over = bpci_transport::MAX_FRAME_BYTES_DEFAULT + 1;
+    for class in [Class::Consensus, Class::Bulk] {
+        bad_handle.broadcast(class, Bytes::from(vec![0xee; over]));
+    }
+    wait_for(
+        "the oversized frames to be refused",
+        Duration::from_secs(20),
+        || frame_errors(&net) >= errors_before + 3,
+    );
+    wait_for(
+        "validators to keep committing after oversized frames",
+        Duration::from_secs(20),
+        || (0..3).all(|i| net.height(i) > before[i] + 20),
+    );
     let undecodable: u64 = (0..3)
         .map(|i| {
             net.stats(i).unwrap()["border"]["undecodable"]

@@ -128,7 +128,8 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
             args.dir.display()
         );
     }
-    net.wait_ready(Duration::from_secs(30))?;
+    // On Ctrl-C here (or any error) `net` stops every validator as it is dropped.
+    net.wait_ready_unless(Duration::from_secs(30), &stop)?;
     let before: Vec<serde_json::Value> =
         (0..args.validators).filter_map(|i| net.stats(i)).collect();
     let targets = net
@@ -334,8 +335,15 @@ fn print_summary(v: &serde_json::Value, path: &std::path::Path, svg: &std::path:
     );
     println!("  view changes {}", v["view_changes"]);
     println!(
-        "  peak RSS     {:.1} MiB per validator (max)",
-        v["peak_rss_mb"].as_f64().unwrap_or(0.0)
+        "  peak RSS     {} MiB per validator",
+        v["peak_rss_mb_per_validator"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .map(|m| format!("{:.1}", m.as_f64().unwrap_or(0.0)))
+                .collect::<Vec<_>>()
+                .join(" / "))
+            .unwrap_or_default()
     );
     println!("  results      {}  plot {}", path.display(), svg.display());
 }

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bpci_transport::{ClientServer, ClientServerConfig, PeerConfig, Transport, TransportConfig};
 
@@ -486,6 +486,8 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         move |b| stages::verify_into(b, &verify_border, &core_in),
     )?;
 
+    let ingress_stats = Arc::new(StageStats::new("pipeline.ingress"));
+    let ingress_stage_stats = Arc::clone(&ingress_stats);
     let ingress_ctx = Arc::clone(&ctx);
     let ingress_border = Arc::clone(&border);
     let ingress_frames = Arc::new(AtomicU64::new(0));
@@ -501,6 +503,11 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                 }
                 while let Some(inb) = inbound.blocking_recv() {
                     ingress_count.fetch_add(1, Ordering::Relaxed);
+                    ingress_stage_stats.set_queue_depth(inbound.len());
+                    let started = Instant::now();
+                    // Time in stage covers decoding, the payload checks started here, and a
+                    // vote or timeout verified here (not counted by the verify stage).
+                    let _timed = TimedItem(&ingress_stage_stats, started);
                     match stages::ingress(&ingress_ctx, inb.from, &inb.frame, &ingress_border) {
                         stages::Ingress::Consensus(from, p) => {
                             if let crate::consensus::Message::Proposal(prop) = p.message() {
@@ -530,16 +537,19 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
 
     // Stats writer.
     let stats_path: PathBuf = node.data_dir.join("stats.json");
-    let stage_stats: Vec<Arc<StageStats>> = [
-        &verify_stage,
-        &core_stage_handle,
-        &egress_stage,
-        &exec_stage,
-        &persist_stage,
-    ]
-    .iter()
-    .map(|s| Arc::clone(&s.stats))
-    .collect();
+    let stage_stats: Vec<Arc<StageStats>> = std::iter::once(ingress_stats)
+        .chain(
+            [
+                &verify_stage,
+                &core_stage_handle,
+                &egress_stage,
+                &exec_stage,
+                &persist_stage,
+            ]
+            .iter()
+            .map(|s| Arc::clone(&s.stats)),
+        )
+        .collect();
     let stats_stop = Arc::clone(&stop);
     let stats_mempool = Arc::clone(&mempool);
     let stats_progress = Arc::clone(&progress);
@@ -596,6 +606,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                             "connected_peers": stats_transport.connected_peers().len(),
                             "handshake_failures": t.handshake_failures,
                             "reconnects": t.reconnects,
+                            "frame_errors": t.frame_errors,
                         },
                         "stages": stages,
                     });
@@ -625,4 +636,14 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         exec: exec_counters,
         notices,
     })
+}
+
+/// Records one item's time in a stage into its figures when dropped (so every path out of the
+/// ingress loop's body counts it).
+struct TimedItem<'a>(&'a StageStats, Instant);
+
+impl Drop for TimedItem<'_> {
+    fn drop(&mut self) {
+        self.0.record(1, self.1.elapsed());
+    }
 }

@@ -85,6 +85,8 @@ pub struct StageStats {
     items: AtomicU64,
     batches: AtomicU64,
     hist_us: Mutex<LatencyHistogram>,
+    /// When the previous snapshot was taken, and the item count then (for items/s).
+    last_snapshot: Mutex<Option<(Instant, u64)>>,
 }
 
 /// A copy of a stage's figures at one instant.
@@ -96,6 +98,8 @@ pub struct StageSnapshot {
     pub queue_depth: usize,
     /// Items processed since start.
     pub items: u64,
+    /// Items processed per second since the previous snapshot (0 for the first).
+    pub items_per_s: f64,
     /// Batches processed since start.
     pub batches: u64,
     /// Per-item time in stage, median (µs).
@@ -107,26 +111,44 @@ pub struct StageSnapshot {
 }
 
 impl StageStats {
-    fn new(name: &'static str) -> Self {
+    /// Figures for a stage named `name`: the stages [`spawn`] starts keep their own; a stage
+    /// that runs on a thread of its own making (ingress, fed by the transport) records into
+    /// one made here.
+    pub fn new(name: &'static str) -> Self {
         Self {
             name,
             queue_depth: AtomicUsize::new(0),
             items: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             hist_us: Mutex::new(LatencyHistogram::new(name)),
+            last_snapshot: Mutex::new(None),
         }
     }
 
-    /// The current figures.
+    /// The current figures; `items_per_s` covers the time since the previous call.
     pub fn snapshot(&self) -> StageSnapshot {
         let (p50, p99, max) = match self.hist_us.lock() {
             Ok(h) => (h.quantile_us(0.5), h.quantile_us(0.99), h.max_us()),
             Err(_) => (0, 0, 0),
         };
+        let items = self.items.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let items_per_s = match self.last_snapshot.lock() {
+            Ok(mut last) => {
+                let rate = last
+                    .map(|(at, n)| (now.saturating_duration_since(at).as_secs_f64(), n))
+                    .filter(|(secs, _)| *secs > 0.0)
+                    .map_or(0.0, |(secs, n)| items.saturating_sub(n) as f64 / secs);
+                *last = Some((now, items));
+                rate
+            }
+            Err(_) => 0.0,
+        };
         StageSnapshot {
             name: self.name,
             queue_depth: self.queue_depth.load(Ordering::Relaxed),
-            items: self.items.load(Ordering::Relaxed),
+            items,
+            items_per_s,
             batches: self.batches.load(Ordering::Relaxed),
             latency_us_p50: p50,
             latency_us_p99: p99,
@@ -134,7 +156,13 @@ impl StageStats {
         }
     }
 
-    fn record(&self, items: usize, per_item: Duration) {
+    /// Sets the number of items waiting (for a stage whose queue is not a [`StageInput`]).
+    pub fn set_queue_depth(&self, depth: usize) {
+        self.queue_depth.store(depth, Ordering::Relaxed);
+    }
+
+    /// Records a batch of `items` that took `per_item` each.
+    pub fn record(&self, items: usize, per_item: Duration) {
         self.items.fetch_add(items as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut h) = self.hist_us.lock() {
