@@ -12,6 +12,7 @@
 pub mod app;
 pub mod clients;
 pub mod forward;
+pub mod ingress;
 pub mod keys;
 pub mod stages;
 
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bpci_transport::{ClientServer, ClientServerConfig, PeerConfig, Transport, TransportConfig};
 
@@ -248,7 +249,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     };
     let mut tcfg = TransportConfig::new(me.0, listen, key.seed(), peers);
     tcfg.max_udp_payload = config.file.tuning.max_udp_payload_bytes;
-    let (transport, handle, mut inbound) = Transport::start(tcfg)?;
+    let (transport, handle, inbound) = Transport::start(tcfg)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let forward_counters = Arc::new(forward::ForwardCounters::default());
@@ -480,64 +481,48 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let _ = progress.wake_core.set(Box::new(move || ticker.tick_now()));
     let verify_border = Arc::clone(&border);
     let inline_core_in = core_in.clone();
-    let inline_border = Arc::clone(&border);
     let (verify_in, verify_stage) = pipeline::spawn(
         stage("pipeline.verify", 8192, 512, None, core_of(1)),
         move |b| stages::verify_into(b, &verify_border, &core_in),
     )?;
 
-    let ingress_stats = Arc::new(StageStats::new("pipeline.ingress"));
-    let ingress_stage_stats = Arc::clone(&ingress_stats);
-    let ingress_ctx = Arc::clone(&ctx);
-    let ingress_border = Arc::clone(&border);
     let ingress_frames = Arc::new(AtomicU64::new(0));
-    let ingress_count = Arc::clone(&ingress_frames);
-    let ingress_mempool = Arc::clone(&mempool);
-    let ingress_forward = Arc::clone(&forward_counters);
-    threads.push(
-        std::thread::Builder::new()
-            .name("pipeline.ingress".into())
-            .spawn(move || {
-                if let Some(c) = core_of(0) {
-                    pipeline::pin_to(c);
-                }
-                while let Some(inb) = inbound.blocking_recv() {
-                    ingress_count.fetch_add(1, Ordering::Relaxed);
-                    ingress_stage_stats.set_queue_depth(inbound.len());
-                    let started = Instant::now();
-                    // Time in stage covers decoding, the payload checks started here, and a
-                    // vote or timeout verified here (not counted by the verify stage).
-                    let _timed = TimedItem(&ingress_stage_stats, started);
-                    match stages::ingress(&ingress_ctx, inb.from, &inb.frame, &ingress_border) {
-                        stages::Ingress::Consensus(from, p) => {
-                            if let crate::consensus::Message::Proposal(prop) = p.message() {
-                                app::precheck(&payload_checks, &prop.block.payload);
-                            }
-                            // A message with one signature (a vote, a timeout) while the
-                            // verify stage has nothing queued would be a batch of one there:
-                            // verified here, it skips a thread hand-off on the round's path.
-                            if p.items().len() <= 1 && verify_in.depth() == 0 {
-                                stages::verify_into(
-                                    vec![(from, p)],
-                                    &inline_border,
-                                    &inline_core_in,
-                                );
-                            } else if verify_in.send((from, p)).is_err() {
-                                break;
-                            }
-                        }
-                        stages::Ingress::Txs(batch) => {
-                            forward::accept_forwarded(batch, &ingress_mempool, &ingress_forward)
-                        }
-                        stages::Ingress::Dropped => {}
+    let ingress = ingress::Ingress {
+        ctx: Arc::clone(&ctx),
+        border: Arc::clone(&border),
+        verify: verify_in,
+        core: inline_core_in,
+        payload_checks,
+        mempool: Arc::clone(&mempool),
+        forward: Arc::clone(&forward_counters),
+        frames: Arc::clone(&ingress_frames),
+    };
+    let bpci_transport::Inbox { consensus, bulk } = inbound;
+    let mut ingress_stats = Vec::new();
+    for (name, mut queue, core) in [
+        ("pipeline.ingress", consensus, core_of(0)),
+        ("pipeline.ingress_bulk", bulk, core_of(0)),
+    ] {
+        let stats = Arc::new(StageStats::new(name));
+        ingress_stats.push(Arc::clone(&stats));
+        let ingress = ingress.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    if let Some(c) = core {
+                        pipeline::pin_to(c);
                     }
-                }
-            })?,
-    );
+                    ingress.run(&mut queue, &stats);
+                })?,
+        );
+    }
+    drop(ingress);
 
     // Stats writer.
     let stats_path: PathBuf = node.data_dir.join("stats.json");
-    let stage_stats: Vec<Arc<StageStats>> = std::iter::once(ingress_stats)
+    let stage_stats: Vec<Arc<StageStats>> = ingress_stats
+        .into_iter()
         .chain(
             [
                 &verify_stage,
@@ -636,14 +621,4 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         exec: exec_counters,
         notices,
     })
-}
-
-/// Records one item's time in a stage into its figures when dropped (so every path out of the
-/// ingress loop's body counts it).
-struct TimedItem<'a>(&'a StageStats, Instant);
-
-impl Drop for TimedItem<'_> {
-    fn drop(&mut self) {
-        self.0.record(1, self.1.elapsed());
-    }
 }

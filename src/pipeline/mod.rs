@@ -172,7 +172,7 @@ impl StageStats {
 }
 
 /// A stage's input: a bounded sender whose depth is visible in the stage's stats.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct StageInput<T> {
     tx: Sender<T>,
     stats: Arc<StageStats>,
@@ -180,6 +180,18 @@ pub struct StageInput<T> {
     tick_asked: Arc<AtomicBool>,
     /// Last: dropped after `tx` (see [`Wake`]).
     wake: Wake,
+}
+
+// By hand: the derive would ask `T: Clone`, which sending never needs.
+impl<T> Clone for StageInput<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            stats: Arc::clone(&self.stats),
+            tick_asked: Arc::clone(&self.tick_asked),
+            wake: self.wake.clone(),
+        }
+    }
 }
 
 impl<T> StageInput<T> {

@@ -52,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut first: Option<Instant> = None;
         let mut got = 0u64;
         while got < frames {
-            match rx1.blocking_recv() {
+            match rx1.consensus.blocking_recv() {
                 Some(_) => {
                     first.get_or_insert_with(Instant::now);
                     got += 1;

@@ -15,6 +15,8 @@ pub const MAX_FRAME_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 pub const SEND_QUEUE_FRAMES_DEFAULT: usize = 8192;
 /// Default bound of the inbound channel (all peers and classes together).
 pub const INBOUND_QUEUE_FRAMES_DEFAULT: usize = 8192;
+/// Default bound of each class's inbound queue in bytes (see [`crate::Inbox`]).
+pub const INBOUND_QUEUE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
 /// Default first reconnect delay (before jitter).
 pub const RECONNECT_MIN_DEFAULT: Duration = Duration::from_millis(100);
 /// Default cap of the exponential reconnect delay.
@@ -52,8 +54,10 @@ pub struct TransportConfig {
     pub max_frame_bytes: usize,
     /// Send queue bound per peer and per class, in frames.
     pub send_queue_frames: usize,
-    /// Bound of the inbound channel, in frames.
+    /// Bound of each class's inbound queue, in frames.
     pub inbound_queue_frames: usize,
+    /// Bound of each class's inbound queue, in bytes (at most `u32::MAX`).
+    pub inbound_queue_bytes: usize,
     /// First reconnect delay; doubles per failed attempt up to `reconnect_max` (with jitter).
     pub reconnect_min: Duration,
     /// Cap of the reconnect delay.
@@ -80,6 +84,7 @@ impl std::fmt::Debug for TransportConfig {
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("send_queue_frames", &self.send_queue_frames)
             .field("inbound_queue_frames", &self.inbound_queue_frames)
+            .field("inbound_queue_bytes", &self.inbound_queue_bytes)
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
             .field("keep_alive_interval", &self.keep_alive_interval)
@@ -101,6 +106,7 @@ impl TransportConfig {
             max_frame_bytes: MAX_FRAME_BYTES_DEFAULT,
             send_queue_frames: SEND_QUEUE_FRAMES_DEFAULT,
             inbound_queue_frames: INBOUND_QUEUE_FRAMES_DEFAULT,
+            inbound_queue_bytes: INBOUND_QUEUE_BYTES_DEFAULT,
             reconnect_min: RECONNECT_MIN_DEFAULT,
             reconnect_max: RECONNECT_MAX_DEFAULT,
             keep_alive_interval: KEEP_ALIVE_INTERVAL_DEFAULT,
@@ -121,6 +127,9 @@ impl TransportConfig {
         }
         if self.inbound_queue_frames == 0 {
             return invalid("inbound_queue_frames", "must be at least 1");
+        }
+        if self.inbound_queue_bytes == 0 || self.inbound_queue_bytes as u64 > u64::from(u32::MAX) {
+            return invalid("inbound_queue_bytes", "must be in 1..=u32::MAX");
         }
         if self.reconnect_min.is_zero() || self.reconnect_min > self.reconnect_max {
             return invalid(

@@ -16,10 +16,11 @@
 //! * **Queues.** [`TransportHandle::send`] never blocks: each peer and class has a bounded
 //!   queue and a full queue refuses the frame with [`SendError::Full`] (counted). A writer
 //!   task drains its queue in batches and coalesces them into ≈256 KiB stream writes.
-//!   Inbound frames go to one bounded channel; when it is full the readers wait, QUIC flow
-//!   control stops the senders, and their queues fill: memory stays bounded.
+//!   Inbound frames go to one queue per class ([`Inbox`]), each bounded in frames and in bytes;
+//!   when one is full its readers wait, QUIC flow control stops the senders, and their queues
+//!   fill: memory stays bounded, and a consensus frame never queues behind bulk ones.
 //! * **Threads.** [`Transport`] owns a small tokio runtime; the node's threads only call the
-//!   handle and read the inbound [`tokio::sync::mpsc::Receiver`] with `blocking_recv`.
+//!   handle and read the inbound queues with `blocking_recv`.
 //!
 //! * **Client endpoint.** A separate QUIC endpoint ([`ClientServer`], ALPN `bpci-client/1`)
 //!   where clients without a validator key submit transactions over one stream of the same
@@ -41,6 +42,7 @@ mod config;
 mod error;
 mod frame;
 mod handshake;
+mod inbox;
 mod link;
 mod mtu;
 mod peer;
@@ -57,11 +59,13 @@ pub use client::{
     CLIENT_WORKER_THREADS_DEFAULT,
 };
 pub use config::{
-    PeerConfig, TransportConfig, IDLE_TIMEOUT_DEFAULT, INBOUND_QUEUE_FRAMES_DEFAULT,
-    KEEP_ALIVE_INTERVAL_DEFAULT, MAX_FRAME_BYTES_DEFAULT, RECONNECT_MAX_DEFAULT,
-    RECONNECT_MIN_DEFAULT, SEND_QUEUE_FRAMES_DEFAULT, WORKER_THREADS_DEFAULT,
+    PeerConfig, TransportConfig, IDLE_TIMEOUT_DEFAULT, INBOUND_QUEUE_BYTES_DEFAULT,
+    INBOUND_QUEUE_FRAMES_DEFAULT, KEEP_ALIVE_INTERVAL_DEFAULT, MAX_FRAME_BYTES_DEFAULT,
+    RECONNECT_MAX_DEFAULT, RECONNECT_MIN_DEFAULT, SEND_QUEUE_FRAMES_DEFAULT,
+    WORKER_THREADS_DEFAULT,
 };
 pub use error::{SendError, TransportError};
+pub use inbox::{InboundQueue, Inbox};
 pub use mtu::{LOOPBACK_UDP_PAYLOAD, MAX_UDP_PAYLOAD_LIMIT, MIN_UDP_PAYLOAD};
 pub use stats::{ClassStats, TransportStats};
 pub use tokio::sync::mpsc::Receiver;
@@ -97,6 +101,7 @@ mod tests {
         fn check_send<T: Send + 'static>() {}
         check_send::<Transport>();
         check_send::<Receiver<Inbound>>();
+        check_send::<Inbox>();
     }
 
     #[test]

@@ -2,18 +2,18 @@
 //!
 //! Per link: one writer task per class drains that class's send queue into one unidirectional
 //! stream, coalescing everything queued into ≈256 KiB writes; one task accepts the peer's
-//! unidirectional streams and one reader task per stream decodes frames into the inbound
-//! channel. The reader awaits when the inbound channel is full, which stops reading the stream,
+//! unidirectional streams and one reader task per stream decodes frames into its class's inbound
+//! queue. The reader awaits when that queue is full, which stops reading the stream,
 //! which (through QUIC flow control) stops the peer's writer, which fills the peer's send queue.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::frame::{BatchEncoder, FrameDecoder};
+use crate::inbox::InboundSender;
 use crate::peer::{Peer, Shared};
 use crate::stats::bump;
 use crate::wire::{Class, CloseCode};
@@ -29,7 +29,8 @@ const READ_CHUNK_BYTES_MAX: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub(crate) struct Ctx {
     pub shared: Arc<Shared>,
-    pub inbound: mpsc::Sender<Inbound>,
+    /// One queue per class, by [`Class::slot`].
+    pub inbound: [InboundSender; 2],
 }
 
 /// Runs the link until the connection closes.
@@ -186,7 +187,7 @@ async fn read_stream(
                     bump(&counters.frames_received, 1);
                     bump(&counters.bytes_received, frame.len() as u64);
                     let inbound = Inbound { from, class, frame };
-                    if ctx.inbound.send(inbound).await.is_err() {
+                    if ctx.inbound[class.slot()].send(inbound).await.is_err() {
                         return; // the node dropped its receiver
                     }
                 }

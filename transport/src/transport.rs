@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc::error::TrySendError;
 use tracing::Instrument;
 
 use crate::config::TransportConfig;
@@ -17,7 +17,7 @@ use crate::peer::Shared;
 use crate::stats::{bump, TransportStats};
 use crate::tls;
 use crate::wire::{Class, CloseCode};
-use crate::Inbound;
+use crate::Inbox;
 
 /// Stream receive window: how much one class stream may have in flight unread.
 const STREAM_RECEIVE_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
@@ -63,11 +63,11 @@ impl std::fmt::Debug for Transport {
 
 impl Transport {
     /// Binds `cfg.listen`, starts listening and dialing, and returns the transport, a handle
-    /// for sending and the bounded inbound channel (read it from any thread with
-    /// `blocking_recv` or `try_recv`; it yields `None` once the transport has shut down).
+    /// for sending and the inbound queues, one per class (read them from any thread with
+    /// `blocking_recv` or `try_recv`; they yield `None` once the transport has shut down).
     pub fn start(
         cfg: TransportConfig,
-    ) -> Result<(Transport, TransportHandle, mpsc::Receiver<Inbound>), TransportError> {
+    ) -> Result<(Transport, TransportHandle, Inbox), TransportError> {
         let socket = UdpSocket::bind(cfg.listen).map_err(|source| TransportError::Bind {
             addr: cfg.listen,
             source,
@@ -80,7 +80,7 @@ impl Transport {
     pub fn start_with_socket(
         cfg: TransportConfig,
         socket: UdpSocket,
-    ) -> Result<(Transport, TransportHandle, mpsc::Receiver<Inbound>), TransportError> {
+    ) -> Result<(Transport, TransportHandle, Inbox), TransportError> {
         let peers = cfg.validated_peers()?;
         let local_addr = socket.local_addr().map_err(TransportError::Endpoint)?;
         tune_socket(&socket);
@@ -150,10 +150,13 @@ impl Transport {
             cfg.send_queue_frames,
             &peers,
         ));
-        let (inbound, inbound_rx) = mpsc::channel(cfg.inbound_queue_frames);
+        let (consensus_tx, consensus) =
+            crate::inbox::queue(cfg.inbound_queue_frames, cfg.inbound_queue_bytes);
+        let (bulk_tx, bulk) =
+            crate::inbox::queue(cfg.inbound_queue_frames, cfg.inbound_queue_bytes);
         let ctx = Ctx {
             shared: shared.clone(),
-            inbound,
+            inbound: [consensus_tx, bulk_tx],
         };
         runtime.spawn(accept_loop(ctx.clone(), endpoint.clone()));
         for (index, client) in dialers {
@@ -183,7 +186,7 @@ impl Transport {
                 shared,
             },
             handle,
-            inbound_rx,
+            Inbox { consensus, bulk },
         ))
     }
 

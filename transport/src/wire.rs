@@ -43,7 +43,8 @@ pub const LEN_PREFIX_BYTES: usize = 4;
 /// large bulk transfer never queues in front of a vote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Class {
-    /// Votes, proposals, timeouts: small and latency-critical. Sent at a higher stream priority.
+    /// Votes, timeouts and other small, latency-critical messages. Sent at a higher stream
+    /// priority, and read from their own inbound queue.
     Consensus,
     /// Payloads, block and state sync: large and throughput-bound.
     Bulk,

@@ -50,8 +50,22 @@ fn full_queue_refuses_per_class() {
 
 #[test]
 fn slow_receiver_pushes_back_to_the_sender_without_loss() {
+    // The receiver's queue full by its frame count.
+    slow_receiver(|cfg| cfg.inbound_queue_frames = 4);
+}
+
+#[test]
+fn a_queue_full_of_bytes_pushes_back_like_a_queue_full_of_frames() {
+    // Room for thousands of frames, but only four frames' bytes.
+    slow_receiver(|cfg| {
+        cfg.inbound_queue_frames = 10_000;
+        cfg.inbound_queue_bytes = 4 * 64 * 1024;
+    });
+}
+
+fn slow_receiver(edit: fn(&mut bpci_transport::TransportConfig)) {
     init_tracing();
-    bounded(Duration::from_secs(25), || {
+    bounded(Duration::from_secs(25), move || {
         const FRAME_BYTES: usize = 64 * 1024;
         let (peers, mut sockets) = validator_set(2);
         let s1 = sockets.pop().expect("socket");
@@ -59,7 +73,7 @@ fn slow_receiver_pushes_back_to_the_sender_without_loss() {
         let mut cfg0 = config(0, peers[0].addr, &peers);
         cfg0.send_queue_frames = 16;
         let mut cfg1 = config(1, peers[1].addr, &peers);
-        cfg1.inbound_queue_frames = 4;
+        edit(&mut cfg1);
         let n0 = start(cfg0, s0);
         let mut n1 = start(cfg1, s1);
         assert!(wait_until(Duration::from_secs(10), || n0
@@ -67,8 +81,8 @@ fn slow_receiver_pushes_back_to_the_sender_without_loss() {
             .connected_peers()
             == vec![1]));
 
-        // Validator 1 reads nothing: its 4-frame channel fills, then QUIC's windows, then
-        // validator 0's 16-frame queue.
+        // Validator 1 reads nothing: its bulk queue fills (4 frames, or 4 frames' bytes), then
+        // QUIC's windows, then validator 0's 16-frame queue.
         let frame = |k: u32| {
             let mut v = vec![(k % 251) as u8; FRAME_BYTES];
             v[..4].copy_from_slice(&k.to_be_bytes());

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bpci_transport::raw::{self, CloseCode, HELLO_BYTES, SERVER_NAME};
-use bpci_transport::{Class, Inbound, PeerConfig, Receiver};
+use bpci_transport::{Class, Inbound, Inbox, PeerConfig};
 use bytes::Bytes;
 use common::*;
 
@@ -89,7 +89,7 @@ struct HonestCheck {
 }
 
 impl HonestCheck {
-    fn expect_progress(&mut self, rx: &mut Receiver<Inbound>, limit: Duration) -> Vec<Inbound> {
+    fn expect_progress(&mut self, rx: &mut Inbox, limit: Duration) -> Vec<Inbound> {
         let mut others = Vec::new();
         let target = self.next + 5;
         while self.next < target {
@@ -107,7 +107,7 @@ impl HonestCheck {
 
     /// Consumes validator 1's frames (checking their order) until a frame from someone else
     /// shows up or `limit` passes; returns the other frames seen.
-    fn drain_until_other(&mut self, rx: &mut Receiver<Inbound>, limit: Duration) -> Vec<Inbound> {
+    fn drain_until_other(&mut self, rx: &mut Inbox, limit: Duration) -> Vec<Inbound> {
         let deadline = std::time::Instant::now() + limit;
         while std::time::Instant::now() < deadline {
             let others = self.expect_progress(rx, Duration::from_secs(5));

@@ -133,7 +133,8 @@ fn three_validators_exchange_ordered_frames_on_both_classes() {
             h.send(1, Class::Consensus, Bytes::new()),
             Err(bpci_transport::SendError::Closed)
         );
-        // The inbound channel ends once the transport is gone.
-        assert!(nodes[0].rx.blocking_recv().is_none());
+        // The inbound queues end once the transport is gone.
+        assert!(nodes[0].rx.consensus.blocking_recv().is_none());
+        assert!(nodes[0].rx.bulk.blocking_recv().is_none());
     });
 }

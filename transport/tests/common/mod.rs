@@ -6,8 +6,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use bpci_transport::{
-    public_key_from_seed, Inbound, PeerConfig, Receiver, Transport, TransportConfig,
-    TransportHandle,
+    public_key_from_seed, Inbound, Inbox, PeerConfig, Transport, TransportConfig, TransportHandle,
 };
 
 /// Deterministic seed of validator `i` (the key the set lists for it).
@@ -54,7 +53,7 @@ pub fn config(me: u16, listen: SocketAddr, peers: &[PeerConfig]) -> TransportCon
 pub struct Node {
     pub transport: Option<Transport>,
     pub handle: TransportHandle,
-    pub rx: Receiver<Inbound>,
+    pub rx: Inbox,
 }
 
 pub fn start(cfg: TransportConfig, socket: UdpSocket) -> Node {
@@ -75,7 +74,7 @@ impl Node {
 }
 
 /// Next inbound frame within `limit`, or None.
-pub fn recv_within(rx: &mut Receiver<Inbound>, limit: Duration) -> Option<Inbound> {
+pub fn recv_within(rx: &mut Inbox, limit: Duration) -> Option<Inbound> {
     let deadline = Instant::now() + limit;
     loop {
         match rx.try_recv() {

@@ -1,0 +1,113 @@
+//! The ingress stage: frames from peers decoded and structurally checked at the border, then
+//! handed on: consensus messages to signature verification, forwarded transactions to the
+//! mempool.
+//!
+//! It runs as two threads, one per transport class ([`bpci_transport::Inbox`]):
+//! `pipeline.ingress` reads the consensus streams (votes, timeouts and other small messages),
+//! `pipeline.ingress_bulk` the bulk streams (proposals, whose payloads it also checks ahead of
+//! the core, block and sync responses, forwarded transactions). A vote therefore never waits
+//! behind a proposal's decoding and payload hashing on the receiving side, as it never waits
+//! behind one on the wire.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bpci_transport::InboundQueue;
+
+use crate::consensus::{EpochContext, Message, Verified};
+use crate::mempool::Mempool;
+use crate::pipeline::{StageInput, StageStats};
+use crate::types::ValidatorIndex;
+
+use super::app::{self, PayloadChecks};
+use super::forward::{self, ForwardCounters};
+use super::stages::{self, BorderStats};
+use crate::consensus::Prepared;
+
+/// What an ingress thread hands frames on to; one per thread (cheap clones).
+pub struct Ingress {
+    /// Decoding context (chain id, epoch, validator set).
+    pub ctx: Arc<EpochContext>,
+    /// Counters of refused frames.
+    pub border: Arc<BorderStats>,
+    /// The signature verification stage.
+    pub verify: StageInput<(ValidatorIndex, Prepared)>,
+    /// The consensus stage, for messages verified here.
+    pub core: StageInput<(ValidatorIndex, Verified)>,
+    /// Payload checks done ahead of the core, by payload digest.
+    pub payload_checks: Arc<Mutex<PayloadChecks>>,
+    /// Where forwarded transactions go.
+    pub mempool: Arc<Mutex<Mempool>>,
+    /// The forwarder's counters.
+    pub forward: Arc<ForwardCounters>,
+    /// Frames received, both threads together.
+    pub frames: Arc<AtomicU64>,
+}
+
+impl Clone for Ingress {
+    fn clone(&self) -> Self {
+        Self {
+            ctx: Arc::clone(&self.ctx),
+            border: Arc::clone(&self.border),
+            verify: self.verify.clone(),
+            core: self.core.clone(),
+            payload_checks: Arc::clone(&self.payload_checks),
+            mempool: Arc::clone(&self.mempool),
+            forward: Arc::clone(&self.forward),
+            frames: Arc::clone(&self.frames),
+        }
+    }
+}
+
+/// Records one item's time in a stage into its figures when dropped (so every path out of the
+/// loop's body counts it).
+struct TimedItem<'a>(&'a StageStats, Instant);
+
+impl Drop for TimedItem<'_> {
+    fn drop(&mut self) {
+        self.0.record(1, self.1.elapsed());
+    }
+}
+
+impl Ingress {
+    /// Reads `queue` until the transport shuts down or the verify stage ends, recording into
+    /// `stats`.
+    pub fn run(&self, queue: &mut InboundQueue, stats: &StageStats) {
+        while let Some(inb) = queue.blocking_recv() {
+            self.frames.fetch_add(1, Ordering::Relaxed);
+            stats.set_queue_depth(queue.len());
+            // Time in stage covers decoding, the payload checks started here, and a vote or
+            // timeout verified here (not counted by the verify stage).
+            let _timed = TimedItem(stats, Instant::now());
+            if !self.handle(inb.from, &inb.frame) {
+                break;
+            }
+        }
+    }
+
+    /// One frame; `false` once the verify stage has ended (the node is stopping).
+    fn handle(&self, from: u16, frame: &bytes::Bytes) -> bool {
+        match stages::ingress(&self.ctx, from, frame, &self.border) {
+            stages::Ingress::Consensus(from, p) => {
+                if let Message::Proposal(prop) = p.message() {
+                    app::precheck(&self.payload_checks, &prop.block.payload);
+                }
+                // A message with one signature (a vote, a timeout) while the verify stage has
+                // nothing queued would be a batch of one there: verified here, it skips a thread
+                // hand-off on the round's path.
+                if p.items().len() <= 1 && self.verify.depth() == 0 {
+                    stages::verify_into(vec![(from, p)], &self.border, &self.core);
+                    true
+                } else {
+                    self.verify.send((from, p)).is_ok()
+                }
+            }
+            stages::Ingress::Txs(batch) => {
+                forward::accept_forwarded(batch, &self.mempool, &self.forward);
+                true
+            }
+            stages::Ingress::Dropped => true,
+        }
+    }
+}
