@@ -102,7 +102,7 @@ pub trait StateMachine: Send {
     fn genesis(&self) -> StateRoot;
 }
 
-/// Why a block could not execute.
+/// Why a block could not execute, or a snapshot could not be restored.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ExecError {
     /// The parent state is unknown here (pruned, or never executed).
@@ -111,6 +111,31 @@ pub enum ExecError {
     /// Too many speculative states are held.
     #[error("speculative state limit of {0} reached")]
     TooManyStates(usize),
+    /// A snapshot's bytes do not decode, or do not describe a valid state.
+    #[error("bad ledger snapshot: {0}")]
+    BadSnapshot(String),
+}
+
+/// Most accounts a ledger snapshot may hold (a bound for decoding stored bytes).
+pub const MAX_SNAPSHOT_ACCOUNTS: usize = 1 << 26;
+
+/// A ledger state as stored ([`Ledger::snapshot`]): what the root commits to, accounts in key
+/// order. The balances' digest is not stored: restoring recomputes it from the balances.
+#[derive(Serialize, Deserialize)]
+struct LedgerSnapshot {
+    balances: Vec<([u8; 32], u64)>,
+    log_head: Digest32,
+    log_len: u64,
+}
+
+impl Bounded for LedgerSnapshot {
+    fn check_bounds(&self) -> Result<(), DecodeError> {
+        crate::codec::check_len(
+            "snapshot.balances",
+            self.balances.len(),
+            MAX_SNAPSHOT_ACCOUNTS,
+        )
+    }
 }
 
 /// How many transactions ahead execution prefetches a transaction's first bytes.
@@ -291,6 +316,61 @@ impl Ledger {
     pub fn state(&self, root: &StateRoot) -> Option<&LedgerState> {
         self.states.get(root)
     }
+
+    /// The state with this root, encoded for storage (a restart restores it with
+    /// [`Ledger::restore`] instead of executing the chain from genesis); `None` if no such state
+    /// is held.
+    pub fn snapshot(&self, root: &StateRoot) -> Option<Vec<u8>> {
+        let state = self.states.get(root)?;
+        let mut balances: Vec<([u8; 32], u64)> =
+            state.balances.iter().map(|(a, b)| (*a, *b)).collect();
+        balances.sort_unstable();
+        Some(crate::codec::encode_infallible(&LedgerSnapshot {
+            balances,
+            log_head: state.log_head,
+            log_len: state.log_len,
+        }))
+    }
+
+    /// A ledger holding only the state `bytes` describe ([`Ledger::snapshot`]), and that state's
+    /// root.
+    ///
+    /// # Errors
+    /// [`ExecError::BadSnapshot`] for bytes that do not decode, accounts out of order or
+    /// repeated, or a zero balance (never held).
+    pub fn restore(bytes: &[u8]) -> Result<(Self, StateRoot), ExecError> {
+        let snap: LedgerSnapshot =
+            decode(bytes).map_err(|e| ExecError::BadSnapshot(e.to_string()))?;
+        let mut state = LedgerState {
+            log_head: snap.log_head,
+            log_len: snap.log_len,
+            ..LedgerState::default()
+        };
+        let mut previous: Option<[u8; 32]> = None;
+        for (account, balance) in snap.balances {
+            if previous.is_some_and(|p| p >= account) {
+                return Err(ExecError::BadSnapshot(
+                    "accounts out of order or repeated".into(),
+                ));
+            }
+            if balance == 0 {
+                return Err(ExecError::BadSnapshot(
+                    "an account with a zero balance".into(),
+                ));
+            }
+            previous = Some(account);
+            state.set_balance(account, balance);
+        }
+        let root = state.root();
+        let genesis = LedgerState::default().root();
+        Ok((
+            Self {
+                states: HashMap::from([(root, state)]),
+                genesis,
+            },
+            root,
+        ))
+    }
 }
 
 impl StateMachine for Ledger {
@@ -426,6 +506,45 @@ mod tests {
         let s2 = l.state(&r2).unwrap();
         assert_eq!(s2.log_head, *h.finalize().as_bytes());
         assert_eq!(s2.log_len(), 100);
+    }
+
+    /// A snapshot restores the same state (same root, balances, log), which then executes the
+    /// next block to the same root as the original; damaged bytes are refused.
+    #[test]
+    fn a_snapshot_restores_the_state_it_was_taken_of() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let mut l = Ledger::default();
+        let g = l.genesis();
+        let txs = vec![
+            ledger_tx(&LedgerTx::Mint { to: a, amount: 100 }),
+            ledger_tx(&LedgerTx::Transfer {
+                from: a,
+                to: b,
+                amount: 40,
+            }),
+            b"opaque".to_vec(),
+        ];
+        let (r1, _) = run(&mut l, &g, &txs).unwrap();
+        let bytes = l.snapshot(&r1).unwrap();
+        assert!(l.snapshot(&[9; 32]).is_none());
+        let (mut back, root) = Ledger::restore(&bytes).unwrap();
+        assert_eq!(root, r1);
+        assert_eq!(back.genesis(), g);
+        let s = back.state(&root).unwrap();
+        assert_eq!((s.balance(&a), s.balance(&b), s.log_len()), (60, 40, 1));
+        let next = vec![b"more".to_vec()];
+        assert_eq!(
+            run(&mut back, &root, &next).unwrap().0,
+            run(&mut l, &r1, &next).unwrap().0
+        );
+        // Damage: cut short, or a balance changed (the root then differs).
+        assert!(matches!(
+            Ledger::restore(&bytes[..bytes.len() - 1]),
+            Err(ExecError::BadSnapshot(_))
+        ));
+        let mut changed = bytes.clone();
+        changed[1 + 32] ^= 1;
+        assert_ne!(Ledger::restore(&changed).map(|(_, r)| r), Ok(r1));
     }
 
     #[test]

@@ -28,14 +28,14 @@ use bpci_transport::{ClientServer, ClientServerConfig, PeerConfig, Transport, Tr
 use crate::config::Config;
 use crate::consensus::{Core, CoreConfig, EpochContext, Storage};
 use crate::crypto::Keypair;
-use crate::exec::{Ledger, StateMachine};
+
 use crate::mempool::{Mempool, MempoolLimits};
 use crate::pipeline::{self, StageConfig, StageSnapshot, StageStats};
 use crate::store::RedbStore;
-use crate::types::{Height, ValidatorIndex};
+use crate::types::ValidatorIndex;
 
 pub use app::DEFAULT_MAX_BLOCK_BYTES;
-use app::{BlockLimits, ExecRoots, NodeApp, Progress};
+use app::{BlockLimits, NodeApp, Progress};
 use stages::{
     BorderStats, CoreSnapshot, CoreStage, ExecCounters, ExecStage, Executed, Notify, Outbound,
     PersistStage,
@@ -162,26 +162,15 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     store.set_defer_commits(true);
     let writer = store.writer();
 
-    // Rebuild the executed state by replaying the committed chain.
-    let mut ledger = Ledger::default();
-    let mut last_root = ledger.genesis();
-    let mut roots = ExecRoots::starting_at(0, last_root);
+    // Rebuild the executed state: the latest stored one, then the committed blocks after it.
     let tip = store.committed_tip().map(|(b, _)| b.height.0).unwrap_or(0);
-    for h in 1..=tip {
-        let replay_err = |why: String| {
-            NodeError::Store(crate::consensus::StorageError::Backend(format!(
-                "replaying committed block {h}: {why}"
-            )))
-        };
-        let b = store
-            .committed_block(Height(h))
-            .ok_or_else(|| replay_err("missing from the store".into()))?;
-        let (root, _) =
-            stages::execute_block(&mut ledger, &last_root, &b, |_| None).map_err(replay_err)?;
-        ledger.prune(&[root]);
-        last_root = root;
-        roots.record_durable(h, root);
-    }
+    let stages::Replayed {
+        ledger,
+        root: last_root,
+        roots,
+        ..
+    } = stages::replay_committed(&store, tip)
+        .map_err(|why| NodeError::Store(crate::consensus::StorageError::Backend(why)))?;
     let progress = Arc::new(Progress {
         committed: AtomicU64::new(tip),
         round: Arc::new(AtomicU64::new(0)),

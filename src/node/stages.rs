@@ -11,19 +11,19 @@ use bpci_transport::{Class, TransportHandle};
 use bytes::Bytes;
 
 use crate::codec::encode_infallible;
-use crate::consensus::StorageError;
 use crate::consensus::{
     Action, Block, CommittedBatch, Core, CoreStats, EpochContext, Message, Prepared, TxBatch,
     Verified,
 };
+use crate::consensus::{Storage, StorageError};
 use crate::crypto::{leaf_hashes, BatchVerifier};
 use crate::exec::{BlockTxs, Ledger, StateMachine, StateRoot};
 use crate::mempool::{Payload, TxId};
 use crate::pipeline::{LatencyHistogram, StageInput};
 use crate::store::{ChainWriter, GroupItem, RedbStore};
-use crate::types::{BlockId, Round, TimeMs, ValidatorIndex};
+use crate::types::{BlockId, Height, Round, TimeMs, ValidatorIndex};
 
-use super::app::{NodeApp, Progress, TxIdCache};
+use super::app::{ExecRoots, NodeApp, Progress, TxIdCache};
 
 /// Executed state roots by height (written by the store with each group commit, and again
 /// when it re-indexes the log's tail on open).
@@ -570,7 +570,15 @@ pub struct Executed {
     pub block: Arc<Block>,
     /// For the last block of a committed batch: the proof that commits it.
     pub proof: Option<crate::consensus::CommitProof>,
+    /// Every [`EXEC_STATE_EVERY_BLOCKS`] heights: a snapshot of the execution state after the
+    /// block, stored once the block is durable so that a restart need not execute the whole
+    /// chain again.
+    pub exec_state: Option<Vec<u8>>,
 }
+
+/// How often (in committed blocks) the execution state is stored: a restart executes at most
+/// this many blocks (plus those since the last durable index commit) instead of the whole chain.
+pub const EXEC_STATE_EVERY_BLOCKS: u64 = 1024;
 
 /// What the core hands to the execution stage.
 #[derive(Debug)]
@@ -740,6 +748,9 @@ impl ExecStage {
                 tx_ids: ids,
                 block,
                 proof: if i == last { proof.take() } else { None },
+                exec_state: (h % EXEC_STATE_EVERY_BLOCKS == 0)
+                    .then(|| self.ledger.snapshot(&root))
+                    .flatten(),
             });
         }
     }
@@ -754,6 +765,83 @@ impl ExecStage {
         execute_block(&mut self.ledger, parent, block, |root| {
             tx_ids.lock().ok().and_then(|c| c.get(root).cloned())
         })
+    }
+}
+
+/// The execution state rebuilt at start-up ([`replay_committed`]).
+#[derive(Debug)]
+pub struct Replayed {
+    /// The ledger, holding only the state after the tip.
+    pub ledger: Ledger,
+    /// That state's root.
+    pub root: StateRoot,
+    /// The durable roots of the heights executed (and of the restored one).
+    pub roots: ExecRoots,
+    /// The height of the stored state it started from (0: genesis).
+    pub restored_at: u64,
+}
+
+/// The execution state after the committed block at `tip`: restored from the latest stored
+/// state ([`ChainWriter::save_exec_state`]) when it is no higher than `tip` and its root is the
+/// one recorded for its height, else from genesis; then every committed block after it executed
+/// again.
+///
+/// # Errors
+/// A committed block missing from the store, or one that does not execute.
+pub fn replay_committed(store: &RedbStore, tip: u64) -> Result<Replayed, String> {
+    let (mut ledger, mut root, from) = restore_exec_state(store, tip);
+    let mut roots = ExecRoots::starting_at(from, root);
+    for h in from + 1..=tip {
+        let b = store
+            .committed_block(Height(h))
+            .ok_or_else(|| format!("replaying committed block {h}: missing from the store"))?;
+        let (next, _) = execute_block(&mut ledger, &root, &b, |_| None)
+            .map_err(|e| format!("replaying committed block {h}: {e}"))?;
+        ledger.prune(&[next]);
+        root = next;
+        roots.record_durable(h, root);
+    }
+    tracing::info!(target: "pipeline.exec", restored_at = from, replayed = tip.saturating_sub(from), "execution state rebuilt");
+    Ok(Replayed {
+        ledger,
+        root,
+        roots,
+        restored_at: from,
+    })
+}
+
+/// The stored execution state if it can be trusted (see [`replay_committed`]), else genesis: the
+/// ledger, its root and its height.
+fn restore_exec_state(store: &RedbStore, tip: u64) -> (Ledger, StateRoot, u64) {
+    let genesis = || {
+        let l = Ledger::default();
+        let g = l.genesis();
+        (l, g, 0)
+    };
+    let (height, bytes) = match store.exec_state() {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return genesis(),
+        Err(e) => {
+            tracing::warn!(target: "pipeline.exec", error = %e, "reading the stored execution state; executing from genesis");
+            return genesis();
+        }
+    };
+    if height > tip {
+        tracing::warn!(target: "pipeline.exec", height, tip, "stored execution state is past the chain's tip; executing from genesis");
+        return genesis();
+    }
+    match (Ledger::restore(&bytes), store.exec_root(height)) {
+        (Ok((ledger, root)), Ok(Some(recorded))) if root == recorded => (ledger, root, height),
+        (restored, recorded) => {
+            tracing::warn!(
+                target: "pipeline.exec",
+                height,
+                restored = ?restored.map(|(_, r)| r).map_err(|e| e.to_string()),
+                recorded = ?recorded.map_err(|e| e.to_string()),
+                "stored execution state does not match the root recorded for its height; executing from genesis"
+            );
+            genesis()
+        }
     }
 }
 
@@ -821,6 +909,16 @@ impl PersistStage {
         self.progress.set_durable(last.height);
         (self.notify)(&executed);
         self.writer.release_cache();
+        if let Some((h, state)) = executed
+            .iter()
+            .rev()
+            .find_map(|e| e.exec_state.as_ref().map(|s| (e.height, s)))
+        {
+            if let Err(e) = self.writer.save_exec_state(h, state) {
+                // Only a restart's replay grows: it starts from the previous stored state.
+                tracing::warn!(target: "pipeline.persist", height = h, error = %e, "storing the execution state failed");
+            }
+        }
     }
 
     /// One group commit: blocks, the proof of each committed batch (a header and a QC) and the
@@ -842,6 +940,66 @@ impl PersistStage {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    /// A restart starts from the stored execution state when its root is the one recorded for
+    /// its height, and from genesis when it is not or lies past the tip; either way it ends on
+    /// the same state as executing the whole chain.
+    #[test]
+    fn replay_starts_from_a_stored_state_it_can_trust() {
+        use crate::consensus::{CommitProof, QuorumCert};
+        use crate::types::Epoch;
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("node.redb")).unwrap();
+        let writer = store.writer();
+        let mut ledger = Ledger::default();
+        let mut root = ledger.genesis();
+        let mut states = vec![(root, None)];
+        for h in 1..=6u64 {
+            let mut b = Block::genesis(Epoch(1));
+            b.height = Height(h);
+            b.round = Round(h);
+            let txs = [format!("tx {h}").into_bytes(), vec![h as u8; 300]];
+            b.payload = Payload::new(&txs).encode().into();
+            let (next, _) = execute_block(&mut ledger, &root, &b, |_| None).unwrap();
+            root = next;
+            states.push((root, ledger.snapshot(&root)));
+            let proof = CommitProof {
+                child: b.header(),
+                child_qc: QuorumCert::genesis("test", Epoch(1)),
+            };
+            writer
+                .commit_group(&[GroupItem {
+                    block: &b,
+                    proof: Some(&proof),
+                    exec_root: Some(root),
+                }])
+                .unwrap();
+        }
+        // Nothing stored: from genesis.
+        let r = replay_committed(&store, 6).unwrap();
+        assert_eq!((r.restored_at, r.root), (0, root));
+        // Stored at 4: from there.
+        writer
+            .save_exec_state(4, states[4].1.as_ref().unwrap())
+            .unwrap();
+        let r = replay_committed(&store, 6).unwrap();
+        assert_eq!((r.restored_at, r.root), (4, root));
+        assert_eq!(r.roots.latest(), (6, root));
+        // A state that is not the one recorded for its height (here, height 3's state stored as
+        // height 4's), or a height past the tip: from genesis, same end.
+        writer
+            .save_exec_state(4, states[3].1.as_ref().unwrap())
+            .unwrap();
+        assert_eq!(replay_committed(&store, 6).unwrap().restored_at, 0);
+        writer
+            .save_exec_state(4, states[4].1.as_ref().unwrap())
+            .unwrap();
+        let r = replay_committed(&store, 3).unwrap();
+        assert_eq!((r.restored_at, r.root), (0, states[3].0));
+        // Bytes that do not decode: from genesis.
+        writer.save_exec_state(5, b"junk").unwrap();
+        assert_eq!(replay_committed(&store, 6).unwrap().restored_at, 0);
+    }
 
     #[test]
     fn rounds_and_own_proposals_are_timed_on_one_clock() {

@@ -41,6 +41,11 @@ const LOG_END_KEY: &str = "value_log_end";
 const LOG_KEY_KEY: &str = "value_log_group_key";
 /// Height → the execution state root after the committed block at that height.
 pub const EXEC_ROOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("exec_roots");
+/// The latest stored execution state: [`EXEC_STATE_KEY`] → height (u64 LE) ‖ the state machine's
+/// snapshot of its state after that block.
+const EXEC_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("exec_state");
+/// The one key of [`EXEC_STATE`].
+const EXEC_STATE_KEY: &str = "latest";
 /// The index commits durably at most this long after the previous durable commit (the others
 /// commit without a sync); on open, the groups the log holds past the durable index are
 /// re-indexed, so this bounds that scan (about this long of writes).
@@ -139,6 +144,32 @@ impl ChainWriter {
             self.log.rewind(start);
         }
         result
+    }
+
+    /// Stores `state`, the execution state after the committed block at `height` (a snapshot
+    /// of the state machine), in place of the previous one. Call it only once that block's group
+    /// commit has returned: the state never runs ahead of the durable chain. Like the index, it
+    /// becomes durable with the next durable index commit; a restart restores the latest one
+    /// that did and executes the blocks after it.
+    ///
+    /// # Errors
+    /// A failed redb transaction (the previous state stays).
+    pub fn save_exec_state(&self, height: u64, state: &[u8]) -> Result<(), StorageError> {
+        let _one = self
+            .index_synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut txn = self.db.begin_write().map_err(backend)?;
+        txn.set_durability(Durability::None).map_err(backend)?;
+        {
+            let mut t = txn.open_table(EXEC_STATE).map_err(backend)?;
+            let mut value = Vec::with_capacity(8 + state.len());
+            value.extend_from_slice(&height.to_le_bytes());
+            value.extend_from_slice(state);
+            t.insert(EXEC_STATE_KEY, value.as_slice())
+                .map_err(backend)?;
+        }
+        txn.commit().map_err(backend)
     }
 
     /// Drops the page cache of what the group commits so far wrote (see
@@ -306,6 +337,7 @@ impl RedbStore {
             txn.open_table(BLOCKS).map_err(backend)?;
             txn.open_table(PROOFS).map_err(backend)?;
             txn.open_table(EXEC_ROOTS).map_err(backend)?;
+            txn.open_table(EXEC_STATE).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         Ok(db)
@@ -416,6 +448,41 @@ impl RedbStore {
             index_synced: Arc::clone(&self.index_synced),
             index_sync_interval: self.index_sync_interval,
         }
+    }
+
+    /// The latest stored execution state ([`ChainWriter::save_exec_state`]): its height and
+    /// snapshot bytes.
+    ///
+    /// # Errors
+    /// A failed read, or a stored value too short to hold a height.
+    pub fn exec_state(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let t = txn.open_table(EXEC_STATE).map_err(backend)?;
+        let Some(v) = t.get(EXEC_STATE_KEY).map_err(backend)? else {
+            return Ok(None);
+        };
+        let (height, state) = v.value().split_first_chunk::<8>().ok_or_else(|| {
+            StorageError::Backend(format!(
+                "stored execution state of {} bytes has no height",
+                v.value().len()
+            ))
+        })?;
+        Ok(Some((u64::from_le_bytes(*height), state.to_vec())))
+    }
+
+    /// The execution state root recorded with the committed block at `height`, if any.
+    ///
+    /// # Errors
+    /// A failed read, or a stored root that is not 32 bytes.
+    pub fn exec_root(&self, height: u64) -> Result<Option<[u8; 32]>, StorageError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let t = txn.open_table(EXEC_ROOTS).map_err(backend)?;
+        let Some(v) = t.get(height).map_err(backend)? else {
+            return Ok(None);
+        };
+        <[u8; 32]>::try_from(v.value()).map(Some).map_err(|_| {
+            StorageError::Backend(format!("execution root at height {height} is not 32 bytes"))
+        })
     }
 
     /// The chain database (redb serialises writers).
