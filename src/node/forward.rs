@@ -4,12 +4,17 @@
 //! round's leader: in round r it is already collecting the votes for r and proposes as soon as
 //! they form a QC, before a forwarded batch arrives; the leader of r + 2 proposes a round later.
 //!
-//! A forwarded transaction is *handed off*, not given away: the forwarder keeps it until a
-//! committed block carries it, and puts it back into its own mempool if none has after
-//! [`HANDOFF_TIMEOUT`] (the leader crashed, was full, or censors). The receiving leader keeps
-//! forwarded transactions apart from its own clients' ([`Mempool::insert_forwarded_batch`]) and never
-//! forwards them again, so a transaction crosses at most one extra hop. Everything is bounded:
-//! a hand-off holds at most [`MAX_HANDED_BYTES`]; beyond it transactions stay local.
+//! A forwarded transaction is *given away*: it leaves this validator's mempool for the leader's,
+//! so at any time it waits in one mempool only, and no path of the engine's own can commit it
+//! twice. (An earlier version took a transaction back into its own mempool when no committed
+//! block had carried it after a timeout: a leader that was only slow, or whose block was still
+//! on its way to commit, then proposed it as well, and it committed twice.) A leader that fails
+//! before proposing it loses it: the client sees no commit notice and submits it again. The
+//! forwarder remembers what it handed off until a committed block carries it or
+//! [`HANDOFF_TIMEOUT`] passes (counted as expired), to bound what is in other leaders' hands:
+//! at most [`MAX_HANDED_BYTES`]; beyond it transactions stay local. The receiving leader keeps
+//! forwarded transactions apart from its own clients' ([`Mempool::insert_forwarded_batch`]) and
+//! never forwards them again, so a transaction crosses at most one extra hop.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,15 +46,17 @@ pub const MAX_BATCH_TXS: usize = 4096;
 pub const FORWARD_BELOW_TPS: f64 = 5_000.0;
 /// Window over which the intake rate is measured.
 pub const INTAKE_WINDOW: Duration = Duration::from_millis(200);
-/// A handed-off transaction not committed by then returns to our own mempool.
+/// A handed-off transaction not seen committed by then is forgotten (counted as expired).
 pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(3);
-/// Bytes of handed-off transactions held at most (beyond it, transactions stay local).
+/// Bytes of handed-off transactions not yet seen committed, at most (beyond it, transactions
+/// stay local).
 pub const MAX_HANDED_BYTES: usize = 64 << 20;
 
-/// Transactions handed to another leader and not yet seen committed.
+/// Transactions handed to another leader and not yet seen committed: their sizes, to bound what
+/// is in other leaders' hands.
 #[derive(Debug, Default)]
 pub struct HandOff {
-    txs: IdMap<Vec<u8>>,
+    txs: IdMap<usize>,
     /// Hand-off batches in time order: when they expire, and their ids.
     deadlines: VecDeque<(Instant, Vec<TxId>)>,
     bytes: usize,
@@ -71,13 +78,13 @@ impl HandOff {
         self.txs.is_empty()
     }
 
-    /// Holds `txs`, handed off at `now`.
-    pub fn hold(&mut self, txs: Vec<(TxId, Vec<u8>)>, now: Instant) {
-        let mut ids = Vec::with_capacity(txs.len());
-        for (id, tx) in txs {
-            self.bytes += tx.len();
-            if let Some(old) = self.txs.insert(id, tx) {
-                self.bytes -= old.len();
+    /// Records `txs` (ids and sizes), handed off at `now`.
+    pub fn hold(&mut self, txs: impl IntoIterator<Item = (TxId, usize)>, now: Instant) {
+        let mut ids = Vec::new();
+        for (id, len) in txs {
+            self.bytes += len;
+            if let Some(old) = self.txs.insert(id, len) {
+                self.bytes -= old;
             }
             ids.push(id);
         }
@@ -90,15 +97,15 @@ impl HandOff {
             return;
         }
         for id in ids {
-            if let Some(tx) = self.txs.remove(id) {
-                self.bytes -= tx.len();
+            if let Some(len) = self.txs.remove(id) {
+                self.bytes -= len;
             }
         }
     }
 
-    /// Takes back the transactions whose hand-off expired by `now` (oldest first).
-    pub fn expired(&mut self, now: Instant) -> Vec<(TxId, Vec<u8>)> {
-        let mut out = Vec::new();
+    /// Forgets the transactions whose hand-off expired by `now`; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let mut forgotten = 0;
         while let Some((deadline, _)) = self.deadlines.front() {
             if *deadline > now {
                 break;
@@ -107,13 +114,13 @@ impl HandOff {
                 break;
             };
             for id in ids {
-                if let Some(tx) = self.txs.remove(&id) {
-                    self.bytes -= tx.len();
-                    out.push((id, tx));
+                if let Some(len) = self.txs.remove(&id) {
+                    self.bytes -= len;
+                    forgotten += 1;
                 }
             }
         }
-        out
+        forgotten
     }
 }
 
@@ -122,8 +129,9 @@ impl HandOff {
 pub struct ForwardCounters {
     /// Transactions sent to another leader.
     pub sent: AtomicU64,
-    /// Handed-off transactions taken back after [`HANDOFF_TIMEOUT`].
-    pub requeued: AtomicU64,
+    /// Handed-off transactions not seen committed within [`HANDOFF_TIMEOUT`] (the leader
+    /// failed or dropped them; their clients resubmit).
+    pub expired: AtomicU64,
     /// Transactions other validators forwarded to us, accepted into the mempool.
     pub received: AtomicU64,
     /// Forwarded to us but not accepted (duplicate, full, invalid).
@@ -164,7 +172,7 @@ pub struct Forwarder {
     pub round: Arc<AtomicU64>,
     /// The node's mempool.
     pub mempool: Arc<Mutex<Mempool>>,
-    /// Handed-off transactions (shared with the commit notice path).
+    /// What is in other leaders' hands (shared with the commit notice path).
     pub handoff: Arc<Mutex<HandOff>>,
     /// The client connection of each forwarded transaction, until its commit notice (shared
     /// with the client gateway; at most [`super::clients::MAX_TRACKED_TXS`]).
@@ -181,17 +189,16 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// One step at `now`: takes back expired hand-offs, then forwards our clients' pending
+    /// One step at `now`: forgets expired hand-offs, then forwards our clients' pending
     /// transactions to the leader [`LOOKAHEAD_ROUNDS`] ahead, unless we lead a round before or
     /// our clients submit more than [`FORWARD_BELOW_TPS`]. Returns the pause before the next
     /// step.
     pub fn step(&mut self, now: Instant) -> Duration {
-        let back = self.held().expired(now);
-        if !back.is_empty() {
+        let expired = self.held().expire(now);
+        if expired > 0 {
             self.counters
-                .requeued
-                .fetch_add(back.len() as u64, Ordering::Relaxed);
-            self.pool().requeue(back);
+                .expired
+                .fetch_add(expired as u64, Ordering::Relaxed);
         }
         let inserted = self.pool().local_inserted();
         if self.intake.observe(now, inserted) > FORWARD_BELOW_TPS {
@@ -220,6 +227,7 @@ impl Forwarder {
                 }
             }
         }
+        let handed: Vec<(TxId, usize)> = taken.iter().map(|(id, tx)| (*id, tx.len())).collect();
         let msg = Message::Txs(TxBatch {
             txs: taken
                 .iter()
@@ -230,8 +238,9 @@ impl Forwarder {
             self.counters
                 .sent
                 .fetch_add(taken.len() as u64, Ordering::Relaxed);
-            self.held().hold(taken, now);
+            self.held().hold(handed, now);
         } else {
+            // Never sent: still only ours.
             self.pool().requeue(taken);
         }
         FORWARD_INTERVAL
@@ -303,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn client_transactions_go_to_the_next_leader_and_come_back_if_never_committed() {
+    fn client_transactions_go_to_the_next_leader_and_are_never_taken_back() {
         let sent = Arc::new(Mutex::new(Vec::new()));
         // We are validator 0 in round 4: round 5 is led by 1, round 6 by 6 % 4 = 2.
         let mut f = forwarder(0, 4, Arc::clone(&sent), true);
@@ -341,23 +350,19 @@ mod tests {
             assert_eq!(b.txs.len(), 4);
         }
         assert_eq!(f.handoff.lock().unwrap().len(), 3);
-        // One of them is committed; the other two come back after the timeout, in order.
+        // One of them is committed; the other two are forgotten after the timeout (expired),
+        // never put back here to be proposed a second time.
         f.handoff.lock().unwrap().committed([&ids[1]]);
         f.step(t0 + HANDOFF_TIMEOUT / 2);
-        assert_eq!(pending(&f), 0, "not expired yet");
-        // Round 5: the leader of round 7 is 7 % 4 = 3; the expired hand-off returns first and
-        // is forwarded again in the same step.
+        assert_eq!(f.counters.expired.load(Ordering::Relaxed), 0);
         f.round.store(5, Ordering::Release);
         f.step(t0 + HANDOFF_TIMEOUT);
-        assert_eq!(f.counters.requeued.load(Ordering::Relaxed), 2);
-        let sent = sent.lock().unwrap();
-        assert_eq!(sent.len(), 2);
-        assert_eq!(sent[1].0, ValidatorIndex(3));
-        let Message::Txs(b) = &sent[1].1 else {
-            panic!("not a transaction batch")
-        };
-        let again: Vec<TxId> = b.txs.iter().map(|t| crate::mempool::tx_id(t)).collect();
-        assert_eq!(again, vec![ids[0], ids[2]]);
+        assert_eq!(f.counters.expired.load(Ordering::Relaxed), 2);
+        assert!(f.handoff.lock().unwrap().is_empty());
+        assert_eq!(f.handoff.lock().unwrap().bytes(), 0);
+        assert_eq!(pending(&f), 0);
+        assert_eq!(sent.lock().unwrap().len(), 1, "nothing forwarded again");
+        let _ = ids[0];
     }
 
     #[test]
@@ -435,7 +440,7 @@ mod tests {
         let sent = Arc::new(Mutex::new(Vec::new()));
         let mut f = forwarder(0, 1, Arc::clone(&sent), true);
         f.handoff.lock().unwrap().hold(
-            vec![(crate::mempool::tx_id(b"x"), vec![0; MAX_HANDED_BYTES])],
+            vec![(crate::mempool::tx_id(b"x"), MAX_HANDED_BYTES)],
             Instant::now(),
         );
         f.mempool.lock().unwrap().insert(vec![1; 10]).unwrap();

@@ -560,7 +560,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                         "mempool_txs": stats_mempool.lock().map(|m| m.len()).unwrap_or(0),
                         "forward": {
                             "sent": forward_counters.sent.load(Ordering::Relaxed),
-                            "requeued": forward_counters.requeued.load(Ordering::Relaxed),
+                            "expired": forward_counters.expired.load(Ordering::Relaxed),
                             "received": forward_counters.received.load(Ordering::Relaxed),
                             "refused": forward_counters.refused.load(Ordering::Relaxed),
                             "handed_off": handoff.lock().map(|h| h.len()).unwrap_or(0),
