@@ -432,6 +432,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         tx_ids,
         Arc::clone(&exec_counters),
     );
+    exec.optimistic = config.file.triple_consensus.hotstuff.optimistic_execution;
     let (exec_in, exec_stage) = pipeline::spawn(
         stage("pipeline.exec", 1024, 64, None, core_of(4)),
         move |b| exec.on_batch(b),

@@ -634,6 +634,10 @@ pub struct ExecStage {
     tx_ids: Arc<Mutex<TxIdCache>>,
     /// Counters.
     pub counters: Arc<ExecCounters>,
+    /// Whether certified blocks are executed before they commit
+    /// (`triple_consensus.hotstuff.optimistic_execution`); if not, each block executes when it
+    /// commits.
+    pub optimistic: bool,
 }
 
 impl ExecStage {
@@ -653,6 +657,7 @@ impl ExecStage {
             persist,
             tx_ids,
             counters,
+            optimistic: true,
         }
     }
 
@@ -661,7 +666,8 @@ impl ExecStage {
         let mut out = Vec::new();
         for input in batch {
             match input {
-                ExecInput::Certified(path) => self.speculate(&path),
+                ExecInput::Certified(path) if self.optimistic => self.speculate(&path),
+                ExecInput::Certified(_) => {}
                 ExecInput::Committed(c) => self.commit(*c, &mut out),
             }
         }
@@ -999,6 +1005,79 @@ mod tests {
         // Bytes that do not decode: from genesis.
         writer.save_exec_state(5, b"junk").unwrap();
         assert_eq!(replay_committed(&store, 6).unwrap().restored_at, 0);
+    }
+
+    /// With optimistic execution a certified block executes before it commits and its result is
+    /// taken at commit; with it off (`optimistic_execution: false`) it executes only at commit.
+    /// Both reach the same root.
+    #[test]
+    fn optimistic_execution_can_be_turned_off() {
+        use crate::consensus::{CommitProof, QuorumCert};
+        use crate::types::Epoch;
+        let genesis = Block::genesis(Epoch(1));
+        let mut b1 = Block::genesis(Epoch(1));
+        b1.height = Height(1);
+        b1.round = Round(1);
+        b1.parent_id = genesis.id("test");
+        b1.payload = Payload::new(&[b"one".as_slice()]).encode().into();
+        let b1 = Arc::new(b1);
+        let id1 = b1.id("test");
+        let mut roots = Vec::new();
+        for optimistic in [true, false] {
+            let (done_tx, done_rx) = crossbeam_channel::unbounded();
+            let (persist, stage) = crate::pipeline::spawn(
+                crate::pipeline::StageConfig {
+                    name: "pipeline.test_persist",
+                    queue_capacity: 8,
+                    batch_max: 8,
+                    core: None,
+                    tick: None,
+                },
+                move |b: Vec<Vec<Executed>>| {
+                    for e in b.into_iter().flatten() {
+                        let _ = done_tx.send((e.height, e.root));
+                    }
+                },
+            )
+            .unwrap();
+            let ledger = Ledger::default();
+            let root = ledger.genesis();
+            let counters = Arc::new(ExecCounters::default());
+            let mut exec = ExecStage::new(
+                ledger,
+                (genesis.id("test"), root, 0),
+                persist,
+                Arc::default(),
+                Arc::clone(&counters),
+            );
+            exec.optimistic = optimistic;
+            exec.on_batch(vec![ExecInput::Certified(vec![(id1, Arc::clone(&b1))])]);
+            assert_eq!(
+                counters.speculative.load(Ordering::Relaxed),
+                u64::from(optimistic)
+            );
+            exec.on_batch(vec![ExecInput::Committed(Box::new(CommittedBatch {
+                blocks: vec![(id1, Arc::clone(&b1))],
+                proof: CommitProof {
+                    child: b1.header(),
+                    child_qc: QuorumCert::genesis("test", Epoch(1)),
+                },
+            }))]);
+            assert_eq!(
+                counters.speculative_hits.load(Ordering::Relaxed),
+                u64::from(optimistic)
+            );
+            assert_eq!(
+                counters.executed_at_commit.load(Ordering::Relaxed),
+                u64::from(!optimistic)
+            );
+            let (h, r) = done_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(h, 1);
+            roots.push(r);
+            drop(exec);
+            stage.join();
+        }
+        assert_eq!(roots[0], roots[1]);
     }
 
     #[test]
