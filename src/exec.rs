@@ -319,9 +319,15 @@ impl Ledger {
 
     /// The state with this root, encoded for storage (a restart restores it with
     /// [`Ledger::restore`] instead of executing the chain from genesis); `None` if no such state
-    /// is held.
+    /// is held, or if it holds more than [`MAX_SNAPSHOT_ACCOUNTS`] accounts (which `restore`
+    /// would refuse).
     pub fn snapshot(&self, root: &StateRoot) -> Option<Vec<u8>> {
         let state = self.states.get(root)?;
+        if state.balances.len() > MAX_SNAPSHOT_ACCOUNTS {
+            // It could not be restored: a restart executes the chain from an older state.
+            tracing::warn!(target: "pipeline.exec", accounts = state.balances.len(), max = MAX_SNAPSHOT_ACCOUNTS, "ledger too large to snapshot");
+            return None;
+        }
         let mut balances: Vec<([u8; 32], u64)> =
             state.balances.iter().map(|(a, b)| (*a, *b)).collect();
         balances.sort_unstable();

@@ -103,9 +103,9 @@ impl HandOff {
         }
     }
 
-    /// Forgets the transactions whose hand-off expired by `now`; returns how many.
-    pub fn expire(&mut self, now: Instant) -> usize {
-        let mut forgotten = 0;
+    /// Forgets the transactions whose hand-off expired by `now`; returns their ids.
+    pub fn expire(&mut self, now: Instant) -> Vec<TxId> {
+        let mut forgotten = Vec::new();
         while let Some((deadline, _)) = self.deadlines.front() {
             if *deadline > now {
                 break;
@@ -116,7 +116,7 @@ impl HandOff {
             for id in ids {
                 if let Some(len) = self.txs.remove(&id) {
                     self.bytes -= len;
-                    forgotten += 1;
+                    forgotten.push(id);
                 }
             }
         }
@@ -195,10 +195,15 @@ impl Forwarder {
     /// step.
     pub fn step(&mut self, now: Instant) -> Duration {
         let expired = self.held().expire(now);
-        if expired > 0 {
+        if !expired.is_empty() {
             self.counters
                 .expired
-                .fetch_add(expired as u64, Ordering::Relaxed);
+                .fetch_add(expired.len() as u64, Ordering::Relaxed);
+            // No commit notice will come for them: their clients are not waited on any more.
+            let mut owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
+            for id in &expired {
+                owners.remove(id);
+            }
         }
         let inserted = self.pool().local_inserted();
         if self.intake.observe(now, inserted) > FORWARD_BELOW_TPS {
@@ -339,7 +344,6 @@ mod tests {
                 "transactions without an owner are not tracked"
             );
         }
-        f.handoff.lock().unwrap().committed([&owned]);
         {
             let sent = sent.lock().unwrap();
             assert_eq!(sent.len(), 1);
@@ -349,20 +353,24 @@ mod tests {
             };
             assert_eq!(b.txs.len(), 4);
         }
-        assert_eq!(f.handoff.lock().unwrap().len(), 3);
-        // One of them is committed; the other two are forgotten after the timeout (expired),
-        // never put back here to be proposed a second time.
+        assert_eq!(f.handoff.lock().unwrap().len(), 4);
+        // One of them is committed; the other three (the owned one among them) are forgotten
+        // after the timeout (expired), never put back here to be proposed a second time, and
+        // no client waits on them any more.
         f.handoff.lock().unwrap().committed([&ids[1]]);
         f.step(t0 + HANDOFF_TIMEOUT / 2);
         assert_eq!(f.counters.expired.load(Ordering::Relaxed), 0);
         f.round.store(5, Ordering::Release);
         f.step(t0 + HANDOFF_TIMEOUT);
-        assert_eq!(f.counters.expired.load(Ordering::Relaxed), 2);
+        assert_eq!(f.counters.expired.load(Ordering::Relaxed), 3);
+        assert!(
+            f.owners.lock().unwrap().is_empty(),
+            "expired owners forgotten"
+        );
         assert!(f.handoff.lock().unwrap().is_empty());
         assert_eq!(f.handoff.lock().unwrap().bytes(), 0);
         assert_eq!(pending(&f), 0);
         assert_eq!(sent.lock().unwrap().len(), 1, "nothing forwarded again");
-        let _ = ids[0];
     }
 
     #[test]

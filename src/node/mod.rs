@@ -16,6 +16,11 @@ pub mod ingress;
 pub mod keys;
 pub mod stages;
 
+/// Stage threads pinned to cores of their own when `tuning.pin_threads` is set: ingress,
+/// verify, consensus, egress, execution, persistence and bulk ingress (cores 0-6); with fewer
+/// cores nothing is pinned.
+pub const PINNED_STAGES: usize = 7;
+
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -322,7 +327,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         );
     }
 
-    let pin = config.file.tuning.pin_threads && pipeline::core_count() >= 6;
+    let pin = config.file.tuning.pin_threads && pipeline::core_count() >= PINNED_STAGES;
     let core_of = move |i: usize| if pin { Some(i) } else { None };
     let border = Arc::new(BorderStats::default());
     let dropped = Arc::new(AtomicU64::new(0));
@@ -491,7 +496,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let mut ingress_stats = Vec::new();
     for (name, mut queue, core) in [
         ("pipeline.ingress", consensus, core_of(0)),
-        ("pipeline.ingress_bulk", bulk, core_of(0)),
+        ("pipeline.ingress_bulk", bulk, core_of(6)),
     ] {
         let stats = Arc::new(StageStats::new(name));
         ingress_stats.push(Arc::clone(&stats));

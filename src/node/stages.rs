@@ -23,7 +23,7 @@ use crate::pipeline::{LatencyHistogram, StageInput};
 use crate::store::{ChainWriter, GroupItem, RedbStore};
 use crate::types::{BlockId, Height, Round, TimeMs, ValidatorIndex};
 
-use super::app::{ExecRoots, NodeApp, Progress, TxIdCache};
+use super::app::{ExecRoots, NodeApp, Progress, TxIdCache, RECENT_ROOTS_MAX};
 
 /// Executed state roots by height (written by the store with each group commit, and again
 /// when it re-indexes the log's tail on open).
@@ -796,7 +796,23 @@ pub struct Replayed {
 /// A committed block missing from the store, or one that does not execute.
 pub fn replay_committed(store: &RedbStore, tip: u64) -> Result<Replayed, String> {
     let (mut ledger, mut root, from) = restore_exec_state(store, tip);
-    let mut roots = ExecRoots::starting_at(from, root);
+    let mut roots = ExecRoots::default();
+    // Restored from a snapshot, the roots before it are not executed again: take them from the
+    // store, so that blocks claiming them are still checked.
+    if from > 1 {
+        let lo = from.saturating_sub(RECENT_ROOTS_MAX as u64).max(1);
+        match store.exec_roots(lo..=from - 1) {
+            Ok(stored) => {
+                for (h, r) in stored {
+                    roots.record_durable(h, r);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target: "pipeline.exec", error = %e, "reading the stored execution roots before the restored state");
+            }
+        }
+    }
+    roots.record_durable(from, root);
     for h in from + 1..=tip {
         let b = store
             .committed_block(Height(h))
@@ -988,9 +1004,14 @@ mod tests {
         writer
             .save_exec_state(4, states[4].1.as_ref().unwrap())
             .unwrap();
-        let r = replay_committed(&store, 6).unwrap();
+        let mut r = replay_committed(&store, 6).unwrap();
         assert_eq!((r.restored_at, r.root), (4, root));
         assert_eq!(r.roots.latest(), (6, root));
+        // The roots before the snapshot come from the store: a claim about height 2 is checked.
+        let v = ValidatorIndex(1);
+        assert!(r.roots.check_claim(2, states[2].0, v).is_ok());
+        assert!(r.roots.check_claim(2, states[1].0, v).is_err());
+        assert_eq!((r.roots.checked, r.roots.divergences), (1, 1));
         // A state that is not the one recorded for its height (here, height 3's state stored as
         // height 4's), or a height past the tip: from genesis, same end.
         writer

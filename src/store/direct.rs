@@ -90,8 +90,8 @@ impl DirectWriter {
     /// rounded up to [`ALIGN`]).
     ///
     /// # Errors
-    /// I/O errors; [`unsupported`] ones mean nothing was written and the caller should write
-    /// through the page cache.
+    /// I/O errors. After an [`unsupported`] one some leading blocks may have been written; the
+    /// caller writes all of `parts` again at `at` through the page cache, which covers them.
     pub fn write_at(&mut self, reader: &File, at: u64, parts: &[&[u8]]) -> std::io::Result<u64> {
         let mut pos = align_down(at);
         let keep = (at - pos) as usize;

@@ -485,6 +485,29 @@ impl RedbStore {
         })
     }
 
+    /// The execution state roots recorded for the committed heights in `range`, in order of
+    /// height (heights without one are left out), read in one transaction.
+    ///
+    /// # Errors
+    /// A failed read, or a stored root that is not 32 bytes.
+    pub fn exec_roots(
+        &self,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<(u64, [u8; 32])>, StorageError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let t = txn.open_table(EXEC_ROOTS).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in t.range(range).map_err(backend)? {
+            let (h, v) = entry.map_err(backend)?;
+            let height = h.value();
+            let root = <[u8; 32]>::try_from(v.value()).map_err(|_| {
+                StorageError::Backend(format!("execution root at height {height} is not 32 bytes"))
+            })?;
+            out.push((height, root));
+        }
+        Ok(out)
+    }
+
     /// The chain database (redb serialises writers).
     pub fn database(&self) -> Arc<Database> {
         Arc::clone(&self.db)

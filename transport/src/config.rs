@@ -13,9 +13,11 @@ use crate::public_key_from_seed;
 pub const MAX_FRAME_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 /// Default send queue bound, per peer and per class.
 pub const SEND_QUEUE_FRAMES_DEFAULT: usize = 8192;
-/// Default bound of the inbound channel (all peers and classes together).
+/// Default bound of each class's inbound queue in frames (all peers together; two classes, so
+/// twice this in all).
 pub const INBOUND_QUEUE_FRAMES_DEFAULT: usize = 8192;
-/// Default bound of each class's inbound queue in bytes (see [`crate::Inbox`]).
+/// Default bound of each class's inbound queue in bytes (see [`crate::Inbox`]; two classes, so
+/// 512 MiB in all).
 pub const INBOUND_QUEUE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
 /// Default first reconnect delay (before jitter).
 pub const RECONNECT_MIN_DEFAULT: Duration = Duration::from_millis(100);
