@@ -94,6 +94,32 @@ fn free_ports(n: usize) -> Result<Vec<u16>, TestnetError> {
         .collect()
 }
 
+/// Bytes of block data `validators` validators store when `rate` transactions of `tx_size`
+/// bytes a second commit for `duration`: every validator keeps every block, and a transaction
+/// costs its bytes plus its length prefix and a share of its block's header and proofs (16
+/// bytes is generous at any block size the testnet makes).
+pub fn block_bytes_estimate(
+    validators: usize,
+    rate: u64,
+    duration: Duration,
+    tx_size: usize,
+) -> u64 {
+    let per_validator = (rate as f64 * duration.as_secs_f64() * (tx_size as f64 + 16.0)) as u64;
+    per_validator.saturating_mul(validators as u64)
+}
+
+/// Bytes available to an unprivileged writer on the file system holding `dir`.
+///
+/// # Errors
+/// `statvfs` failing (for example, `dir` missing).
+pub fn available_bytes(dir: &Path) -> Result<u64, TestnetError> {
+    let st = rustix::fs::statvfs(dir).map_err(|e| TestnetError::Io {
+        what: format!("checking the free space of {}", dir.display()),
+        source: e.into(),
+    })?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Writes keys and configs for a fresh testnet. A directory of an earlier testnet is cleared
 /// first; any other non-empty directory is refused.
 pub fn write(cfg: &TestnetConfig) -> Result<Vec<NodeInfo>, TestnetError> {
@@ -358,6 +384,23 @@ impl Drop for Testnet {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// The space estimate scales with rate and saturates instead of overflowing; the free
+    /// space of a missing directory is an error, not zero.
+    #[test]
+    fn block_bytes_grow_with_every_factor() {
+        let one = block_bytes_estimate(4, 1_000, Duration::from_secs(10), 512);
+        assert_eq!(one, 4 * 1_000 * 10 * (512 + 16));
+        assert_eq!(
+            block_bytes_estimate(4, 2_000, Duration::from_secs(10), 512),
+            2 * one
+        );
+        assert!(block_bytes_estimate(31, u64::MAX, Duration::from_secs(1 << 40), 65_536) > 0);
+        assert!(available_bytes(Path::new("/nonexistent/bpci")).is_err());
+        assert!(available_bytes(Path::new(".")).unwrap() > 0);
+    }
+
     /// Ports picked together are distinct (each socket is held until all are picked).
     #[test]
     fn ports_picked_together_are_distinct() {

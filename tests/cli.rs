@@ -152,3 +152,27 @@ fn ctrl_c_while_validators_start_stops_every_one_of_them() {
         "validators left running; stderr: {stderr}"
     );
 }
+
+/// A run whose blocks would not fit on the disk is refused before any validator starts, with a
+/// message naming the directory and the flags to change.
+#[test]
+fn testnet_refuses_a_run_the_disk_cannot_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("net");
+    // 10M tx/s of 64 KiB for a day: far more than any disk here.
+    let out = bpci()
+        .args(["testnet", "--rate", "10000000", "--tx-size", "65536"])
+        .args(["--duration", "86400s", "--dir"])
+        .arg(&net)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--dir") && err.contains("GiB free") && err.contains("lower --rate"),
+        "{err}"
+    );
+    assert!(processes_under(&net).is_empty());
+    assert!(!net.join("data-0").exists());
+}

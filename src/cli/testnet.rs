@@ -91,6 +91,10 @@ fn memory_settings() {
     }
 }
 
+/// Space left free besides the blocks (logs, the store's index, the rest of the system).
+const HEADROOM_BYTES: u64 = 1 << 30;
+const GIB: f64 = (1u64 << 30) as f64;
+
 pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
     memory_settings();
     if !(4..=31).contains(&args.validators) {
@@ -119,6 +123,26 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = TestnetConfig::new(args.validators, args.dir.clone());
     cfg.pipeline_depth = args.pipeline_depth;
     let nodes = testnet::write(&cfg)?;
+    // Every validator stores every block: a long run at a high rate fills a disk in minutes,
+    // and validators on a full disk stop. Refuse before starting rather than fail midway.
+    let need =
+        testnet::block_bytes_estimate(args.validators, args.rate, args.duration, args.tx_size);
+    let free = testnet::available_bytes(&args.dir)?;
+    if need.saturating_add(HEADROOM_BYTES) > free {
+        bail!(
+            "--dir {} has {:.1} GiB free, and {} validators would store about {:.1} GiB of blocks \
+             ({} tx/s of {} bytes for {:?} each) plus {} GiB of headroom: lower --rate or \
+             --duration, or choose a --dir with more space",
+            args.dir.display(),
+            free as f64 / GIB,
+            args.validators,
+            need as f64 / GIB,
+            args.rate,
+            args.tx_size,
+            args.duration,
+            HEADROOM_BYTES >> 30,
+        );
+    }
     let exe = std::env::current_exe().context("locating the bpci binary")?;
     let mut net = Testnet::start(&exe, nodes)?;
     if !args.json {
