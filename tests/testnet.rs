@@ -126,6 +126,57 @@ fn four_validators_commit_client_transactions() {
     }
 }
 
+/// `bpci bench load`, the generator as a command against validators already running: its
+/// JSON report counts what it sent and what committed; bad flags are refused by name.
+#[test]
+fn bench_load_runs_against_running_validators() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = start(dir.path(), 4);
+    let bench = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bpci"));
+        cmd.args([
+            "bench",
+            "load",
+            "--duration",
+            "2s",
+            "--warmup",
+            "0s",
+            "--json",
+        ]);
+        for n in &net.nodes {
+            cmd.arg("--target").arg(format!(
+                "{}={}",
+                n.client_addr,
+                bpci::crypto::PublicKey::from_bytes(&n.key).unwrap()
+            ));
+        }
+        cmd.args(extra).output().unwrap()
+    };
+    let out = bench(&["--rate", "2000"]);
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sent = report["sent"].as_u64().unwrap();
+    assert!(sent >= 3_000, "{report}");
+    assert_eq!(
+        report["committed"].as_u64().unwrap() + report["busy"].as_u64().unwrap(),
+        sent,
+        "{report}"
+    );
+    assert!(report["committed_tps"].as_f64() > Some(0.0), "{report}");
+    assert!(report["latency_ms"]["p99"].as_f64() > Some(0.0), "{report}");
+    for (flags, named) in [
+        (&["--rate", "0"][..], "--rate"),
+        (&["--tx-size", "8"][..], "--tx-size"),
+    ] {
+        let out = bench(flags);
+        assert!(!out.status.success(), "{flags:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(named),
+            "{out:?}"
+        );
+    }
+}
+
 #[test]
 fn killed_validator_is_not_needed_and_catches_up_with_the_same_chain() {
     let dir = tempfile::tempdir().unwrap();

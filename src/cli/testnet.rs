@@ -95,6 +95,17 @@ fn memory_settings() {
 const HEADROOM_BYTES: u64 = 1 << 30;
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// The load flags `bpci testnet` and `bpci bench load` share.
+fn check_load(rate: u64, tx_size: usize) -> anyhow::Result<()> {
+    if !(16..=64 * 1024).contains(&tx_size) {
+        bail!("--tx-size must be between 16 and 65536 bytes, got {tx_size}");
+    }
+    if rate == 0 {
+        bail!("--rate must be positive");
+    }
+    Ok(())
+}
+
 pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
     memory_settings();
     if !(4..=31).contains(&args.validators) {
@@ -103,15 +114,7 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
             args.validators
         );
     }
-    if !(16..=64 * 1024).contains(&args.tx_size) {
-        bail!(
-            "--tx-size must be between 16 and 65536 bytes, got {}",
-            args.tx_size
-        );
-    }
-    if args.rate == 0 {
-        bail!("--rate must be positive");
-    }
+    check_load(args.rate, args.tx_size)?;
     if !(1..=64).contains(&args.pipeline_depth) {
         bail!("--pipeline-depth must be between 1 and 64");
     }
@@ -406,6 +409,7 @@ pub struct LoadArgs {
 
 pub fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     memory_settings();
+    check_load(args.rate, args.tx_size)?;
     let mut targets = Vec::new();
     for t in &args.targets {
         let (addr, key) = t
