@@ -3,6 +3,12 @@
 //!
 //! When it is full, [`Mempool::insert`] answers [`MempoolError::Full`] and the client endpoint
 //! tells the client "busy": memory never grows without bound.
+//!
+//! Transactions other validators forward to us wait in a queue of their own with its own
+//! bounds ([`MempoolLimits::max_forwarded_txs`], [`MempoolLimits::max_forwarded_bytes`]): their
+//! clients were already told "accepted" and their forwarders gave them away, so refusing them
+//! because our own clients filled the pool would lose them. Forwarders bound what they hand
+//! off (`node::forward`), which keeps that queue far below its bounds in normal operation.
 
 use std::collections::VecDeque;
 
@@ -89,7 +95,8 @@ impl HashedTxs {
 /// Why a transaction was not taken.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MempoolError {
-    /// The pool holds its limit of transactions or bytes: try again later.
+    /// The queue the transaction would join (our clients' or the forwarded one) holds its
+    /// limit of transactions or bytes: try again later.
     #[error("mempool full ({txs} transactions, {bytes} bytes): busy")]
     Full {
         /// Transactions held.
@@ -116,10 +123,14 @@ pub enum MempoolError {
 /// Limits of a mempool.
 #[derive(Clone, Copy, Debug)]
 pub struct MempoolLimits {
-    /// Most pending transactions.
+    /// Most pending transactions from our own clients.
     pub max_txs: usize,
-    /// Most pending bytes.
+    /// Most pending bytes from our own clients.
     pub max_bytes: usize,
+    /// Most pending transactions forwarded to us by other validators.
+    pub max_forwarded_txs: usize,
+    /// Most pending bytes forwarded to us by other validators.
+    pub max_forwarded_bytes: usize,
 }
 
 impl Default for MempoolLimits {
@@ -127,6 +138,8 @@ impl Default for MempoolLimits {
         Self {
             max_txs: 200_000,
             max_bytes: 256 << 20,
+            max_forwarded_txs: 200_000,
+            max_forwarded_bytes: 256 << 20,
         }
     }
 }
@@ -147,7 +160,10 @@ pub struct Mempool {
     /// none): the one table a transaction's admission touches, and what [`Mempool::take`]
     /// hands over with it for receipts and commit notices.
     ids: IdMap<u64>,
+    /// Bytes pending, both queues.
     bytes: usize,
+    /// Bytes pending in the forwarded queue.
+    forwarded_bytes: usize,
     /// Transactions ever accepted from our own clients.
     local_inserted: u64,
 }
@@ -217,19 +233,27 @@ impl Mempool {
         local: bool,
         owner: u64,
     ) -> Result<TxId, MempoolError> {
-        self.admit(&tx, id, owner)?;
+        self.admit(&tx, id, owner, local)?;
         self.bytes += tx.len();
         if local {
             self.local_inserted += 1;
             self.queue.push_back((id, tx));
         } else {
+            self.forwarded_bytes += tx.len();
             self.forwarded.push_back((id, tx));
         }
         Ok(id)
     }
 
-    /// Checks size, room and novelty; records the id (`id` is `tx_id(tx)`) and its owner.
-    fn admit(&mut self, tx: &[u8], id: TxId, owner: u64) -> Result<TxId, MempoolError> {
+    /// Checks size, room in its queue (`local` or forwarded) and novelty; records the id (`id`
+    /// is `tx_id(tx)`) and its owner.
+    fn admit(
+        &mut self,
+        tx: &[u8],
+        id: TxId,
+        owner: u64,
+        local: bool,
+    ) -> Result<TxId, MempoolError> {
         if tx.is_empty() {
             return Err(MempoolError::Empty);
         }
@@ -239,11 +263,23 @@ impl Mempool {
                 max: MAX_TX_BYTES,
             });
         }
-        if self.len() >= self.limits.max_txs || self.bytes + tx.len() > self.limits.max_bytes {
-            return Err(MempoolError::Full {
-                txs: self.len(),
-                bytes: self.bytes,
-            });
+        let (txs, bytes, max_txs, max_bytes) = if local {
+            (
+                self.queue.len(),
+                self.bytes - self.forwarded_bytes,
+                self.limits.max_txs,
+                self.limits.max_bytes,
+            )
+        } else {
+            (
+                self.forwarded.len(),
+                self.forwarded_bytes,
+                self.limits.max_forwarded_txs,
+                self.limits.max_forwarded_bytes,
+            )
+        };
+        if txs >= max_txs || bytes + tx.len() > max_bytes {
+            return Err(MempoolError::Full { txs, bytes });
         }
         match self.ids.entry(id) {
             std::collections::hash_map::Entry::Occupied(_) => Err(MempoolError::Duplicate),
@@ -276,6 +312,7 @@ impl Mempool {
             max_count,
             max_bytes,
         );
+        self.forwarded_bytes -= bytes;
         Self::take_from(&mut self.queue, &mut out, &mut bytes, max_count, max_bytes);
         let owners = self.settle(&out, bytes);
         (out, owners)
@@ -634,6 +671,7 @@ mod tests {
         let mut m = Mempool::new(MempoolLimits {
             max_txs: 3,
             max_bytes: 10,
+            ..MempoolLimits::default()
         });
         assert!(m.insert(b"a".to_vec()).is_ok());
         assert_eq!(m.insert(b"a".to_vec()), Err(MempoolError::Duplicate));
@@ -678,6 +716,7 @@ mod tests {
         let mut m = Mempool::new(MempoolLimits {
             max_txs: 3,
             max_bytes: 1 << 20,
+            ..MempoolLimits::default()
         });
         let txs = vec![
             vec![1; 600],
@@ -705,31 +744,52 @@ mod tests {
         assert_eq!(m.bytes(), 675);
     }
 
+    /// Forwarded transactions have a queue and bounds of their own: our clients filling the
+    /// pool does not refuse them (their forwarders gave them away), and they do not take our
+    /// clients' room.
     #[test]
     fn forwarded_transactions_are_proposed_first_and_never_taken_for_forwarding() {
         let mut m = Mempool::new(MempoolLimits {
-            max_txs: 3,
+            max_txs: 2,
             max_bytes: 1 << 20,
+            max_forwarded_txs: 2,
+            max_forwarded_bytes: 10,
         });
         let own = m.insert(vec![1; 4]).unwrap();
         let fwd = fwd1(&mut m, vec![2; 4]).unwrap();
         assert_eq!(fwd1(&mut m, vec![1; 4]), Err(MempoolError::Duplicate));
         assert_eq!(m.insert(vec![2; 4]), Err(MempoolError::Duplicate));
         m.insert(vec![3; 4]).unwrap();
+        // Our clients' queue is full; the forwarded one is not.
         assert!(matches!(
-            fwd1(&mut m, vec![4; 4]),
-            Err(MempoolError::Full { txs: 3, .. })
+            m.insert(vec![4; 4]),
+            Err(MempoolError::Full { txs: 2, bytes: 8 })
         ));
-        assert_eq!(m.len(), 3);
+        let fwd2 = fwd1(&mut m, vec![5; 4]).unwrap();
+        // Now the forwarded queue is full too.
+        assert!(matches!(
+            fwd1(&mut m, vec![6; 1]),
+            Err(MempoolError::Full { txs: 2, bytes: 8 })
+        ));
+        assert_eq!(m.len(), 4);
         let (local, _) = m.take_local(1, 1 << 20);
         assert_eq!(
             local.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
             vec![own]
         );
-        assert_eq!(m.bytes(), 8);
-        let all = m.take(10, 1 << 20);
-        assert_eq!(all[0].0, fwd, "forwarded first");
-        assert_eq!(all.len(), 2);
+        assert_eq!(m.bytes(), 12);
+        // Room for one more of ours, none forwarded until a proposal takes them.
+        m.insert(vec![4; 4]).unwrap();
+        assert!(fwd1(&mut m, vec![6; 1]).is_err());
+        let all = m.take(2, 1 << 20);
+        assert_eq!(
+            all.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![fwd, fwd2],
+            "forwarded first"
+        );
+        fwd1(&mut m, vec![6; 1]).unwrap();
+        let rest = m.take(10, 1 << 20);
+        assert_eq!(rest.len(), 3);
         assert!(m.is_empty());
         assert_eq!(m.bytes(), 0);
         // Taken ids may come back (a requeued block) and be inserted again.

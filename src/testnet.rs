@@ -20,6 +20,8 @@ pub struct TestnetConfig {
     pub phase_timeout_seconds: f64,
     /// `hotstuff.view_timeout_seconds` (round timer cap).
     pub view_timeout_seconds: f64,
+    /// `tuning.mempool_max_txs`, if set.
+    pub mempool_max_txs: Option<u32>,
 }
 
 impl TestnetConfig {
@@ -31,6 +33,7 @@ impl TestnetConfig {
             pipeline_depth: 3,
             phase_timeout_seconds: 1.0,
             view_timeout_seconds: 8.0,
+            mempool_max_txs: None,
         }
     }
 }
@@ -201,7 +204,7 @@ node:
   data_dir: "{data}"
   chain_id: "bpci-testnet"
   client_listen: "127.0.0.1:{client}"
-"#,
+{tuning}"#,
             phase = cfg.phase_timeout_seconds,
             depth = cfg.pipeline_depth,
             view = cfg.view_timeout_seconds,
@@ -209,6 +212,10 @@ node:
             key = dir.join(format!("validator-{i}.key")).display(),
             data = data_dir.display(),
             client = ports[i].1,
+            tuning = cfg
+                .mempool_max_txs
+                .map(|n| format!("tuning:\n  mempool_max_txs: {n}\n"))
+                .unwrap_or_default(),
         );
         std::fs::write(&config, text).map_err(io(format!("writing {}", config.display())))?;
         nodes.push(NodeInfo {

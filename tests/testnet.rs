@@ -126,6 +126,46 @@ fn four_validators_commit_client_transactions() {
     }
 }
 
+/// A full mempool answers "busy" (`tuning.mempool_max_txs`): with room for 4 transactions and
+/// batches of about 20, most are refused, the rest commit, and every one is answered. (Before
+/// forwarded transactions had a queue of their own, a leader whose pool its clients had filled
+/// refused them, and a few accepted transactions were lost in every run.)
+#[test]
+fn a_full_mempool_answers_busy_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = TestnetConfig::new(4, dir.path().to_path_buf());
+    cfg.mempool_max_txs = Some(4);
+    let nodes = testnet::write(&cfg).expect("writing the testnet");
+    let net = Testnet::start(std::path::Path::new(env!("CARGO_BIN_EXE_bpci")), nodes)
+        .expect("starting validators");
+    net.wait_ready(Duration::from_secs(30))
+        .expect("validators ready");
+    let report = loadgen::run(
+        &LoadConfig {
+            targets: targets(&net, &[0, 1, 2, 3]),
+            rate_tps: 20_000,
+            tx_bytes: 512,
+            duration: Duration::from_secs(2),
+            warmup: Duration::ZERO,
+            drain: Duration::from_secs(10),
+            route: Route::Leader,
+            sender_nice: loadgen::DEFAULT_SENDER_NICE,
+        },
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap();
+    assert!(report.busy > report.sent / 2, "{report:?}");
+    assert!(report.committed > 0, "{report:?}");
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(report.committed + report.busy, report.sent, "{report:?}");
+    // Transactions forwarded between validators have room of their own: none was refused.
+    for i in 0..4 {
+        let s = net.stats(i).expect("stats");
+        assert_eq!(s["forward"]["refused"].as_u64(), Some(0), "v{i}: {s}");
+    }
+}
+
 /// `bpci bench load`, the generator as a command against validators already running: its
 /// JSON report counts what it sent and what committed; bad flags are refused by name.
 #[test]

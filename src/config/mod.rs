@@ -278,7 +278,20 @@ pub struct Tuning {
     /// [`crate::node::DEFAULT_MAX_BLOCK_BYTES`].
     #[serde(default)]
     pub max_block_bytes: Option<u32>,
+    /// Most transactions waiting in this node's mempool ([`MEMPOOL_MAX_TXS_RANGE`]); past it
+    /// clients are answered "busy". Absent: the mempool's default (200,000).
+    #[serde(default)]
+    pub mempool_max_txs: Option<u32>,
+    /// Most transaction bytes waiting in this node's mempool ([`MEMPOOL_MAX_BYTES_RANGE`]);
+    /// past it clients are answered "busy". Absent: the mempool's default (256 MiB).
+    #[serde(default)]
+    pub mempool_max_bytes: Option<u64>,
 }
+
+/// Accepted `tuning.mempool_max_txs`.
+pub const MEMPOOL_MAX_TXS_RANGE: std::ops::RangeInclusive<u32> = 1..=10_000_000;
+/// Accepted `tuning.mempool_max_bytes`: from one largest transaction (64 KiB) to 16 GiB.
+pub const MEMPOOL_MAX_BYTES_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(16 << 30);
 
 /// Smallest `tuning.max_block_bytes`: one largest transaction fits.
 pub const MIN_BLOCK_BYTES: u32 = 64 << 10;
@@ -470,6 +483,25 @@ impl Config {
                     "tuning.max_block_bytes",
                     format!(
                         "must be in {MIN_BLOCK_BYTES}..={MAX_BLOCK_BYTES} (one largest transaction; the 8 MiB payload limit), got {n}"
+                    ),
+                ));
+            }
+        }
+
+        if let Some(n) = file.tuning.mempool_max_txs {
+            if !MEMPOOL_MAX_TXS_RANGE.contains(&n) {
+                return Err(invalid(
+                    "tuning.mempool_max_txs",
+                    format!("must be in {MEMPOOL_MAX_TXS_RANGE:?}, got {n}"),
+                ));
+            }
+        }
+        if let Some(n) = file.tuning.mempool_max_bytes {
+            if !MEMPOOL_MAX_BYTES_RANGE.contains(&n) {
+                return Err(invalid(
+                    "tuning.mempool_max_bytes",
+                    format!(
+                        "must be in {MEMPOOL_MAX_BYTES_RANGE:?} (one largest transaction to 16 GiB), got {n}"
                     ),
                 ));
             }

@@ -276,3 +276,29 @@ fn block_size_limit_is_checked() {
     }
     assert!(Config::from_yaml(&with(1 << 40)).is_err(), "beyond u32");
 }
+
+#[test]
+fn mempool_limits_are_checked() {
+    let with = |k: &str, n: u64| format!("{}tuning:\n  {k}: {n}\n", yaml(""));
+    let ok = Config::from_yaml(&format!(
+        "{}tuning:\n  mempool_max_txs: 5000\n  mempool_max_bytes: 1048576\n",
+        yaml("")
+    ))
+    .expect("limits in range are accepted");
+    assert_eq!(ok.file.tuning.mempool_max_txs, Some(5000));
+    assert_eq!(ok.file.tuning.mempool_max_bytes, Some(1 << 20));
+    for (k, bad) in [
+        ("mempool_max_txs", 0),
+        ("mempool_max_txs", 20_000_000),
+        ("mempool_max_bytes", 1000),
+        ("mempool_max_bytes", 1 << 40),
+    ] {
+        match Config::from_yaml(&with(k, bad)) {
+            Err(ConfigError::Invalid { key, message }) => {
+                assert_eq!(key, format!("tuning.{k}"));
+                assert!(message.contains(&bad.to_string()), "{message}");
+            }
+            other => panic!("{k}: {bad}: expected an error naming the key, got {other:?}"),
+        }
+    }
+}

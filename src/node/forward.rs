@@ -12,7 +12,7 @@
 //! before proposing it loses it: the client sees no commit notice and submits it again. The
 //! forwarder remembers what it handed off until a committed block carries it or
 //! [`HANDOFF_TIMEOUT`] passes (counted as expired), to bound what is in other leaders' hands:
-//! at most [`MAX_HANDED_BYTES`]; beyond it transactions stay local. The receiving leader keeps
+//! at most [`MAX_HANDED_BYTES`] and [`MAX_HANDED_TXS`]; beyond it transactions stay local. The receiving leader keeps
 //! forwarded transactions apart from its own clients' ([`Mempool::insert_forwarded_batch`]) and
 //! never forwards them again, so a transaction crosses at most one extra hop.
 
@@ -51,6 +51,9 @@ pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bytes of handed-off transactions not yet seen committed, at most (beyond it, transactions
 /// stay local).
 pub const MAX_HANDED_BYTES: usize = 64 << 20;
+/// Handed-off transactions not yet seen committed, at most (small transactions would otherwise
+/// fill the table long before [`MAX_HANDED_BYTES`]).
+pub const MAX_HANDED_TXS: usize = 65_536;
 
 /// Transactions handed to another leader and not yet seen committed: their sizes, to bound what
 /// is in other leaders' hands.
@@ -217,7 +220,11 @@ impl Forwarder {
         if next == self.me || !(self.reachable)(next) {
             return FORWARD_INTERVAL;
         }
-        if self.held().bytes() >= MAX_HANDED_BYTES {
+        let room = {
+            let held = self.held();
+            held.bytes() < MAX_HANDED_BYTES && held.len() < MAX_HANDED_TXS
+        };
+        if !room {
             return FORWARD_INTERVAL;
         }
         let (taken, owners) = self.pool().take_local(MAX_BATCH_TXS, MAX_BATCH_BYTES);

@@ -189,7 +189,16 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
 
     let hs = &config.file.triple_consensus.hotstuff;
     let ibft = &config.file.triple_consensus.ibft;
-    let mempool = Arc::new(Mutex::new(Mempool::new(MempoolLimits::default())));
+    let mempool_limits = {
+        let d = MempoolLimits::default();
+        let t = &config.file.tuning;
+        MempoolLimits {
+            max_txs: t.mempool_max_txs.map_or(d.max_txs, |n| n as usize),
+            max_bytes: t.mempool_max_bytes.map_or(d.max_bytes, |n| n as usize),
+            ..d
+        }
+    };
+    let mempool = Arc::new(Mutex::new(Mempool::new(mempool_limits)));
     let app = NodeApp::new(
         me,
         Arc::clone(&mempool),
