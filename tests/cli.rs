@@ -91,6 +91,7 @@ fn testnet_prints_its_results_object_and_writes_its_files() {
     );
     assert!(0.0 < p50 && p50 <= p99, "{v}");
     assert_eq!(v["view_changes"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["persist_failures"].as_u64(), Some(0), "{v}");
     assert!(v["peak_rss_mb"].as_f64().unwrap() > 1.0, "{v}");
     assert_eq!(v["peak_rss_mb_per_validator"].as_array().unwrap().len(), 4);
     assert_eq!(v["lost"].as_u64(), Some(0), "{v}");

@@ -203,8 +203,21 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
     let results = summarise(&args, &report, &before, &after, &rss, wall);
     net.stop();
     let path = args.dir.join("results.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&results)?)
-        .with_context(|| format!("writing {}", path.display()))?;
+    let text = serde_json::to_string_pretty(&results)?;
+    if let Err(e) = std::fs::write(&path, &text) {
+        // The run's figures are not lost with the file: print them, then fail.
+        println!("{text}");
+        bail!(
+            "writing {}: {e} (the results are printed above)",
+            path.display()
+        );
+    }
+    let failures = results["persist_failures"].as_u64().unwrap_or(0);
+    if failures > 0 {
+        eprintln!(
+            "warning: validators' group commits failed {failures} times during the run (disk full or failing? see validator-N.log): the figures are not those of a healthy testnet"
+        );
+    }
     let svg = args.dir.join("latency.svg");
     let title = format!(
         "bpci testnet: {} validators, {} tx/s offered, {} B tx",
@@ -214,7 +227,7 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
         eprintln!("latency plot not written: {e}");
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        println!("{text}");
     } else {
         print_summary(&results, &path, &svg);
     }
@@ -247,6 +260,9 @@ fn summarise(
     });
     let view_changes = delta(before, after, |s| {
         s["core"]["view_changes"].as_u64().unwrap_or(0)
+    });
+    let persist_failures = delta(before, after, |s| {
+        s["persist_failures"].as_u64().unwrap_or(0)
     });
     let mut stage_p99 = serde_json::Map::new();
     for s in after {
@@ -298,6 +314,7 @@ fn summarise(
         "stage_latency_us_p99": stage_p99,
         "consensus_timing_us": timing,
         "view_changes": view_changes.iter().copied().max().unwrap_or(0),
+        "persist_failures": persist_failures.iter().sum::<u64>(),
         "peak_rss_mb": rss.iter().copied().fold(0.0, f64::max),
         "peak_rss_mb_per_validator": rss,
         "per_second": r.ticks,
