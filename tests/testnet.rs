@@ -15,9 +15,15 @@ use bpci_transport::{Class, PeerConfig, Transport, TransportConfig};
 use bytes::Bytes;
 
 fn start(dir: &std::path::Path, n: usize) -> Testnet {
+    start_with(dir, n, |_| {})
+}
+
+/// [`start`], with `edit` applied to the testnet's configuration.
+fn start_with(dir: &std::path::Path, n: usize, edit: impl FnOnce(&mut TestnetConfig)) -> Testnet {
     let mut cfg = TestnetConfig::new(n, dir.to_path_buf());
     cfg.phase_timeout_seconds = 0.5;
     cfg.view_timeout_seconds = 4.0;
+    edit(&mut cfg);
     let nodes = testnet::write(&cfg).expect("writing the testnet");
     let net = Testnet::start(std::path::Path::new(env!("CARGO_BIN_EXE_bpci")), nodes)
         .expect("starting validators");
@@ -36,6 +42,26 @@ fn targets(net: &Testnet, which: &[usize]) -> Vec<Target> {
         .collect()
 }
 
+/// `rate` transactions of 512 bytes a second for `secs` seconds, to all four validators of
+/// `net`, routed by `route`; waits up to 10 s for the last commit notices.
+fn load_all_four(net: &Testnet, rate: u64, secs: u64, route: Route) -> loadgen::LoadReport {
+    loadgen::run(
+        &LoadConfig {
+            targets: targets(net, &[0, 1, 2, 3]),
+            rate_tps: rate,
+            tx_bytes: 512,
+            duration: Duration::from_secs(secs),
+            warmup: Duration::ZERO,
+            drain: Duration::from_secs(10),
+            route,
+            sender_nice: loadgen::DEFAULT_SENDER_NICE,
+        },
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap()
+}
+
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {
@@ -52,21 +78,7 @@ fn four_validators_commit_client_transactions() {
     // hinted upcoming leader.
     let mut committed = 0;
     for route in [Route::Spread, Route::Leader] {
-        let report = loadgen::run(
-            &LoadConfig {
-                targets: targets(&net, &[0, 1, 2, 3]),
-                rate_tps: 2_000,
-                tx_bytes: 512,
-                duration: Duration::from_secs(3),
-                warmup: Duration::ZERO,
-                drain: Duration::from_secs(10),
-                route,
-                sender_nice: loadgen::DEFAULT_SENDER_NICE,
-            },
-            &AtomicBool::new(false),
-            |_| {},
-        )
-        .unwrap();
+        let report = load_all_four(&net, 2_000, 3, route);
         assert!(report.sent >= 5_000, "{report:?}");
         assert_eq!(
             report.committed + report.busy,
@@ -133,28 +145,8 @@ fn four_validators_commit_client_transactions() {
 #[test]
 fn a_full_mempool_answers_busy_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = TestnetConfig::new(4, dir.path().to_path_buf());
-    cfg.mempool_max_txs = Some(4);
-    let nodes = testnet::write(&cfg).expect("writing the testnet");
-    let net = Testnet::start(std::path::Path::new(env!("CARGO_BIN_EXE_bpci")), nodes)
-        .expect("starting validators");
-    net.wait_ready(Duration::from_secs(30))
-        .expect("validators ready");
-    let report = loadgen::run(
-        &LoadConfig {
-            targets: targets(&net, &[0, 1, 2, 3]),
-            rate_tps: 20_000,
-            tx_bytes: 512,
-            duration: Duration::from_secs(2),
-            warmup: Duration::ZERO,
-            drain: Duration::from_secs(10),
-            route: Route::Leader,
-            sender_nice: loadgen::DEFAULT_SENDER_NICE,
-        },
-        &AtomicBool::new(false),
-        |_| {},
-    )
-    .unwrap();
+    let net = start_with(dir.path(), 4, |cfg| cfg.mempool_max_txs = Some(4));
+    let report = load_all_four(&net, 20_000, 2, Route::Leader);
     assert!(report.busy > report.sent / 2, "{report:?}");
     assert!(report.committed > 0, "{report:?}");
     assert_eq!(report.lost, 0, "{report:?}");

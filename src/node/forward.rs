@@ -12,9 +12,10 @@
 //! before proposing it loses it: the client sees no commit notice and submits it again. The
 //! forwarder remembers what it handed off until a committed block carries it or
 //! [`HANDOFF_TIMEOUT`] passes (counted as expired), to bound what is in other leaders' hands:
-//! at most [`MAX_HANDED_BYTES`] and [`MAX_HANDED_TXS`]; beyond it transactions stay local. The receiving leader keeps
-//! forwarded transactions apart from its own clients' ([`Mempool::insert_forwarded_batch`]) and
-//! never forwards them again, so a transaction crosses at most one extra hop.
+//! at most [`MAX_HANDED_BYTES`] and [`MAX_HANDED_TXS`]; beyond it transactions stay local. The
+//! receiving leader keeps forwarded transactions apart from its own clients' (in a queue with
+//! bounds of its own, [`Mempool::insert_forwarded_batch`]) and never forwards them again, so a
+//! transaction crosses at most one extra hop.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -26,6 +26,7 @@ use super::stages::{self, BorderStats};
 use crate::consensus::Prepared;
 
 /// What an ingress thread hands frames on to; one per thread (cheap clones).
+#[derive(Clone)]
 pub struct Ingress {
     /// Decoding context (chain id, epoch, validator set).
     pub ctx: Arc<EpochContext>,
@@ -43,21 +44,6 @@ pub struct Ingress {
     pub forward: Arc<ForwardCounters>,
     /// Frames received, both threads together.
     pub frames: Arc<AtomicU64>,
-}
-
-impl Clone for Ingress {
-    fn clone(&self) -> Self {
-        Self {
-            ctx: Arc::clone(&self.ctx),
-            border: Arc::clone(&self.border),
-            verify: self.verify.clone(),
-            core: self.core.clone(),
-            payload_checks: Arc::clone(&self.payload_checks),
-            mempool: Arc::clone(&self.mempool),
-            forward: Arc::clone(&self.forward),
-            frames: Arc::clone(&self.frames),
-        }
-    }
 }
 
 /// Records one item's time in a stage into its figures when dropped (so every path out of the

@@ -33,7 +33,6 @@ use bpci_transport::{ClientServer, ClientServerConfig, PeerConfig, Transport, Tr
 use crate::config::Config;
 use crate::consensus::{Core, CoreConfig, EpochContext, Storage};
 use crate::crypto::Keypair;
-
 use crate::mempool::{Mempool, MempoolLimits};
 use crate::pipeline::{self, StageConfig, StageSnapshot, StageStats};
 use crate::store::RedbStore;

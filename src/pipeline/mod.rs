@@ -377,7 +377,8 @@ fn wait<T>(
             Err(TryRecvError::Disconnected) => return None,
             Err(TryRecvError::Empty) => {}
         }
-        if tick_asked.swap(false, Ordering::AcqRel) {
+        // A load first: the spinning poll then only reads the flag's cache line.
+        if tick_asked.load(Ordering::Relaxed) && tick_asked.swap(false, Ordering::AcqRel) {
             return Some(None);
         }
         if polls < spin_polls {

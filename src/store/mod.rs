@@ -475,14 +475,10 @@ impl RedbStore {
     /// # Errors
     /// A failed read, or a stored root that is not 32 bytes.
     pub fn exec_root(&self, height: u64) -> Result<Option<[u8; 32]>, StorageError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let t = txn.open_table(EXEC_ROOTS).map_err(backend)?;
-        let Some(v) = t.get(height).map_err(backend)? else {
-            return Ok(None);
-        };
-        <[u8; 32]>::try_from(v.value()).map(Some).map_err(|_| {
-            StorageError::Backend(format!("execution root at height {height} is not 32 bytes"))
-        })
+        Ok(self
+            .exec_roots(height..=height)?
+            .first()
+            .map(|(_, root)| *root))
     }
 
     /// The execution state roots recorded for the committed heights in `range`, in order of
