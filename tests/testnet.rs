@@ -62,6 +62,17 @@ fn load_all_four(net: &Testnet, rate: u64, secs: u64, route: Route) -> loadgen::
     .unwrap()
 }
 
+/// The transport counter `name` summed over the validators `which`.
+fn transport_total(net: &Testnet, which: std::ops::Range<usize>, name: &str) -> u64 {
+    which
+        .map(|i| {
+            net.stats(i).unwrap()["transport"][name]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ok() {
@@ -309,15 +320,7 @@ fn unknown_key_cannot_connect_and_garbage_does_not_stop_a_validator() {
         fake_peers,
     ))
     .unwrap();
-    let failures = |net: &Testnet| -> u64 {
-        (1..4)
-            .map(|i| {
-                net.stats(i).unwrap()["transport"]["handshake_failures"]
-                    .as_u64()
-                    .unwrap_or(0)
-            })
-            .sum()
-    };
+    let failures = |net: &Testnet| transport_total(net, 1..4, "handshake_failures");
     wait_for(
         "the impostor to be refused",
         Duration::from_secs(15),
@@ -369,15 +372,7 @@ fn unknown_key_cannot_connect_and_garbage_does_not_stop_a_validator() {
     // Oversized: a length prefix past the validators' frame limit (the bad peer's own limit
     // raised so that it sends one). The receiver refuses it from the prefix, before reading
     // the body, drops that stream, and goes on committing.
-    let frame_errors = |net: &Testnet| -> u64 {
-        (0..3)
-            .map(|i| {
-                net.stats(i).unwrap()["transport"]["frame_errors"]
-                    .as_u64()
-                    .unwrap_or(0)
-            })
-            .sum()
-    };
+    let frame_errors = |net: &Testnet| transport_total(net, 0..3, "frame_errors");
     let errors_before = frame_errors(&net);
     let mut cfg = TransportConfig::new(3, listen, seed, peers.clone());
     cfg.max_frame_bytes = 64 << 20;
