@@ -4,8 +4,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use bpci::consensus::BrokenRule;
-use bpci::sim::{run_many, summarise, table, RunSpec};
+use bpci::sim::{run_specs, summarise, table, RunSpec};
 
 /// Arguments of `bpci sim`.
 #[derive(clap::Args)]
@@ -25,10 +24,47 @@ pub struct SimArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
-    /// Test-only: break one safety rule in every honest node (skip-last-voted-round,
-    /// one-chain-commit, count-duplicate-signer) to show the checker catches it.
+    /// Test-only (builds with the `break-rules` feature): break one safety rule in every
+    /// honest node (skip-last-voted-round, one-chain-commit, count-duplicate-signer,
+    /// forget-uncommitted-blocks) to show the checker catches it.
+    #[cfg(feature = "break-rules")]
     #[arg(long, hide = true)]
     break_rule: Option<String>,
+}
+
+/// The spec of `seed`, with the rule `--break-rule` names broken.
+#[cfg(feature = "break-rules")]
+fn spec_of(args: &SimArgs, n: usize, f: usize, seed: u64) -> anyhow::Result<RunSpec> {
+    use bpci::consensus::BrokenRule;
+    let spec = RunSpec::draw(n, f, seed);
+    Ok(match args.break_rule.as_deref() {
+        None => spec,
+        Some("skip-last-voted-round") => spec.with_broken_rule(BrokenRule::SkipLastVotedRoundCheck),
+        Some("one-chain-commit") => spec.with_broken_rule(BrokenRule::OneChainCommit),
+        Some("count-duplicate-signer") => spec.with_broken_rule(BrokenRule::CountDuplicateSigner),
+        Some("forget-uncommitted-blocks") => spec.with_broken_rule(BrokenRule::ForgetUncommittedBlocks),
+        Some(other) => bail!(
+            "--break-rule {other:?} is not one of skip-last-voted-round, one-chain-commit, count-duplicate-signer, forget-uncommitted-blocks"
+        ),
+    })
+}
+
+#[cfg(not(feature = "break-rules"))]
+fn spec_of(_: &SimArgs, n: usize, f: usize, seed: u64) -> anyhow::Result<RunSpec> {
+    Ok(RunSpec::draw(n, f, seed))
+}
+
+#[cfg(feature = "break-rules")]
+fn replay_flag(args: &SimArgs) -> String {
+    args.break_rule
+        .as_deref()
+        .map(|r| format!(" --break-rule {r}"))
+        .unwrap_or_default()
+}
+
+#[cfg(not(feature = "break-rules"))]
+fn replay_flag(_: &SimArgs) -> String {
+    String::new()
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
@@ -46,20 +82,16 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     if args.seeds == 0 && args.seed.is_none() {
         bail!("--seeds must be at least 1");
     }
-    let broken = match args.break_rule.as_deref() {
-        None => None,
-        Some("skip-last-voted-round") => Some(BrokenRule::SkipLastVotedRoundCheck),
-        Some("one-chain-commit") => Some(BrokenRule::OneChainCommit),
-        Some("count-duplicate-signer") => Some(BrokenRule::CountDuplicateSigner),
-        Some(other) => bail!(
-            "--break-rule {other:?} is not one of skip-last-voted-round, one-chain-commit, count-duplicate-signer"
-        ),
+    let seeds: Vec<u64> = match args.seed {
+        Some(seed) => vec![seed],
+        None => (0..args.seeds).collect(),
     };
+    let specs = seeds
+        .into_iter()
+        .map(|s| spec_of(&args, n, f, s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let started = Instant::now();
-    let reports = match args.seed {
-        Some(seed) => vec![bpci::sim::run(RunSpec::draw(n, f, seed, broken))],
-        None => run_many(n, f, 0..args.seeds, broken).1,
-    };
+    let reports = run_specs(n, f, specs).1;
     let summary = summarise(n, f, &reports);
     let elapsed = started.elapsed();
     if args.json {
@@ -85,11 +117,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         if let Some(first) = &summary.first_failure {
             println!("FAILED seeds: {:?}", summary.failing_seeds);
             println!("first failure: {first}");
-            let broken = args
-                .break_rule
-                .as_deref()
-                .map(|r| format!(" --break-rule {r}"))
-                .unwrap_or_default();
+            let broken = replay_flag(&args);
             println!(
                 "replay: bpci sim --validators {n} --byzantine {f} --seed {}{broken}",
                 summary.failing_seeds[0]

@@ -19,7 +19,6 @@ use super::messages::{
     Block, BlockHeader, Evidence, Message, ProposalData, QuorumCert, TimeoutCert, TimeoutData,
 };
 use super::validators::ValidatorSet;
-use super::BrokenRule;
 
 /// One signature to verify.
 #[derive(Clone, Debug)]
@@ -123,9 +122,10 @@ pub struct EpochContext {
     pub validators: ValidatorSet,
     /// The genesis block's id.
     pub genesis_id: BlockId,
-    /// Test-only: one rule deliberately broken (see [`BrokenRule`]).
+    /// Test-only: one rule deliberately broken (see [`super::BrokenRule`]).
+    #[cfg(feature = "break-rules")]
     #[doc(hidden)]
-    pub broken_rule: Option<BrokenRule>,
+    pub broken_rule: Option<super::BrokenRule>,
 }
 
 /// A message that passed every structural check; its signatures are listed, not yet verified.
@@ -219,6 +219,7 @@ impl EpochContext {
             chain_id,
             validators,
             genesis_id,
+            #[cfg(feature = "break-rules")]
             broken_rule: None,
         }
     }
@@ -239,10 +240,6 @@ impl EpochContext {
         }
     }
 
-    fn broken(&self, rule: BrokenRule) -> bool {
-        self.broken_rule == Some(rule)
-    }
-
     /// Checks signer order, membership, distinctness and stake; returns the stake.
     fn signer_stake(
         &self,
@@ -258,7 +255,7 @@ impl EpochContext {
             if let Some(p) = prev {
                 if who == p {
                     // Rule "signers distinct" (DESIGN §3): one signer counts once.
-                    if !self.broken(BrokenRule::CountDuplicateSigner) {
+                    if !super::broken!(self, CountDuplicateSigner) {
                         return Err(CertError::DuplicateSigner(who));
                     }
                 } else if who < p {

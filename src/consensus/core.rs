@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use super::broken;
 use super::certs::{EpochContext, Verified};
 use super::messages::{
     Block, BlockRequest, BlockResponse, CommitProof, Evidence, Message, Proposal, ProposalData,
@@ -12,7 +13,6 @@ use super::messages::{
 };
 use super::safety::{SafetyState, Storage, StorageError};
 use super::tree::{BlockTree, Insert, Root};
-use super::BrokenRule;
 use crate::crypto::{Digest32, Keypair};
 use crate::types::{BlockId, Height, Round, Stake, TimeMs, ValidatorIndex};
 
@@ -211,10 +211,27 @@ impl<S: Storage, A: App> Core<S, A> {
                 round: Round(0),
             },
         };
+        // Rebuild the block tree from the blocks kept before a restart (DESIGN §3: after a
+        // simultaneous restart of every validator the chain resumes from the highest certified
+        // block any of them holds).
+        let mut tree = BlockTree::new(root);
+        for (id, block) in store.kept_blocks() {
+            let _ = tree.insert(id, block);
+        }
+        // The TC that ended the highest round, unless a QC as high has superseded it.
+        let last_tc = safety
+            .high_tc
+            .clone()
+            .filter(|tc| tc.round >= safety.high_qc.round);
         let mut round = safety.high_qc.round.next();
+        if let Some(tc) = &last_tc {
+            round = round.max(tc.round.next());
+        }
         if let Some(t) = &safety.last_timeout {
             round = round.max(t.round);
         }
+        let n = ctx.validators.len().max(1) as u16;
+        let me = cfg.me;
         let mut core = Self {
             ctx,
             cfg,
@@ -225,8 +242,8 @@ impl<S: Storage, A: App> Core<S, A> {
             round,
             deadline_ms: 0,
             rounds_without_commit: 0,
-            last_tc: None,
-            tree: BlockTree::new(root),
+            last_tc,
+            tree,
             votes: BTreeMap::new(),
             timeouts: BTreeMap::new(),
             seen_votes: BTreeMap::new(),
@@ -238,7 +255,7 @@ impl<S: Storage, A: App> Core<S, A> {
             pending_qcs: HashMap::new(),
             wanted: BTreeMap::new(),
             sync_requested_ms: None,
-            hint_peer: ValidatorIndex(0),
+            hint_peer: ValidatorIndex((me.0 + 1) % n),
             now_ms,
             out: Vec::new(),
             stats: CoreStats::default(),
@@ -249,9 +266,16 @@ impl<S: Storage, A: App> Core<S, A> {
         Ok(core)
     }
 
-    /// Call once after `new`: the leader of the first round proposes.
+    /// Call once after `new`. A restarted node first commits what its highest QC commits among
+    /// the blocks it kept (and announces the certified branch for execution); then the leader of
+    /// the first round proposes.
     pub fn start(&mut self, now_ms: TimeMs) -> Vec<Action> {
         self.now_ms = now_ms;
+        let qc = self.safety.high_qc.clone();
+        if qc.round > Round(0) {
+            self.try_commit(&qc);
+            self.announce_certified(qc.block_id);
+        }
         self.try_propose();
         std::mem::take(&mut self.out)
     }
@@ -300,6 +324,11 @@ impl<S: Storage, A: App> Core<S, A> {
         &self.store
     }
 
+    /// The storage, mutably (the simulator's persistence stage flushes deferred commits).
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
     /// Hands the storage back (a simulated crash keeps only this).
     pub fn into_storage(self) -> S {
         self.store
@@ -324,10 +353,6 @@ impl<S: Storage, A: App> Core<S, A> {
     /// This node's index.
     pub fn me(&self) -> ValidatorIndex {
         self.cfg.me
-    }
-
-    fn broken(&self, rule: BrokenRule) -> bool {
-        self.ctx.broken_rule == Some(rule)
     }
 
     fn leader(&self, round: Round) -> ValidatorIndex {
@@ -479,6 +504,10 @@ impl<S: Storage, A: App> Core<S, A> {
             self.process_tc(tc);
         }
         let block = Arc::new(block);
+        if block.author == self.cfg.me {
+            // Our own proposal leaves only once it is durable here (with the safety state).
+            self.keep_block(id, &block);
+        }
         match self.tree.insert(id, Arc::clone(&block)) {
             Insert::Added(added) => {
                 self.waiting_proposal = Some((id, block, tc));
@@ -516,13 +545,13 @@ impl<S: Storage, A: App> Core<S, A> {
     /// `r > max(last_voted_round, qc.round)`, and either `r == qc.round + 1` or the proposal carries a
     /// TC for r-1 with `qc.round >= max(tc.high_qc_rounds)`. Then `last_voted_round = r`, persisted
     /// before the vote leaves.
-    fn try_vote(&mut self, id: BlockId, b: &Block, tc: Option<&TimeoutCert>) {
+    fn try_vote(&mut self, id: BlockId, b: &Arc<Block>, tc: Option<&TimeoutCert>) {
         let r = b.round;
         let qc = &b.parent_qc;
         if r != self.round {
             return;
         }
-        if !self.broken(BrokenRule::SkipLastVotedRoundCheck) {
+        if !broken!(self.ctx, SkipLastVotedRoundCheck) {
             if let Some(v) = &self.safety.last_vote {
                 if v.data.round == r {
                     // Already voted in r: re-send the same vote, never another.
@@ -559,6 +588,9 @@ impl<S: Storage, A: App> Core<S, A> {
                 .key
                 .sign(&data.digest(&self.ctx.chain_id, self.ctx.epoch())),
         };
+        // The block voted for is durable with the vote (DESIGN §3): a QC names only blocks
+        // that a quorum stored, so after any crash some honest voter still holds it.
+        self.keep_block(id, b);
         self.safety.last_voted_round = self.safety.last_voted_round.max(r);
         self.safety.last_vote = Some(vote.clone());
         if !self.persist() {
@@ -627,6 +659,7 @@ impl<S: Storage, A: App> Core<S, A> {
     // ---- certificates ----
 
     fn process_qc(&mut self, qc: &QuorumCert) {
+        self.keep_certified(&qc.block_id);
         let higher = qc.round > self.safety.high_qc.round;
         if higher {
             self.safety.high_qc = qc.clone();
@@ -643,7 +676,30 @@ impl<S: Storage, A: App> Core<S, A> {
         }
     }
 
+    /// Keeps a certified block of the tree (durable with the next safety write).
+    fn keep_certified(&mut self, id: &BlockId) {
+        if let Some(b) = self.tree.block(id) {
+            let b = Arc::clone(b);
+            self.keep_block(*id, &b);
+        }
+    }
+
+    /// Hands `block` to storage to keep for a restart (DESIGN §3).
+    fn keep_block(&mut self, id: BlockId, block: &Arc<Block>) {
+        if !broken!(self.ctx, ForgetUncommittedBlocks) {
+            self.store.keep_block(id, block);
+        }
+    }
+
     fn process_tc(&mut self, tc: &TimeoutCert) {
+        if self
+            .safety
+            .high_tc
+            .as_ref()
+            .is_none_or(|high| tc.round > high.round)
+        {
+            self.safety.high_tc = Some(tc.clone());
+        }
         if tc.round >= self.round {
             self.last_tc = Some(tc.clone());
             self.stats.view_changes += 1;
@@ -713,7 +769,7 @@ impl<S: Storage, A: App> Core<S, A> {
             child: b1.header(),
             child_qc: qc.clone(),
         };
-        if self.broken(BrokenRule::OneChainCommit) {
+        if broken!(self.ctx, OneChainCommit) {
             return self.commit_up_to(qc.block_id, proof());
         }
         if b1.parent_id == root.id {
@@ -786,6 +842,7 @@ impl<S: Storage, A: App> Core<S, A> {
             // The QC inside a block reachable from a verified certificate is valid (see certs).
             self.process_qc(&block.parent_qc);
             if let Some(qc) = self.pending_qcs.remove(id) {
+                self.keep_certified(id);
                 self.try_commit(&qc);
             }
             if let Some((wid, b, tc)) = self.waiting_proposal.take() {
@@ -1016,36 +1073,39 @@ impl<S: Storage, A: App> Core<S, A> {
         });
     }
 
+    /// Serves a block and its ancestors: from the block tree, then the blocks kept in storage
+    /// (which include blocks committed here but not yet durable in the chain, and after a
+    /// restart every kept block), then the durable committed chain, by height, once the walk
+    /// has passed the committed tip.
     fn serve_blocks(&mut self, from: ValidatorIndex, req: BlockRequest) {
         let count = usize::from(req.count).clamp(1, MAX_BLOCKS_PER_RESPONSE);
         let mut blocks = Vec::new();
         let mut bytes = 0;
         let mut cur = req.id;
         let root = self.tree.root();
+        // The height of `cur` once the walk is on the committed chain.
         let mut committed_height: Option<Height> = None;
         while blocks.len() < count {
-            if let Some(h) = committed_height {
-                match self.store.committed_block(h) {
-                    Some(b) if h.0 > 0 => {
-                        if !fits_response(blocks.len(), &mut bytes, &b) {
-                            break;
-                        }
-                        committed_height = Some(Height(h.0 - 1));
-                        blocks.push((*b).clone());
-                    }
-                    _ => break,
-                }
-            } else if let Some(b) = self.tree.block(&cur) {
-                if !fits_response(blocks.len(), &mut bytes, b) {
-                    break;
-                }
-                cur = b.parent_id;
-                blocks.push((**b).clone());
-            } else if cur == root.id {
+            if cur == root.id {
                 committed_height = Some(root.height);
-            } else {
+            }
+            let found = match self.tree.block(&cur) {
+                Some(b) => Some(Arc::clone(b)),
+                None => self.store.kept_block(&cur).or_else(|| {
+                    committed_height
+                        .filter(|h| h.0 > 0)
+                        .and_then(|h| self.store.committed_block(h))
+                }),
+            };
+            let Some(b) = found else { break };
+            if b.height.0 == 0 || !fits_response(blocks.len(), &mut bytes, &b) {
                 break;
             }
+            if committed_height.is_some() {
+                committed_height = Some(Height(b.height.0 - 1));
+            }
+            cur = b.parent_id;
+            blocks.push((*b).clone());
         }
         if !blocks.is_empty() {
             self.out.push(Action::Send {

@@ -63,11 +63,14 @@ mod tests;
 pub use self::core::{Action, App, CommittedBatch, Core, CoreConfig, CoreStats};
 pub use certs::{CertError, EpochContext, MessageError, Prepared, SigItem, Verified};
 pub use messages::*;
-pub use safety::{MemStorage, SafetyState, Storage, StorageError};
+pub use safety::{MemStorage, SafetyState, SafetyStateV1, Storage, StorageError};
 pub use validators::{Validator, ValidatorSet, ValidatorSetError};
 
 /// Test-only switches that break one safety rule each, so the simulator's checker can be shown to
-/// catch every one. Never set in production: no config key reaches them.
+/// catch every one. They exist only in builds with the `break-rules` Cargo feature, which test
+/// builds turn on and release builds never do: without it [`EpochContext`] has no switch, and
+/// every check below compiles to the rule itself. No config key reaches them.
+#[cfg(feature = "break-rules")]
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BrokenRule {
@@ -77,4 +80,24 @@ pub enum BrokenRule {
     OneChainCommit,
     /// Certificates count a duplicated signer's stake again instead of refusing it.
     CountDuplicateSigner,
+    /// The node keeps no uncommitted block for a restart (voted for, proposed or seen
+    /// certified): a restarted node rebuilds its block tree from the committed chain alone, as
+    /// before the consensus journal.
+    ForgetUncommittedBlocks,
 }
+
+/// Whether `$ctx` (an [`EpochContext`]) breaks rule `$rule` ([`BrokenRule`]): always `false`
+/// without the `break-rules` feature.
+#[cfg(feature = "break-rules")]
+macro_rules! broken {
+    ($ctx:expr, $rule:ident) => {
+        $ctx.broken_rule == Some($crate::consensus::BrokenRule::$rule)
+    };
+}
+#[cfg(not(feature = "break-rules"))]
+macro_rules! broken {
+    ($ctx:expr, $rule:ident) => {
+        false
+    };
+}
+pub(crate) use broken;

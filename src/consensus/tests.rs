@@ -454,6 +454,108 @@ fn restarted_node_resends_the_same_vote_never_another() {
     assert_eq!(before, after);
 }
 
+/// What survives a crash (DESIGN §3): the block a node voted for is durable with its vote, so
+/// after every validator restarts the block tree holds it again, the highest QC commits what it
+/// committed before, and peers can fetch it; blocks kept after the last safety write, and
+/// committed blocks not yet flushed, are lost as on a real disk.
+#[test]
+fn a_restarted_node_rebuilds_its_tree_from_the_blocks_it_kept() {
+    let fx = Fx::new(4);
+    let g = fx.genesis_qc();
+    let (b1, id1) = fx.block(1, 1, &g, b"one");
+    let qc1 = fx.qc(&b1, id1, &[0, 1, 2]);
+    let (b2, id2) = fx.block(2, 2, &qc1, b"two");
+    let qc2 = fx.qc(&b2, id2, &[0, 1, 2]);
+    let (b3, _) = fx.block(3, 3, &qc2, b"three");
+    // Node 0 votes for b1 and b2 (its store defers commits, as a node's does); b3 carries the
+    // QC of b2, which commits b1 (2-chain), but node 0 crashes before voting for b3 and before
+    // the commit of b1 is flushed.
+    let mut core = fx.core(0, MemStorage::deferred());
+    core.start(0);
+    for b in [&b1, &b2] {
+        let acts = core.handle_message(v(b.author.0), fx.verified(fx.proposal(b, None)), 1);
+        assert_eq!(votes_sent(&acts).len(), 1);
+    }
+    let crashed = core.into_storage().crash();
+    assert!(crashed.committed_tip().is_none());
+    let kept: Vec<BlockId> = crashed.kept_blocks().iter().map(|(id, _)| *id).collect();
+    assert_eq!(kept, vec![id1, id2]);
+    // Restarted: b1 and b2 are in the tree again; the highest QC it persisted (qc1, carried by
+    // b2) commits nothing yet, and b3 (with qc2) commits b1.
+    let mut core = fx.core(0, crashed);
+    core.start(10);
+    assert_eq!(core.round(), Round(2));
+    let acts = core.handle_message(v(3), fx.verified(fx.proposal(&b3, None)), 11);
+    assert_eq!(commits(&acts), vec![Height(1)]);
+    assert_eq!(votes_sent(&acts).len(), 1);
+    // A peer that lost b2 fetches it (with b1) from this node.
+    let acts = core.handle_message(
+        v(2),
+        fx.verified(Message::BlockRequest(BlockRequest { id: id2, count: 2 })),
+        12,
+    );
+    let served: Vec<Height> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                msg: Message::BlockResponse(r),
+                ..
+            } => Some(r.blocks.iter().map(|b| b.height).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(served, vec![Height(2), Height(1)]);
+}
+
+/// The canary switch: a node that keeps no uncommitted block restarts with nothing to build on.
+#[test]
+fn the_forgetful_canary_keeps_nothing() {
+    let fx = Fx::new(4);
+    let g = fx.genesis_qc();
+    let (b1, id1) = fx.block(1, 1, &g, b"one");
+    let qc1 = fx.qc(&b1, id1, &[0, 1, 2]);
+    let (b2, _) = fx.block(2, 2, &qc1, b"two");
+    let mut ctx = EpochContext::new(CHAIN, fx.ctx.validators.clone());
+    ctx.broken_rule = Some(BrokenRule::ForgetUncommittedBlocks);
+    let forgetful = Fx {
+        keys: fx.keys.clone(),
+        ctx: Arc::new(ctx),
+    };
+    let mut core = forgetful.core(0, MemStorage::deferred());
+    core.start(0);
+    for b in [&b1, &b2] {
+        let acts = core.handle_message(
+            v(b.author.0),
+            forgetful.verified(forgetful.proposal(b, None)),
+            1,
+        );
+        assert_eq!(votes_sent(&acts).len(), 1);
+    }
+    assert!(core.into_storage().crash().kept_blocks().is_empty());
+}
+
+/// A timeout certificate is part of the safety state: a node restarted after a view change
+/// enters the round after it, as the others did.
+#[test]
+fn a_restarted_node_enters_the_round_after_its_highest_tc() {
+    let fx = Fx::new(4);
+    let tc = fx.tc(1, &[(1, 0), (2, 0), (3, 0)]);
+    let (b2, _) = fx.block(2, 2, &fx.genesis_qc(), b"after the tc");
+    let mut core = fx.core(0, MemStorage::default());
+    core.start(0);
+    let acts = core.handle_message(v(2), fx.verified(fx.proposal(&b2, Some(tc.clone()))), 1);
+    assert_eq!(
+        votes_sent(&acts).len(),
+        1,
+        "voted in round 2, through the TC"
+    );
+    let store = core.into_storage().crash();
+    assert_eq!(store.load_safety().unwrap().unwrap().high_tc, Some(tc));
+    let core = fx.core(0, store);
+    assert_eq!(core.round(), Round(2));
+}
+
 // ---------------------------------------------------------------- timeout rule
 
 #[test]

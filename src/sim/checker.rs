@@ -1,11 +1,15 @@
-//! The invariants every run checks (DESIGN §3), written independently of the core's own checks.
+//! The invariants every run checks (DESIGN §3), written independently of the core's own checks:
+//! the checker recomputes every committed block's id from its bytes and verifies every
+//! certificate's signatures itself, one by one, sharing no cache, verifier or cached digest with
+//! the nodes it judges.
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::consensus::{CommittedBatch, EpochContext, QuorumCert, Vote};
+use crate::consensus::{
+    payload_digest, Block, BlockHeader, CommittedBatch, EpochContext, QuorumCert, Vote,
+};
+use crate::crypto::{verify_key_bytes, Digest32, Signature};
 use crate::types::{BlockId, Height, Round, Stake, ValidatorIndex};
-
-use super::sigcache::SigCache;
 
 /// One broken invariant, with enough to debug it.
 #[derive(Clone, Debug)]
@@ -33,12 +37,53 @@ pub struct Checker {
     pub double_signs: Vec<Violation>,
     /// Commits not backed by a QC chain.
     pub unbacked: Vec<Violation>,
+    /// The checker's own answers to signature checks (key, digest, signature).
+    verified: HashMap<([u8; 32], Digest32, [u8; 64]), bool>,
+}
+
+/// Most answers the checker keeps before it forgets them all (a bound, as on every cache).
+const MAX_CHECKED_SIGNATURES: usize = 1 << 20;
+
+/// A block's id computed from its bytes alone: the payload digest is recomputed, never taken
+/// from the digest the block carries along.
+fn independent_block_id(b: &Block, chain_id: &str) -> BlockId {
+    BlockHeader {
+        parent_id: b.parent_id,
+        round: b.round,
+        height: b.height,
+        epoch: b.epoch,
+        author: b.author,
+        payload_digest: payload_digest(&b.payload),
+        parent_qc: b.parent_qc.clone(),
+        timestamp_ms: b.timestamp_ms,
+        exec_height: b.exec_height,
+        exec_root: b.exec_root,
+        evidence: b.evidence.clone(),
+    }
+    .id(chain_id)
 }
 
 impl Checker {
     /// Highest committed height of an honest node.
     pub fn height(&self, node: ValidatorIndex) -> Height {
         self.tips.get(&node).map(|t| t.1).unwrap_or_default()
+    }
+
+    /// An honest node restarted at its durable committed tip `id` at `height`: what it commits
+    /// next extends that (and where it commits a height again, agreement holds it to the block
+    /// committed there before).
+    pub fn on_restart(&mut self, node: ValidatorIndex, id: BlockId, height: Height) {
+        if let Some((_, before)) = self.tips.get(&node) {
+            if height > *before {
+                self.unbacked.push(Violation {
+                    kind: "restart_ahead",
+                    detail: format!(
+                        "{node:?} restarted at height {height:?}, above the {before:?} it had committed"
+                    ),
+                });
+            }
+        }
+        self.tips.insert(node, (id, height));
     }
 
     /// An honest node signed `vote`.
@@ -74,19 +119,23 @@ impl Checker {
     }
 
     /// An honest node committed `batch`.
-    pub fn on_commit(
-        &mut self,
-        node: ValidatorIndex,
-        batch: &CommittedBatch,
-        ctx: &EpochContext,
-        cache: &mut SigCache,
-    ) {
+    pub fn on_commit(&mut self, node: ValidatorIndex, batch: &CommittedBatch, ctx: &EpochContext) {
         let (mut prev_id, mut prev_h) = self
             .tips
             .get(&node)
             .copied()
             .unwrap_or((ctx.genesis_id, Height(0)));
-        for (id, b) in &batch.blocks {
+        for (given, b) in &batch.blocks {
+            let id = &independent_block_id(b, &ctx.chain_id);
+            if id != given {
+                self.unbacked.push(Violation {
+                    kind: "block_id",
+                    detail: format!(
+                        "{node:?} committed {given:?} at {:?}, but the block's bytes hash to {id:?}",
+                        b.height
+                    ),
+                });
+            }
             if b.parent_id != prev_id || b.height != prev_h.next() {
                 self.unbacked.push(Violation {
                     kind: "chain_break",
@@ -119,6 +168,7 @@ impl Checker {
             return;
         };
         let child = &batch.proof.child;
+        // A header carries its payload's digest, not the payload: its id is computed here.
         let child_id = child.id(&ctx.chain_id);
         let qc = &batch.proof.child_qc;
         let why = if child.parent_id != prev_id {
@@ -131,7 +181,7 @@ impl Checker {
         } else if qc.block_id != child_id {
             Some("proof QC does not certify the child".to_string())
         } else {
-            independent_qc_check(qc, ctx, cache).err()
+            self.independent_qc_check(qc, ctx).err()
         };
         if let Some(why) = why {
             self.unbacked.push(Violation {
@@ -140,36 +190,47 @@ impl Checker {
             });
         }
     }
-}
 
-/// A QC check that shares no code with the core's: distinct members, quorum, signatures.
-fn independent_qc_check(
-    qc: &QuorumCert,
-    ctx: &EpochContext,
-    cache: &mut SigCache,
-) -> Result<(), String> {
-    let mut signers: BTreeMap<ValidatorIndex, ()> = BTreeMap::new();
-    let mut stake = 0u128;
-    let digest = qc.vote_data().digest(&ctx.chain_id, qc.epoch);
-    for (who, sig) in &qc.votes {
-        let Some(v) = ctx.validators.member(*who) else {
-            return Err(format!("non-member signer {who:?}"));
-        };
-        if signers.insert(*who, ()).is_some() {
-            continue; // a duplicate adds nothing
+    /// A QC check that shares no code with the core's: distinct members, quorum, and every
+    /// signature verified here, one at a time.
+    fn independent_qc_check(&mut self, qc: &QuorumCert, ctx: &EpochContext) -> Result<(), String> {
+        let mut signers: BTreeMap<ValidatorIndex, ()> = BTreeMap::new();
+        let mut stake = 0u128;
+        let digest = qc.vote_data().digest(&ctx.chain_id, qc.epoch);
+        for (who, sig) in &qc.votes {
+            let Some(v) = ctx.validators.member(*who) else {
+                return Err(format!("non-member signer {who:?}"));
+            };
+            if signers.insert(*who, ()).is_some() {
+                continue; // a duplicate adds nothing
+            }
+            if !self.signature_holds(&v.key.to_bytes(), &digest, sig) {
+                return Err(format!("bad signature by {who:?}"));
+            }
+            stake += u128::from(v.stake.0);
         }
-        if !cache.check_one(&v.key.to_bytes(), &digest, sig) {
-            return Err(format!("bad signature by {who:?}"));
+        let total = u128::from(ctx.validators.total_stake().0);
+        if stake * 3 <= total * 2 {
+            return Err(format!(
+                "signers hold {:?} of {:?}",
+                Stake(stake as u64),
+                Stake(total as u64)
+            ));
         }
-        stake += u128::from(v.stake.0);
+        Ok(())
     }
-    let total = u128::from(ctx.validators.total_stake().0);
-    if stake * 3 <= total * 2 {
-        return Err(format!(
-            "signers hold {:?} of {:?}",
-            Stake(stake as u64),
-            Stake(total as u64)
-        ));
+
+    /// One signature, verified by the checker itself (ZIP-215, single).
+    fn signature_holds(&mut self, key: &[u8; 32], digest: &Digest32, sig: &Signature) -> bool {
+        let k = (*key, *digest, sig.to_bytes());
+        if let Some(ok) = self.verified.get(&k) {
+            return *ok;
+        }
+        if self.verified.len() >= MAX_CHECKED_SIGNATURES {
+            self.verified.clear();
+        }
+        let ok = verify_key_bytes(key, digest, sig).is_ok();
+        self.verified.insert(k, ok);
+        ok
     }
-    Ok(())
 }

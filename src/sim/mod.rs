@@ -24,8 +24,6 @@ use serde::Serialize;
 pub use runner::{run, RunReport};
 pub use spec::{Byzantine, FaultClass, RunSpec};
 
-use crate::consensus::BrokenRule;
-
 /// Per-class (or total) aggregate of runs.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ClassSummary {
@@ -111,18 +109,20 @@ pub struct Summary {
     pub first_failure: Option<String>,
 }
 
-/// Runs `seeds` (in parallel) for `n` validators with `f` Byzantine and summarises them.
+/// Runs `seeds` (in parallel) for `n` validators with up to `f` Byzantine and summarises them.
 pub fn run_many(
     n: usize,
     f: usize,
     seeds: impl IntoIterator<Item = u64>,
-    broken: Option<BrokenRule>,
 ) -> (Summary, Vec<RunReport>) {
-    let seeds: Vec<u64> = seeds.into_iter().collect();
-    let reports: Vec<RunReport> = seeds
-        .par_iter()
-        .map(|s| run(RunSpec::draw(n, f, *s, broken)))
-        .collect();
+    let specs: Vec<RunSpec> = seeds.into_iter().map(|s| RunSpec::draw(n, f, s)).collect();
+    run_specs(n, f, specs)
+}
+
+/// Runs `specs` (in parallel) and summarises them as runs of `n` validators with up to `f`
+/// Byzantine.
+pub fn run_specs(n: usize, f: usize, specs: Vec<RunSpec>) -> (Summary, Vec<RunReport>) {
+    let reports: Vec<RunReport> = specs.into_par_iter().map(run).collect();
     (summarise(n, f, &reports), reports)
 }
 

@@ -140,6 +140,8 @@ struct Instance {
     core: Option<Core<MemStorage, SimApp>>,
     parked: Option<MemStorage>,
     next_tick: Option<TimeMs>,
+    /// When the simulated persistence stage next makes committed blocks durable.
+    persist_at: Option<TimeMs>,
     tag: u8,
 }
 
@@ -157,6 +159,11 @@ enum EventKind {
         bytes: Arc<Vec<u8>>,
     },
     Tick {
+        node: ValidatorIndex,
+        inst: usize,
+    },
+    /// The persistence stage's group commit: committed blocks become durable.
+    Persist {
         node: ValidatorIndex,
         inst: usize,
     },
@@ -238,14 +245,19 @@ impl Sim {
             .collect();
         let validators = keys
             .iter()
-            .map(|k| Validator {
+            .zip(&spec.stakes)
+            .map(|(k, s)| Validator {
                 key: k.public(),
-                stake: Stake(100),
+                stake: Stake(*s),
             })
             .collect();
         let set = ValidatorSet::new(Epoch(1), validators).map_err(|e| e.to_string())?;
+        #[allow(unused_mut)]
         let mut ctx = EpochContext::new(format!("bpci-sim-{}", spec.seed), set);
-        ctx.broken_rule = spec.broken_rule;
+        #[cfg(feature = "break-rules")]
+        {
+            ctx.broken_rule = spec.broken_rule;
+        }
         let ctx = Arc::new(ctx);
         let slots = keys
             .into_iter()
@@ -260,8 +272,11 @@ impl Sim {
                 let instances = (0..count)
                     .map(|t| Instance {
                         core: None,
-                        parked: Some(MemStorage::default()),
+                        // Committed blocks become durable only at the persistence stage's
+                        // group commit, as on a node.
+                        parked: Some(MemStorage::deferred()),
                         next_tick: None,
+                        persist_at: None,
                         tag: t as u8,
                     })
                     .collect();
@@ -333,6 +348,7 @@ impl Sim {
             match ev.kind {
                 EventKind::Deliver { to, from, bytes } => self.deliver(to, from, &bytes, now),
                 EventKind::Tick { node, inst } => self.tick(node, inst, now),
+                EventKind::Persist { node, inst } => self.persist(node, inst, now),
                 EventKind::Crash(node) => self.crash(node),
                 EventKind::Restart(node) => self.restart(node, now),
                 EventKind::Forge(node) => self.forge(node, now),
@@ -372,13 +388,42 @@ impl Sim {
         }
     }
 
+    /// A crash keeps what the node's store made durable, nothing else.
     fn crash(&mut self, node: ValidatorIndex) {
         for inst in &mut self.slots[node.as_usize()].instances {
             if let Some(core) = inst.core.take() {
-                inst.parked = Some(core.into_storage());
+                inst.parked = Some(core.into_storage().crash());
                 inst.next_tick = None;
+                inst.persist_at = None;
             }
         }
+    }
+
+    fn persist(&mut self, node: ValidatorIndex, inst: usize, now: TimeMs) {
+        let Some(instance) = self.slots[node.as_usize()].instances.get_mut(inst) else {
+            return;
+        };
+        if instance.persist_at != Some(now) {
+            return;
+        }
+        instance.persist_at = None;
+        if let Some(core) = instance.core.as_mut() {
+            core.storage_mut().flush_commits();
+        }
+    }
+
+    /// Schedules the group commit of what `node` just committed, a moment later (execution and
+    /// the write take time; a crash in between loses the commit from its chain).
+    fn schedule_persist(&mut self, node: ValidatorIndex, inst: usize, now: TimeMs) {
+        let delay = self.rng.gen_range(0..=2 * self.spec.latency_ms.1);
+        let Some(instance) = self.slots[node.as_usize()].instances.get_mut(inst) else {
+            return;
+        };
+        if instance.persist_at.is_some() {
+            return;
+        }
+        instance.persist_at = Some(now + delay);
+        self.push(now + delay, EventKind::Persist { node, inst });
     }
 
     fn restart(&mut self, node: ValidatorIndex, now: TimeMs) {
@@ -398,6 +443,12 @@ impl Sim {
             let key = self.slots[i].key.clone();
             match Core::new(Arc::clone(&self.ctx), cfg, key, store, app, now) {
                 Ok(mut core) => {
+                    if k == 0 && self.slots[i].byz.is_none() {
+                        // The node is back at its durable committed tip: commits from there are
+                        // checked against its earlier ones.
+                        let root = core.committed();
+                        self.checker.on_restart(node, root.id, root.height);
+                    }
                     let actions = core.start(now);
                     self.slots[i].instances[k].core = Some(core);
                     self.apply(node, k, actions, now);
@@ -506,10 +557,10 @@ impl Sim {
                 }
                 Action::Committed(batch) => {
                     if byz.is_none() {
-                        self.checker
-                            .on_commit(node, &batch, &self.ctx, &mut self.cache);
+                        self.checker.on_commit(node, &batch, &self.ctx);
                         self.check_liveness();
                     }
+                    self.schedule_persist(node, inst, now);
                 }
                 Action::Evidence(_) => {
                     if byz.is_none() {
@@ -807,7 +858,8 @@ impl Sim {
         self.report.rounds_to_liveness = self
             .live_at_round
             .map(|r| r.0.saturating_sub(self.gst_round.0));
-        let bound = liveness_rounds_max(self.spec.n);
+        let byzantine: Vec<ValidatorIndex> = self.spec.byzantine.iter().map(|(v, _)| *v).collect();
+        let bound = liveness_rounds_max(&self.ctx.validators, &byzantine);
         self.report.liveness_failure = match self.report.rounds_to_liveness {
             None => true,
             Some(r) => r > bound,

@@ -5,8 +5,10 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+#[cfg(feature = "break-rules")]
 use crate::consensus::BrokenRule;
-use crate::types::{TimeMs, ValidatorIndex};
+use crate::consensus::ValidatorSet;
+use crate::types::{Round, TimeMs, ValidatorIndex};
 
 /// The fault classes a run can exercise. Network classes keep every validator honest; Byzantine
 /// classes give up to f validators one misbehaviour; `Mixed` combines everything.
@@ -21,6 +23,15 @@ pub enum FaultClass {
     Partition,
     /// Up to f honest validators crash and restart with only what they persisted.
     CrashRestart,
+    /// Every validator crashes, each at its own random instant, and restarts later with only
+    /// what it persisted (a power cut, a region outage).
+    WholeClusterCrash,
+    /// Each validator in turn crashes and restarts, the next one after the previous is back
+    /// (an upgrade).
+    RollingRestart,
+    /// A partition, and validators on either side (any number, all of them included) crash
+    /// during it and restart later.
+    CrashDuringPartition,
     /// Byzantine leaders propose two different blocks in a round, to everyone.
     Equivocator,
     /// Byzantine validators sign a second vote for another block in every round they vote.
@@ -42,11 +53,14 @@ pub enum FaultClass {
 
 impl FaultClass {
     /// Every class, in table order.
-    pub const ALL: [FaultClass; 12] = [
+    pub const ALL: [FaultClass; 15] = [
         FaultClass::Clean,
         FaultClass::Lossy,
         FaultClass::Partition,
         FaultClass::CrashRestart,
+        FaultClass::WholeClusterCrash,
+        FaultClass::RollingRestart,
+        FaultClass::CrashDuringPartition,
         FaultClass::Equivocator,
         FaultClass::DoubleVoter,
         FaultClass::BadSignature,
@@ -69,6 +83,9 @@ impl FaultClass {
             FaultClass::Lossy => "lossy",
             FaultClass::Partition => "partition",
             FaultClass::CrashRestart => "crash_restart",
+            FaultClass::WholeClusterCrash => "whole_cluster",
+            FaultClass::RollingRestart => "rolling_restart",
+            FaultClass::CrashDuringPartition => "crash_partition",
             FaultClass::Equivocator => "equivocator",
             FaultClass::DoubleVoter => "double_voter",
             FaultClass::BadSignature => "bad_signature",
@@ -153,6 +170,9 @@ pub struct Crash {
 pub struct RunSpec {
     /// Validators.
     pub n: usize,
+    /// Each validator's stake (equal in half the runs, from 1 to 100 in the others; the
+    /// Byzantine validators always hold less than a third of the total).
+    pub stakes: Vec<u64>,
     /// Seed (also picks the class).
     pub seed: u64,
     /// The class.
@@ -169,7 +189,7 @@ pub struct RunSpec {
     pub reorder: f64,
     /// Partitions.
     pub partitions: Vec<Partition>,
-    /// Crashes of honest validators.
+    /// Crashes of honest validators (a validator may crash more than once, never while down).
     pub crashes: Vec<Crash>,
     /// Global stabilisation time: no loss, no partition, everyone up after it.
     pub gst_ms: TimeMs,
@@ -180,32 +200,75 @@ pub struct RunSpec {
     /// Round timer cap.
     pub round_timeout_ms_max: TimeMs,
     /// Test-only: a rule broken in every honest node.
+    #[cfg(feature = "break-rules")]
     pub broken_rule: Option<BrokenRule>,
 }
 
 /// Blocks every honest node must commit beyond the highest honest height at GST.
 pub const LIVENESS_BLOCKS: u64 = 3;
 
-/// Rounds after GST within which every honest node must have committed those blocks: with
-/// round-robin leaders, n rounds always contain three consecutive honest leaders (n > 3f), so two
-/// passes over the schedule plus slack for catching up is a bound no correct run exceeds.
-pub fn liveness_rounds_max(n: usize) -> u64 {
-    2 * n as u64 + 10
+/// Rounds after GST within which every honest node must have committed those blocks. A block
+/// commits once three consecutive rounds have honest leaders (one proposes it, the next
+/// certifies it in its proposal, the third forms the QC that commits it); `gap` is the most
+/// rounds the leader schedule takes, from any round, to complete such a run. Two such gaps plus
+/// slack for catching up is a bound no correct run exceeds (with round-robin leaders and
+/// n > 3f, the gap is at most n).
+pub fn liveness_rounds_max(set: &ValidatorSet, byzantine: &[ValidatorIndex]) -> u64 {
+    // The schedule repeats within its period; a period past the longest one the stakes can
+    // make (about 1,024 rounds) covers every start.
+    const PERIOD_MAX: u64 = 2048;
+    let honest = |r: u64| !byzantine.contains(&set.leader(Round(r)));
+    let mut gap = 0u64;
+    for start in 0..PERIOD_MAX {
+        let mut run = 0;
+        let mut r = start;
+        while run < 3 && r < start + 2 * PERIOD_MAX {
+            run = if honest(r) { run + 1 } else { 0 };
+            r += 1;
+        }
+        gap = gap.max(r - start);
+    }
+    2 * gap + 10
 }
 
 impl RunSpec {
-    /// Draws a run for `n` validators with `f` Byzantine ones from `seed`.
-    pub fn draw(n: usize, f: usize, seed: u64, broken_rule: Option<BrokenRule>) -> RunSpec {
+    /// The same run with `rule` broken in every honest node (test builds only).
+    #[cfg(feature = "break-rules")]
+    pub fn with_broken_rule(mut self, rule: BrokenRule) -> Self {
+        self.broken_rule = Some(rule);
+        self
+    }
+
+    /// Draws a run for `n` validators with up to `f` Byzantine ones from `seed`.
+    pub fn draw(n: usize, f: usize, seed: u64) -> RunSpec {
         use rand::SeedableRng;
         let class = FaultClass::for_seed(seed);
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6270_6369_5349_4d00);
-        let f = f.min(n.saturating_sub(1) / 3);
         let mut order: Vec<u16> = (0..n as u16).collect();
         order.shuffle(&mut rng);
+        let stakes: Vec<u64> = if rng.gen_bool(0.5) {
+            vec![100; n]
+        } else {
+            (0..n).map(|_| rng.gen_range(1..=100)).collect()
+        };
+        // At most f Byzantine validators, and together less than a third of the stake: the
+        // first ones of `order` that keep them under it.
+        let total: u64 = stakes.iter().sum();
+        let f = {
+            let f_max = f.min(n.saturating_sub(1) / 3);
+            let mut held = 0u64;
+            let mut k = 0;
+            while k < f_max && (held + stakes[usize::from(order[k])]) * 3 < total {
+                held += stakes[usize::from(order[k])];
+                k += 1;
+            }
+            k
+        };
         let lat_min = rng.gen_range(2..10);
         let lat_max = lat_min + rng.gen_range(2..30);
         let mut spec = RunSpec {
             n,
+            stakes,
             seed,
             class,
             byzantine: Vec::new(),
@@ -219,7 +282,8 @@ impl RunSpec {
             liveness_window_ms: 60_000,
             round_timeout_ms_base: 4 * lat_max + 40,
             round_timeout_ms_max: 2_000,
-            broken_rule,
+            #[cfg(feature = "break-rules")]
+            broken_rule: None,
         };
         let fault_phase_ms: TimeMs = rng.gen_range(1_500..4_000);
         let byz_kind = class.byzantine_kind();
@@ -246,6 +310,46 @@ impl RunSpec {
                         c.restart_ms = c.at_ms + rng.gen_range(6_000..10_000);
                     }
                 }
+            }
+            FaultClass::WholeClusterCrash => {
+                spec.crashes = crashes(&mut rng, &order, fault_phase_ms);
+                // Now and then everyone goes down within a few milliseconds of each other.
+                if rng.gen_bool(0.3) {
+                    let at = rng.gen_range(100..fault_phase_ms);
+                    for c in &mut spec.crashes {
+                        let down = c.restart_ms - c.at_ms;
+                        c.at_ms = at + rng.gen_range(0..5);
+                        c.restart_ms = c.at_ms + down;
+                    }
+                }
+            }
+            FaultClass::RollingRestart => {
+                let mut t = rng.gen_range(100..600);
+                for i in &order {
+                    let restart_ms = t + rng.gen_range(50..1_500);
+                    spec.crashes.push(Crash {
+                        node: ValidatorIndex(*i),
+                        at_ms: t,
+                        restart_ms,
+                    });
+                    t = restart_ms + rng.gen_range(0..600);
+                }
+            }
+            FaultClass::CrashDuringPartition => {
+                let p = partitions(&mut rng, n, fault_phase_ms).remove(0);
+                let k = rng.gen_range(1..=n);
+                spec.crashes = order[..k]
+                    .iter()
+                    .map(|i| {
+                        let at_ms = rng.gen_range(p.start_ms..p.end_ms);
+                        Crash {
+                            node: ValidatorIndex(*i),
+                            at_ms,
+                            restart_ms: at_ms + rng.gen_range(50..(p.end_ms - at_ms) + 2_000),
+                        }
+                    })
+                    .collect();
+                spec.partitions = vec![p];
             }
             FaultClass::Mixed => {
                 lossy(&mut spec, &mut rng);

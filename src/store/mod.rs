@@ -1,28 +1,32 @@
 //! The durable store: the committed chain and the commit proofs in an append-only [`ValueLog`]
-//! indexed by redb, the safety state in its own pair of files ([`SafetyFile`]).
+//! indexed by redb; the safety state and the uncommitted blocks a restart needs in the consensus
+//! [`Journal`].
 //!
 //! When a `persist_*` call returns `Ok`, the data is on disk (the value log's group is synced, and
-//! the safety file is synced), so a node killed at any instant restarts with everything it
-//! acknowledged. The safety state is therefore durable before the core lets a vote or timeout out
-//! (the core's contract, see [`crate::consensus`]). Block and proof bytes are appended to the
+//! the journal's record is synced), so a node killed at any instant restarts with everything it
+//! acknowledged. The safety state, and the block a vote is for, are therefore durable before the
+//! core lets a vote, timeout or proposal out (the core's contract, see [`crate::consensus`]). Block and proof bytes are appended to the
 //! value log as one self-describing group and made durable before the redb transaction that
 //! indexes them commits; that transaction is durable only every [`INDEX_SYNC_INTERVAL`], and
 //! opening the store re-indexes the groups past the durable index's end (see [`log`]).
 
 mod direct;
+pub mod journal;
 pub mod log;
 pub mod safety_file;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use redb::Durability;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::codec::{decode, encode_infallible, Bounded, DecodeError};
-use crate::consensus::{Block, CommitProof, SafetyState, Storage, StorageError};
-use crate::types::Height;
+use crate::consensus::{Block, CommitProof, SafetyState, SafetyStateV1, Storage, StorageError};
+use crate::types::{BlockId, Height};
 
+pub use journal::Journal;
 pub use log::{Extent, Group, GroupEntry, GroupMeta, Record, ValueLog};
 pub use safety_file::SafetyFile;
 
@@ -59,6 +63,12 @@ impl Bounded for SafetyState {
     }
 }
 
+impl Bounded for SafetyStateV1 {
+    fn check_bounds(&self) -> Result<(), DecodeError> {
+        Ok(())
+    }
+}
+
 impl Bounded for CommitProof {
     fn check_bounds(&self) -> Result<(), DecodeError> {
         self.child.check_bounds()
@@ -68,8 +78,11 @@ impl Bounded for CommitProof {
 /// A redb-backed [`Storage`].
 pub struct RedbStore {
     db: Arc<Database>,
-    /// The safety state, apart from the chain so that its per-vote sync never flushes block data.
-    safety: SafetyFile,
+    /// The safety state and the kept blocks, apart from the chain so that their per-vote sync
+    /// never waits on committed blocks' writes.
+    journal: Journal,
+    /// The durable committed height (moved by every group commit).
+    durable: Arc<AtomicU64>,
     log: Arc<ValueLog>,
     tip: Option<(Arc<Block>, CommitProof)>,
     defer_commits: bool,
@@ -106,6 +119,8 @@ fn backend(e: impl std::fmt::Display) -> StorageError {
 pub struct ChainWriter {
     db: Arc<Database>,
     log: Arc<ValueLog>,
+    /// The durable committed height, read by the journal to drop kept blocks the chain holds.
+    durable: Arc<AtomicU64>,
     /// When the index last committed durably.
     index_synced: Arc<std::sync::Mutex<std::time::Instant>>,
     /// [`INDEX_SYNC_INTERVAL`], shorter or longer in tests.
@@ -140,8 +155,13 @@ impl ChainWriter {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let start = self.log.end();
         let result = self.write(items, &mut synced);
-        if result.is_err() {
-            self.log.rewind(start);
+        match &result {
+            Ok(()) => {
+                if let Some(top) = items.iter().map(|it| it.block.height.0).max() {
+                    self.durable.fetch_max(top, Ordering::AcqRel);
+                }
+            }
+            Err(_) => self.log.rewind(start),
         }
         result
     }
@@ -276,39 +296,140 @@ fn index(db: &Database, groups: &[Group], durable: bool) -> Result<(), StorageEr
     txn.commit().map_err(backend)
 }
 
+/// The record that `table` indexes at `height`, read from `log`.
+fn record<T: serde::de::DeserializeOwned + Bounded>(
+    db: &Database,
+    log: &ValueLog,
+    table: TableDefinition<u64, &[u8]>,
+    height: u64,
+) -> Result<Option<T>, StorageError> {
+    let txn = db.begin_read().map_err(backend)?;
+    let t = txn.open_table(table).map_err(backend)?;
+    let Some(v) = t.get(height).map_err(backend)? else {
+        return Ok(None);
+    };
+    let bytes = log.read(Extent::decode(v.value())?)?;
+    Ok(Some(decode(&bytes).map_err(backend)?))
+}
+
+/// The highest committed block with a stored proof (blocks stored above it without one, if a
+/// write failed between, are committed again through consensus or sync).
+fn read_tip(
+    db: &Database,
+    log: &ValueLog,
+) -> Result<Option<(Arc<Block>, CommitProof)>, StorageError> {
+    let h = {
+        let txn = db.begin_read().map_err(backend)?;
+        let proofs = txn.open_table(PROOFS).map_err(backend)?;
+        let Some((h, _)) = proofs.last().map_err(backend)? else {
+            return Ok(None);
+        };
+        h.value()
+    };
+    let block: Block = record(db, log, BLOCKS, h)?
+        .ok_or_else(|| StorageError::Backend(format!("commit proof at height {h} has no block")))?;
+    let Some(proof) = record::<CommitProof>(db, log, PROOFS, h)? else {
+        return Err(StorageError::Backend(format!(
+            "commit proof at height {h} vanished"
+        )));
+    };
+    Ok(Some((Arc::new(block), proof)))
+}
+
 impl RedbStore {
-    /// Opens (or creates) the store at `path`: value log beside it (extension `blocks`), safety
-    /// state in `<path stem>.safety.0` and `.1`.
+    /// Opens (or creates) the store at `path`: value log beside it (extension `blocks`),
+    /// consensus journal in the directory `<path stem>.safety.journal`.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
         Self::open_split(path, &path.with_extension("safety"))
     }
 
-    /// Opens the chain at `chain_path` and the safety state in the file pair at `safety_base`
-    /// (`<safety_base>.0`, `.1`). A safety state kept by an earlier version in redb (in
-    /// `<safety_base>.redb`, or in the chain database) is carried over on first open, so that an
-    /// upgraded node never forgets what it voted.
+    /// Opens the chain at `chain_path` and the consensus journal in the directory
+    /// `<safety_base>.journal`. A safety state kept by an earlier version (in the file pair
+    /// `<safety_base>.0` and `.1`, or before those in redb: `<safety_base>.redb` or the chain
+    /// database) becomes the journal's first record when the journal is created, and the file
+    /// pair is then removed, so that an upgraded node never forgets what it voted and never reads
+    /// a stale copy again.
     pub fn open_split(chain_path: &Path, safety_base: &Path) -> Result<Self, StorageError> {
         let db = Arc::new(Self::create(chain_path, CHAIN_CACHE_BYTES)?);
-        let (mut safety, newest) = SafetyFile::open(safety_base)?;
-        if newest.is_none() {
-            let legacy_path = safety_base.with_extension("redb");
-            let legacy = if legacy_path.exists() && legacy_path != chain_path {
-                let old = redb::Database::open(&legacy_path).map_err(|e| {
-                    StorageError::Backend(format!("opening {}: {e}", legacy_path.display()))
-                })?;
-                Self::legacy_safety(&old)?
-            } else {
-                Self::legacy_safety(&db)?
-            };
-            if let Some(bytes) = legacy {
-                decode::<SafetyState>(&bytes).map_err(|e| {
-                    StorageError::Backend(format!("the safety state kept in redb: {e}"))
-                })?;
-                safety.write(&bytes)?;
-                tracing::info!(target: "store", path = %safety_base.display(), "safety state moved out of redb");
+        let (log, tip) = Self::open_chain(&db, chain_path)?;
+        let durable = Arc::new(AtomicU64::new(tip.as_ref().map_or(0, |(b, _)| b.height.0)));
+        let mut migrated = false;
+        let journal = Journal::open(
+            &Self::journal_dir(safety_base),
+            Arc::clone(&durable),
+            || {
+                let state = Self::legacy_safety_state(&db, chain_path, safety_base)?;
+                migrated = state.is_some();
+                Ok(state)
+            },
+        )?;
+        if migrated {
+            for i in 0..2 {
+                let mut p = safety_base.as_os_str().to_owned();
+                p.push(format!(".{i}"));
+                let p = PathBuf::from(p);
+                if p.exists() {
+                    std::fs::remove_file(&p).map_err(|e| {
+                        io_err(
+                            "safety file",
+                            &p,
+                            "removing after moving it into the journal",
+                            e,
+                        )
+                    })?;
+                }
             }
+            tracing::info!(target: "store", path = %safety_base.display(), "safety state moved into the consensus journal");
         }
-        Self::from_parts(db, safety, chain_path)
+        Ok(Self {
+            db,
+            journal,
+            durable,
+            log: Arc::new(log),
+            tip,
+            defer_commits: false,
+            index_synced: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+            index_sync_interval: INDEX_SYNC_INTERVAL,
+        })
+    }
+
+    /// Where the journal of the safety state at `safety_base` lives.
+    pub fn journal_dir(safety_base: &Path) -> PathBuf {
+        safety_base.with_extension("journal")
+    }
+
+    /// The safety state an earlier version kept: in the safety file pair, or before that in
+    /// redb.
+    fn legacy_safety_state(
+        db: &Database,
+        chain_path: &Path,
+        safety_base: &Path,
+    ) -> Result<Option<SafetyState>, StorageError> {
+        let bytes = match SafetyFile::read_existing(safety_base)? {
+            Some(b) => Some(b),
+            None => {
+                let legacy_path = safety_base.with_extension("redb");
+                if legacy_path.exists() && legacy_path != chain_path {
+                    let old = redb::Database::open(&legacy_path).map_err(|e| {
+                        StorageError::Backend(format!("opening {}: {e}", legacy_path.display()))
+                    })?;
+                    Self::legacy_safety(&old)?
+                } else {
+                    Self::legacy_safety(db)?
+                }
+            }
+        };
+        bytes
+            .map(|b| {
+                decode::<SafetyStateV1>(&b)
+                    .map(SafetyState::from)
+                    .map_err(|e| {
+                        StorageError::Backend(format!(
+                            "the safety state kept by an earlier version: {e}"
+                        ))
+                    })
+            })
+            .transpose()
     }
 
     /// The safety state's encoding as an earlier version kept it in `db`, if there.
@@ -393,16 +514,18 @@ impl RedbStore {
         Ok(u64::from_le_bytes(bytes))
     }
 
-    fn from_parts(
-        db: Arc<Database>,
-        safety: SafetyFile,
+    /// Opens the value log beside `chain_path`, re-indexes the groups past the durable index,
+    /// and reads the committed tip.
+    #[allow(clippy::type_complexity)]
+    fn open_chain(
+        db: &Database,
         chain_path: &Path,
-    ) -> Result<Self, StorageError> {
+    ) -> Result<(ValueLog, Option<(Arc<Block>, CommitProof)>), StorageError> {
         let log_path = chain_path.with_extension("blocks");
-        let log = ValueLog::open(&log_path, Self::indexed_end(&db)?, Self::log_key(&db)?)?;
+        let log = ValueLog::open(&log_path, Self::indexed_end(db)?, Self::log_key(db)?)?;
         // Groups synced to the log after the last durable index commit.
         let recovered = log.recover_groups(log.end())?;
-        let mut expect = Self::indexed_tip_height(&db)?.map(|h| h + 1);
+        let mut expect = Self::indexed_tip_height(db)?.map(|h| h + 1);
         for e in recovered.iter().flat_map(|g| g.meta.entries.iter()) {
             if expect.is_some_and(|x| x != e.height) {
                 return Err(StorageError::Backend(format!(
@@ -415,21 +538,12 @@ impl RedbStore {
             expect = Some(e.height + 1);
         }
         if !recovered.is_empty() {
-            index(&db, &recovered, true)?;
+            index(db, &recovered, true)?;
             let blocks: usize = recovered.iter().map(|g| g.meta.entries.len()).sum();
             tracing::info!(target: "store", path = %log_path.display(), groups = recovered.len(), blocks, "re-indexed the value log's tail");
         }
-        let mut store = Self {
-            db,
-            safety,
-            log: Arc::new(log),
-            tip: None,
-            defer_commits: false,
-            index_synced: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
-            index_sync_interval: INDEX_SYNC_INTERVAL,
-        };
-        store.tip = store.read_tip()?;
-        Ok(store)
+        let tip = read_tip(db, &log)?;
+        Ok((log, tip))
     }
 
     /// Leaves writing committed blocks to the node's persistence stage (which writes them with
@@ -445,6 +559,7 @@ impl RedbStore {
         ChainWriter {
             db: Arc::clone(&self.db),
             log: Arc::clone(&self.log),
+            durable: Arc::clone(&self.durable),
             index_synced: Arc::clone(&self.index_synced),
             index_sync_interval: self.index_sync_interval,
         }
@@ -515,35 +630,7 @@ impl RedbStore {
         table: TableDefinition<u64, &[u8]>,
         height: u64,
     ) -> Result<Option<T>, StorageError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let t = txn.open_table(table).map_err(backend)?;
-        let Some(v) = t.get(height).map_err(backend)? else {
-            return Ok(None);
-        };
-        let bytes = self.log.read(Extent::decode(v.value())?)?;
-        Ok(Some(decode(&bytes).map_err(backend)?))
-    }
-
-    /// The highest committed block with a stored proof (blocks stored above it without one, if
-    /// a write failed between, are committed again through consensus or sync).
-    fn read_tip(&self) -> Result<Option<(Arc<Block>, CommitProof)>, StorageError> {
-        let h = {
-            let txn = self.db.begin_read().map_err(backend)?;
-            let proofs = txn.open_table(PROOFS).map_err(backend)?;
-            let Some((h, _)) = proofs.last().map_err(backend)? else {
-                return Ok(None);
-            };
-            h.value()
-        };
-        let block: Block = self.record(BLOCKS, h)?.ok_or_else(|| {
-            StorageError::Backend(format!("commit proof at height {h} has no block"))
-        })?;
-        let Some(proof) = self.record::<CommitProof>(PROOFS, h)? else {
-            return Err(StorageError::Backend(format!(
-                "commit proof at height {h} vanished"
-            )));
-        };
-        Ok(Some((Arc::new(block), proof)))
+        record(&self.db, &self.log, table, height)
     }
 
     fn proof_at(
@@ -573,18 +660,24 @@ impl RedbStore {
 
 impl Storage for RedbStore {
     fn load_safety(&self) -> Result<Option<SafetyState>, StorageError> {
-        match self.safety.newest()? {
-            Some(bytes) => {
-                Ok(Some(decode(&bytes).map_err(|e| {
-                    StorageError::Backend(format!("safety state: {e}"))
-                })?))
-            }
-            None => Ok(None),
-        }
+        Ok(self.journal.safety().cloned())
     }
 
     fn persist_safety(&mut self, state: &SafetyState) -> Result<(), StorageError> {
-        self.safety.write(&encode_infallible(state))
+        self.journal.write(state)
+    }
+
+    fn keep_block(&mut self, id: BlockId, block: &Arc<Block>) {
+        self.journal.keep(id, block);
+    }
+
+    fn kept_blocks(&self) -> Vec<(BlockId, Arc<Block>)> {
+        self.journal
+            .kept_blocks_above(Height(self.durable.load(Ordering::Acquire)))
+    }
+
+    fn kept_block(&self, id: &BlockId) -> Option<Arc<Block>> {
+        self.journal.kept_block(id)
     }
 
     fn persist_commit(
@@ -699,13 +792,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut safety = SafetyState::initial(Epoch(1), QuorumCert::genesis("c", Epoch(1)));
         safety.last_voted_round = Round(42);
+        let v1 = |s: &SafetyState| SafetyStateV1 {
+            epoch: s.epoch,
+            last_voted_round: s.last_voted_round,
+            one_chain_round: s.one_chain_round,
+            high_qc: s.high_qc.clone(),
+            highest_timeout_round: s.highest_timeout_round,
+            last_vote: s.last_vote.clone(),
+            last_timeout: s.last_timeout.clone(),
+            last_proposed_round: s.last_proposed_round,
+        };
         let legacy = dir.path().join("safety.redb");
         {
             let db = redb::Database::create(&legacy).unwrap();
             let txn = db.begin_write().unwrap();
             txn.open_table(META)
                 .unwrap()
-                .insert(SAFETY_KEY, encode_infallible(&safety).as_slice())
+                .insert(SAFETY_KEY, encode_infallible(&v1(&safety)).as_slice())
                 .unwrap();
             txn.commit().unwrap();
         }
@@ -714,7 +817,7 @@ mod tests {
         let s = RedbStore::open_split(&chain, &base).unwrap();
         assert_eq!(s.load_safety().unwrap(), Some(safety.clone()));
         drop(s);
-        // Now in the safety files: it survives the old file going away.
+        // Now in the journal: it survives the old file going away.
         std::fs::remove_file(&legacy).unwrap();
         let mut s = RedbStore::open_split(&chain, &base).unwrap();
         assert_eq!(s.load_safety().unwrap(), Some(safety.clone()));
@@ -724,6 +827,77 @@ mod tests {
         drop(s);
         let s = RedbStore::open_split(&chain, &base).unwrap();
         assert_eq!(s.load_safety().unwrap(), Some(safety));
+    }
+
+    /// The safety file pair of the previous version moves into the journal, and the pair is
+    /// removed (a stale copy is never read again).
+    #[test]
+    fn safety_file_pair_is_moved_into_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("safety");
+        let mut safety = SafetyState::initial(Epoch(1), QuorumCert::genesis("c", Epoch(1)));
+        safety.last_voted_round = Round(77);
+        safety.last_proposed_round = Round(76);
+        let v1 = SafetyStateV1 {
+            epoch: safety.epoch,
+            last_voted_round: safety.last_voted_round,
+            one_chain_round: safety.one_chain_round,
+            high_qc: safety.high_qc.clone(),
+            highest_timeout_round: safety.highest_timeout_round,
+            last_vote: None,
+            last_timeout: None,
+            last_proposed_round: safety.last_proposed_round,
+        };
+        {
+            let (mut f, _) = SafetyFile::open(&base).unwrap();
+            f.write(&encode_infallible(&v1)).unwrap();
+        }
+        let chain = dir.path().join("node.redb");
+        let s = RedbStore::open_split(&chain, &base).unwrap();
+        assert_eq!(s.load_safety().unwrap(), Some(safety.clone()));
+        assert!(!dir.path().join("safety.0").exists() && !dir.path().join("safety.1").exists());
+        assert!(RedbStore::journal_dir(&base).is_dir());
+        drop(s);
+        let s = RedbStore::open_split(&chain, &base).unwrap();
+        assert_eq!(s.load_safety().unwrap(), Some(safety));
+    }
+
+    /// Kept blocks survive a restart until the durable chain reaches them; a group commit's
+    /// blocks are durable and no longer kept.
+    #[test]
+    fn kept_blocks_survive_until_the_chain_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let mut s = RedbStore::open(&path).unwrap();
+        s.set_defer_commits(true);
+        let safety = SafetyState::initial(Epoch(1), QuorumCert::genesis("c", Epoch(1)));
+        for h in 1..=3 {
+            let b = block(h);
+            s.keep_block(BlockId([h as u8; 32]), &b);
+        }
+        s.persist_safety(&safety).unwrap();
+        // Committed in memory only: the chain does not hold it yet.
+        s.persist_commit(&[block(1)], &proof(1)).unwrap();
+        drop(s);
+        let s = RedbStore::open(&path).unwrap();
+        assert!(s.committed_tip().is_none());
+        let kept: Vec<u64> = s.kept_blocks().iter().map(|(_, b)| b.height.0).collect();
+        assert_eq!(kept, vec![1, 2, 3]);
+        assert_eq!(s.kept_block(&BlockId([2; 32])).unwrap().height, Height(2));
+        // The persistence stage writes block 1: it is no longer among the kept.
+        s.writer()
+            .commit_group(&[GroupItem {
+                block: &block(1),
+                proof: Some(&proof(1)),
+                exec_root: None,
+            }])
+            .unwrap();
+        let kept: Vec<u64> = s.kept_blocks().iter().map(|(_, b)| b.height.0).collect();
+        assert_eq!(kept, vec![2, 3]);
+        drop(s);
+        let s = RedbStore::open(&path).unwrap();
+        let kept: Vec<u64> = s.kept_blocks().iter().map(|(_, b)| b.height.0).collect();
+        assert_eq!(kept, vec![2, 3]);
     }
 
     /// A group commit interrupted after its log append (the index never committed) leaves

@@ -1,4 +1,7 @@
-//! The safety state's own durable record: two files written in turn, each overwritten in place.
+//! The safety state's durable record as versions before the consensus journal
+//! ([`super::journal`]) kept it: two files written in turn, each overwritten in place. A store
+//! opened by this version reads it once ([`SafetyFile::read_existing`]), moves the state into the
+//! journal and removes the two files.
 //!
 //! The safety state is written before every vote and timeout, so its write sits on the critical
 //! path of every round. A redb transaction for one small value writes several pages and its
@@ -129,6 +132,23 @@ impl SafetyFile {
         }
         me.seq = newest.as_ref().map_or(0, |(s, _)| *s);
         Ok((me, newest.map(|(_, p)| p)))
+    }
+
+    /// The newest intact record's payload of the pair at `base`, or `None` when neither file
+    /// exists (nothing is created). Damage is refused as by [`SafetyFile::open`].
+    ///
+    /// # Errors
+    /// I/O errors, and a pair with bytes but no intact record.
+    pub fn read_existing(base: &Path) -> Result<Option<Vec<u8>>, StorageError> {
+        let exists = |i: u32| {
+            let mut p = base.as_os_str().to_owned();
+            p.push(format!(".{i}"));
+            PathBuf::from(p).exists()
+        };
+        if !exists(0) && !exists(1) {
+            return Ok(None);
+        }
+        Ok(Self::open(base)?.1)
     }
 
     /// The newest intact record's payload, if any (read from disk).
