@@ -39,12 +39,36 @@
 //! cover transactions a receipt never named: forwarded ones, ones re-proposed after an abandoned
 //! round, blocks committed as ancestors). Like every notice, an announcement is a statement of
 //! the validator that sends it: a client trusts the validators it connects to.
+//!
+//! # Exactly once
+//! A validator keeps the ids of the transactions committed in the last
+//! [`COMMITTED_WINDOW_HEIGHTS`] heights (at most [`COMMITTED_WINDOW_TXS`] ids; past that the
+//! oldest heights leave first): the *committed window*. A transaction submitted again while it is
+//! in the window is answered [`TxStatus::Committed`] with its height, never admitted, and a
+//! leader never proposes a transaction that is in the window or in a block its proposal extends.
+//! So a client whose commit notice went missing (its validator crashed, or stalled) submits
+//! again, to another validator, without the risk of a second commit, as long as it does so
+//! within the window. [`ClientRequest::Status`] asks what became of transactions by id:
+//! [`TxState::Pending`] (waiting here), [`TxState::Committed`] with the height, the block, the
+//! position and the Merkle inclusion proof against the block's transaction root (the client
+//! checks it with [`CommittedTx::verify`]), or [`TxState::Unknown`] (never seen here, lost with
+//! a crashed validator's mempool, or committed before the window).
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{check_len, Bounded, DecodeError};
+use crate::crypto::{Digest32, MerkleError, MerkleProof};
 use crate::mempool::{TxId, MAX_TXS_PER_BLOCK};
 use crate::types::BlockId;
+
+/// Heights whose committed transactions the committed window keeps (see the module docs).
+pub const COMMITTED_WINDOW_HEIGHTS: u64 = 65_536;
+/// Most transaction ids the committed window keeps; past it the oldest heights leave first.
+pub const COMMITTED_WINDOW_TXS: usize = 1 << 21;
+/// Most transaction ids one [`ClientRequest::Status`] asks about.
+pub const MAX_STATUS_IDS: usize = 1024;
+/// Most siblings in an inclusion proof (a tree of up to 2^64 leaves).
+const MAX_PROOF_SIBLINGS: usize = 64;
 
 /// Most transactions in one submit.
 pub const MAX_SUBMIT_TXS: usize = 4096;
@@ -66,6 +90,9 @@ pub enum ClientRequest {
     /// takes none of them and answers [`TxStatus::Late`] for each, so that the client sends them
     /// to the upcoming leader rather than leave them here for a full rotation.
     SubmitToLeader(Vec<serde_bytes::ByteBuf>),
+    /// What became of these transactions (at most [`MAX_STATUS_IDS`]): answered
+    /// [`ClientResponse::Status`], one state per id, in order.
+    Status(#[serde(with = "id_bytes")] Vec<TxId>),
 }
 
 /// See [`ClientRequest::SubmitToLeader`]: a validator that leads a round within this many
@@ -107,6 +134,47 @@ pub enum TxStatus {
     Invalid,
     /// Not taken: this validator leads no round soon ([`ClientRequest::SubmitToLeader`]).
     Late,
+    /// Not taken: already committed at `height` (in the committed window): a resubmission.
+    Committed {
+        /// The height of the block that holds it.
+        height: u64,
+    },
+}
+
+/// What a validator knows of one transaction ([`ClientRequest::Status`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxState {
+    /// Not in this validator's mempool, its own pending proposals or the committed window.
+    Unknown,
+    /// Waiting in this validator's mempool or in a proposal of its own not yet committed.
+    Pending,
+    /// Committed, with the proof.
+    Committed(Box<CommittedTx>),
+}
+
+/// Where a committed transaction is, and the proof that it is there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedTx {
+    /// The block's height.
+    pub height: u64,
+    /// The block's id.
+    pub block: BlockId,
+    /// The root of the block's transactions (the payload's `tx_root`, which the block's id
+    /// commits to through its payload digest).
+    pub tx_root: Digest32,
+    /// The inclusion proof of the transaction's id (its Merkle leaf hash) under `tx_root`; its
+    /// `index` is the transaction's position in the block.
+    pub proof: MerkleProof,
+}
+
+impl CommittedTx {
+    /// Checks that the transaction with id `id` is leaf `proof.index` under `tx_root`.
+    ///
+    /// # Errors
+    /// The proof does not lead from `id` to `tx_root`.
+    pub fn verify(&self, id: &TxId) -> Result<(), MerkleError> {
+        self.proof.verify_leaf_hash(&self.tx_root, id)
+    }
 }
 
 /// Validator → client.
@@ -154,6 +222,8 @@ pub enum ClientResponse {
         /// Its id.
         block: BlockId,
     },
+    /// The answer to [`ClientRequest::Status`]: one state per asked id, in order.
+    Status(Vec<TxState>),
 }
 
 /// Transaction id lists travel as one byte string, 32 bytes per id. (BCS would encode a list of
@@ -202,6 +272,7 @@ impl Bounded for ClientRequest {
                 check_len("submit.txs", txs.len(), MAX_SUBMIT_TXS)
             }
             ClientRequest::WatchLeaders | ClientRequest::WatchCommits => Ok(()),
+            ClientRequest::Status(ids) => check_len("status.ids", ids.len(), MAX_STATUS_IDS),
         }
     }
 }
@@ -221,6 +292,17 @@ impl Bounded for ClientResponse {
                 check_len("included.tx_ids", tx_ids.len(), MAX_TXS_PER_BLOCK)
             }
             ClientResponse::BlockCommitted { .. } => Ok(()),
+            ClientResponse::Status(states) => {
+                check_len("status.states", states.len(), MAX_STATUS_IDS)?;
+                states.iter().try_for_each(|s| match s {
+                    TxState::Committed(c) => check_len(
+                        "status.proof.siblings",
+                        c.proof.siblings.len(),
+                        MAX_PROOF_SIBLINGS,
+                    ),
+                    TxState::Unknown | TxState::Pending => Ok(()),
+                })
+            }
         }
     }
 }
@@ -262,6 +344,47 @@ mod tests {
         odd.extend_from_slice(&[0u8; 33]);
         let e = decode::<ClientResponse>(&odd).unwrap_err().to_string();
         assert!(e.contains("32-byte transaction ids"), "{e}");
+    }
+
+    /// Status requests and answers round-trip, are bounded, and a committed answer's proof is
+    /// checked against the transaction's id; the new variants leave older encodings unchanged.
+    #[test]
+    fn status_round_trips_and_its_proof_checks_the_id() {
+        let ids: Vec<TxId> = (0..5u8).map(|i| [i; 32]).collect();
+        let tree = crate::crypto::MerkleTree::from_leaf_hashes(&ids);
+        let committed = CommittedTx {
+            height: 12,
+            block: BlockId([9; 32]),
+            tx_root: tree.root(),
+            proof: tree.proof(3).unwrap(),
+        };
+        committed.verify(&ids[3]).unwrap();
+        assert!(committed.verify(&ids[2]).is_err());
+        let answer = ClientResponse::Status(vec![
+            TxState::Unknown,
+            TxState::Pending,
+            TxState::Committed(Box::new(committed)),
+        ]);
+        assert_eq!(
+            decode::<ClientResponse>(&encode_infallible(&answer)).unwrap(),
+            answer
+        );
+        let ask = ClientRequest::Status(ids.clone());
+        assert_eq!(
+            decode::<ClientRequest>(&encode_infallible(&ask)).unwrap(),
+            ask
+        );
+        let too_many = ClientRequest::Status(vec![[0; 32]; MAX_STATUS_IDS + 1]);
+        let e = decode::<ClientRequest>(&encode_infallible(&too_many)).unwrap_err();
+        assert!(e.to_string().contains("status.ids"), "{e}");
+        let ack = ClientResponse::Ack(vec![TxStatus::Accepted, TxStatus::Committed { height: 7 }]);
+        assert_eq!(
+            decode::<ClientResponse>(&encode_infallible(&ack)).unwrap(),
+            ack
+        );
+        // Appended variants: the older ones keep their indices.
+        assert_eq!(encode_infallible(&TxStatus::Late), vec![4]);
+        assert_eq!(encode_infallible(&ClientRequest::WatchCommits)[0], 2);
     }
 
     #[test]

@@ -87,6 +87,19 @@ impl HashedTxs {
         &self.ids
     }
 
+    /// The batch without the transactions `drop` marks (`drop[i]` for the i-th).
+    pub fn without(self, drop: &[bool]) -> Self {
+        let (ids, txs) = self
+            .ids
+            .into_iter()
+            .zip(self.txs)
+            .enumerate()
+            .filter(|(i, _)| !drop.get(*i).copied().unwrap_or(false))
+            .map(|(_, pair)| pair)
+            .unzip();
+        Self { txs, ids }
+    }
+
     fn into_iter(self) -> impl Iterator<Item = (TxId, Vec<u8>)> {
         self.ids.into_iter().zip(self.txs)
     }
@@ -195,6 +208,11 @@ impl Mempool {
     /// Pending bytes.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Whether transaction `id` is pending here.
+    pub fn contains(&self, id: &TxId) -> bool {
+        self.ids.contains_key(id)
     }
 
     /// Adds a transaction from one of our clients (no owner), returning its id.

@@ -12,10 +12,19 @@
 //! ([`ClientResponse::Leaders`]) and one sender sends each batch to the validator that will
 //! propose next and can still include it, which cuts that wait to about a round. Without a fresh
 //! hint (no progress, old validators) it sends round-robin.
+//!
+//! A transaction without a commit after [`LoadConfig::resubmit_after`] goes again to another
+//! validator, up to [`LoadConfig::max_submits`] submissions; one answered `Busy` goes again
+//! after a short backoff (see [`track`]). The report counts how every transaction ended:
+//! committed, lost (accepted, never seen committed), refused (only ever `Busy`), unanswered, and
+//! committed twice (a resubmitted transaction seen committed at two heights).
 
+pub mod hints;
 pub mod plot;
+mod receipts;
+pub mod track;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,15 +37,21 @@ use serde::Serialize;
 
 use crate::client_proto::{ClientRequest, ClientResponse, TxStatus};
 use crate::codec::{decode, encode_infallible};
-use crate::mempool::{tx_ids, IdMap, TxId};
-use crate::types::BlockId;
+use crate::mempool::{tx_ids, TxId};
+
+use hints::{Hint, Shares};
+use receipts::Receipts;
+use track::{tx_bytes, Entry, Tracker};
 
 /// Transactions per submit frame, at most.
 pub const SUBMIT_BATCH_MAX: usize = 512;
-/// Most transactions awaiting a notice per connection; past it the sender waits.
-pub const PENDING_MAX: usize = 2_000_000;
 /// Highest latency recorded (µs); larger values are clamped.
 const LATENCY_US_MAX: u64 = 600_000_000;
+/// How long a transaction waits for a commit before it goes to another validator, unless told
+/// otherwise ([`LoadConfig::resubmit_after`]).
+pub const DEFAULT_RESUBMIT_AFTER: Duration = Duration::from_secs(3);
+/// Submissions of one transaction in all, unless told otherwise ([`LoadConfig::max_submits`]).
+pub const DEFAULT_MAX_SUBMITS: u8 = 4;
 
 /// Where the load generator sends each batch of transactions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -56,126 +71,6 @@ impl std::str::FromStr for Route {
             "spread" => Ok(Route::Spread),
             "leader" => Ok(Route::Leader),
             _ => Err(format!("{s:?}: route must be leader or spread")),
-        }
-    }
-}
-
-/// A batch sent less than this share of a round after the hint goes to the next round's
-/// leader; later ones go to the leader after it. The next leader proposes as soon as it holds
-/// the votes for the hinted round, about 0.7-0.8 of a round after the proposal left; the hint's
-/// trip to the client and the batch's trip into that leader's mempool take much of the rest. A
-/// batch that arrives after that leader took its payload is answered [`TxStatus::Late`]
-/// ([`ClientRequest::SubmitToLeader`]) and goes on to the leader after it, a round trip later.
-/// At 75,000 tx/s, with that answer: 0.5 against 1.0 gave p99 18 / 20 against 19 / 19 ms (a
-/// quarter of the reroutes); 0.7 against 0.5, 24 / 28 against 29 / 23 (noisier minutes). Before
-/// it (a late batch waited a whole rotation): 0.2, 0.4 and 0.6 gave p99 29-40, 39-45 and 41-47.
-pub const EARLY_FRACTION: f64 = 0.5;
-/// A hint is stale this many rounds after it arrived: past the last leader it names
-/// (`LEADER_HINTS` - 1 + [`EARLY_FRACTION`]). Without a fresh hint batches go round-robin.
-pub const STALE_ROUNDS: f64 = (crate::client_proto::LEADER_HINTS - 1) as f64 + EARLY_FRACTION;
-/// A hint more than this many rounds ahead of the current one is refused while the current one
-/// is fresh (a false round from a faulty validator cannot freeze the routing).
-pub const MAX_ROUND_JUMP: u64 = 1_000;
-/// The share of batches any one validator may get through hints, over the last
-/// [`SHARE_WINDOW`] batches, is at most this many times an even share: a faulty validator that
-/// names itself as the next leader draws at most twice what spreading would send it.
-pub const MAX_SHARE: usize = 2;
-/// Batches over which [`MAX_SHARE`] is counted.
-pub const SHARE_WINDOW: usize = 256;
-/// Round length assumed until two hints have measured it (µs).
-const DEFAULT_ROUND_US: f64 = 5_000.0;
-
-/// The latest leader hint.
-#[derive(Clone, Debug)]
-pub struct Hint {
-    /// The round just proposed.
-    pub round: u64,
-    /// When the hint arrived.
-    pub at: Instant,
-    /// Target indices of the next leaders (rounds `round + 1 ..`), if they are targets.
-    pub next: Vec<Option<usize>>,
-    /// Estimated round length (µs), smoothed over hints.
-    pub round_us: f64,
-}
-
-impl Hint {
-    /// The hint that follows `prev` (if any) when `round` arrives at `at`. `None` while `prev`
-    /// is fresh for a round not newer than its own (a late or repeated hint) or more than
-    /// [`MAX_ROUND_JUMP`] ahead. A slow stretch (a view change) moves the round estimate by at
-    /// most a factor of 1.2 per hint.
-    pub fn next_after(
-        prev: Option<&Hint>,
-        round: u64,
-        next: Vec<Option<usize>>,
-        at: Instant,
-    ) -> Option<Hint> {
-        let round_us = match prev {
-            Some(p) if p.rounds_since(at) >= STALE_ROUNDS => p.round_us,
-            Some(p) if round <= p.round || round - p.round > MAX_ROUND_JUMP => return None,
-            Some(p) => {
-                let sample = at.saturating_duration_since(p.at).as_micros() as f64
-                    / (round - p.round) as f64;
-                (0.8 * p.round_us + 0.2 * sample.min(2.0 * p.round_us)).clamp(200.0, 1_000_000.0)
-            }
-            None => DEFAULT_ROUND_US,
-        };
-        Some(Hint {
-            round,
-            at,
-            next,
-            round_us,
-        })
-    }
-
-    fn rounds_since(&self, now: Instant) -> f64 {
-        now.saturating_duration_since(self.at).as_micros() as f64 / self.round_us
-    }
-
-    /// The target for a batch sent at `now`: the first leader, from the one that proposes next
-    /// and that the batch can still reach in time, that is a target; `None` once the hint is
-    /// stale.
-    pub fn pick(&self, now: Instant) -> Option<usize> {
-        let rounds = self.rounds_since(now);
-        if rounds >= STALE_ROUNDS {
-            return None;
-        }
-        let k = (rounds + 1.0 - EARLY_FRACTION).floor() as usize;
-        self.next.iter().skip(k).find_map(|t| *t)
-    }
-}
-
-/// How many of the recent batches each target got (for [`MAX_SHARE`]).
-#[derive(Debug)]
-struct Shares {
-    recent: VecDeque<usize>,
-    counts: Vec<usize>,
-}
-
-impl Shares {
-    fn new(targets: usize) -> Self {
-        Self {
-            recent: VecDeque::with_capacity(SHARE_WINDOW),
-            counts: vec![0; targets],
-        }
-    }
-
-    /// Whether `target` may take one more batch.
-    fn allows(&self, target: usize) -> bool {
-        let n = self.counts.len().max(1);
-        self.counts
-            .get(target)
-            .is_some_and(|c| c * n < MAX_SHARE * SHARE_WINDOW)
-    }
-
-    fn record(&mut self, target: usize) {
-        if self.recent.len() == SHARE_WINDOW {
-            if let Some(old) = self.recent.pop_front() {
-                self.counts[old] -= 1;
-            }
-        }
-        if let Some(c) = self.counts.get_mut(target) {
-            *c += 1;
-            self.recent.push_back(target);
         }
     }
 }
@@ -203,7 +98,7 @@ pub struct LoadConfig {
     /// The first part of `duration` whose transactions are committed and counted but whose
     /// latencies are not recorded (the start-up transient); per-second figures include it.
     pub warmup: Duration,
-    /// How long to wait for outstanding commit notices afterwards.
+    /// How long to wait for outstanding commits afterwards (resubmissions go on meanwhile).
     pub drain: Duration,
     /// Where batches go.
     pub route: Route,
@@ -211,6 +106,36 @@ pub struct LoadConfig {
     /// see [`DEFAULT_SENDER_NICE`]). The threads that take commit notices keep the caller's
     /// priority: a late wake-up there would be measured as latency.
     pub sender_nice: i32,
+    /// A transaction without a commit this long after its submission goes to another
+    /// validator.
+    pub resubmit_after: Duration,
+    /// Submissions of one transaction in all (1: never resubmitted).
+    pub max_submits: u8,
+}
+
+impl LoadConfig {
+    /// A run of `rate_tps` transactions of `tx_bytes` for `duration` to `targets`, with the
+    /// defaults for everything else.
+    pub fn new(targets: Vec<Target>, rate_tps: u64, tx_bytes: usize, duration: Duration) -> Self {
+        Self {
+            targets,
+            rate_tps,
+            tx_bytes,
+            duration,
+            warmup: Duration::ZERO,
+            drain: Duration::from_secs(5),
+            route: Route::Leader,
+            sender_nice: DEFAULT_SENDER_NICE,
+            resubmit_after: DEFAULT_RESUBMIT_AFTER,
+            max_submits: DEFAULT_MAX_SUBMITS,
+        }
+    }
+
+    /// The drain that lets every transaction use all its submissions: the last one's timeout
+    /// after the others', plus `slack`.
+    pub fn full_drain(&self, slack: Duration) -> Duration {
+        self.resubmit_after * u32::from(self.max_submits.max(1)) + slack
+    }
 }
 
 /// The sending thread's default nice value. Sharing a machine with the validators it loads (a
@@ -252,19 +177,32 @@ pub struct Tick {
 pub struct LoadReport {
     /// Offered rate.
     pub offered_tps: f64,
-    /// Transactions sent.
+    /// Transactions sent (first submissions).
     pub sent: u64,
-    /// Refused as busy (mempool full).
+    /// Submissions of a transaction to another validator after a timeout or a `Busy` answer.
+    pub resubmitted: u64,
+    /// `Busy` answers (a transaction answered `Busy` twice counts twice).
     pub busy: u64,
-    /// Committed (notice received).
+    /// `Duplicate` answers (the validator held the transaction already).
+    pub duplicates: u64,
+    /// Answers `Committed { height }`: a resubmission of a transaction already committed.
+    pub answered_committed: u64,
+    /// Committed (a commit seen: notice, announcement or answer).
     pub committed: u64,
     /// Committed per second of offered load.
     pub committed_tps: f64,
-    /// Sent but never noticed by the end of the drain.
+    /// Accepted by a validator, not seen committed after the last submission (or by the end).
     pub lost: u64,
+    /// Answered `Busy` every time until the client gave up: not taken, and the client knows.
+    pub refused: u64,
+    /// No answer at all before the client gave up (the validator went away first).
+    pub unanswered: u64,
+    /// Resubmitted transactions seen committed at two heights (must be 0).
+    pub committed_twice: u64,
     /// Latency from scheduled submit to commit notice.
     pub latency_ms: Percentiles,
-    /// (percentile, ms) points for the plot.
+    /// (percentile, ms) points for the plot: dense along a scale of nines, up to the last
+    /// percentile the sample supports, and the maximum.
     pub latency_curve: Vec<(f64, f64)>,
     /// Per-second progress.
     pub ticks: Vec<Tick>,
@@ -287,7 +225,6 @@ pub struct LoadReport {
 
 struct Conn {
     sender: ClientSender,
-    pending: Mutex<IdMap<u64>>,
     /// Each submit awaiting its ack, in send order (pushed and sent under this lock, so that
     /// the order matches the acks').
     batches: Mutex<VecDeque<Sent>>,
@@ -303,7 +240,7 @@ struct Sent {
     bounces: u8,
 }
 
-/// Where the hint points now, unless that is `exclude` or past its share ([`MAX_SHARE`]).
+/// Where the hint points now, unless that is `exclude` or past its share ([`hints::MAX_SHARE`]).
 fn hinted_target(
     hint: &Mutex<Option<Hint>>,
     shares: &Mutex<Shares>,
@@ -337,73 +274,26 @@ pub const MAX_RESENDABLE: usize = 256;
 #[derive(Default)]
 struct Counters {
     sent: AtomicU64,
+    resubmitted: AtomicU64,
     busy: AtomicU64,
+    duplicates: AtomicU64,
+    answered_committed: AtomicU64,
     committed: AtomicU64,
     hints: AtomicU64,
     routed: AtomicU64,
     receipts: AtomicU64,
     announced: AtomicU64,
     rerouted: AtomicU64,
-    /// Batches whose move to another connection began, and ended (pending on none between).
+    /// Batches whose move to another connection began, and ended (sent on none between).
     moves_started: AtomicU64,
     moves_done: AtomicU64,
 }
 
-/// Most inclusion receipts kept, and most transaction ids in them; the oldest go first.
-pub const RECEIPTS_MAX: usize = 1 << 14;
-/// See [`RECEIPTS_MAX`] (32 MiB of ids).
-pub const RECEIPT_IDS_MAX: usize = 1 << 20;
-
-/// Inclusion receipts by block and the connection they came on (a validator may name only its
-/// own connection's transactions): the block's round and the ids.
-#[derive(Default)]
-struct Receipts {
-    by_block: HashMap<(BlockId, usize), (u64, Vec<TxId>)>,
-    order: VecDeque<(BlockId, usize)>,
-    ids: usize,
-}
-
-impl Receipts {
-    fn insert(&mut self, block: BlockId, conn: usize, round: u64, ids: Vec<TxId>) {
-        if self.by_block.contains_key(&(block, conn)) {
-            // A second receipt for one block on one connection (never from an honest
-            // validator): the first stands.
-            return;
-        }
-        while self.order.len() >= RECEIPTS_MAX || self.ids + ids.len() > RECEIPT_IDS_MAX {
-            let Some(old) = self.order.pop_front() else {
-                break;
-            };
-            if let Some((_, gone)) = self.by_block.remove(&old) {
-                self.ids -= gone.len();
-            }
-        }
-        self.ids += ids.len();
-        self.order.push_back((block, conn));
-        self.by_block.insert((block, conn), (round, ids));
-    }
-
-    /// The receipts for `block` of `round` on any of `conns` connections, once each (their
-    /// places in the order age out).
-    fn take(&mut self, block: &BlockId, round: u64, conns: usize) -> Vec<(usize, Vec<TxId>)> {
-        let mut out = Vec::new();
-        for c in 0..conns {
-            let key = (*block, c);
-            if self.by_block.get(&key).is_some_and(|(r, _)| *r == round) {
-                if let Some((_, ids)) = self.by_block.remove(&key) {
-                    self.ids -= ids.len();
-                    out.push((c, ids));
-                }
-            }
-        }
-        out
-    }
-}
-
-/// What the receiver threads share.
+/// What the receiver, resubmitter and sender threads share.
 struct Shared {
     conns: Arc<Vec<Arc<Conn>>>,
     counters: Arc<Counters>,
+    tracker: Arc<Tracker>,
     total: Arc<Mutex<Option<Histogram<u64>>>>,
     interval: Arc<Mutex<Option<Histogram<u64>>>>,
     hint: Arc<Mutex<Option<Hint>>>,
@@ -413,6 +303,11 @@ struct Shared {
     shares: Arc<Mutex<Shares>>,
     start: Instant,
     warmup_us: u64,
+    /// This run's transactions ([`track::tx_bytes`]).
+    run_nonce: u32,
+    tx_bytes: usize,
+    resubmit_after: Duration,
+    max_submits: u8,
 }
 
 impl Shared {
@@ -440,16 +335,10 @@ impl Shared {
                         self.reroute(ci, sent.ids, frame, sent.bounces + 1);
                         continue;
                     }
-                    let mut pending = conn.pending.lock().unwrap_or_else(PoisonError::into_inner);
-                    for (id, s) in sent.ids.iter().zip(statuses) {
-                        if s != TxStatus::Accepted {
-                            pending.remove(id);
-                            self.counters.busy.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                    self.acked(&sent.ids, &statuses);
                 }
-                ClientResponse::Committed { tx_ids, .. } => {
-                    self.resolve(conn, &tx_ids);
+                ClientResponse::Committed { height, tx_ids } => {
+                    self.resolve(&tx_ids, height);
                 }
                 ClientResponse::Error(e) => {
                     tracing::warn!(target: "loadgen", error = %e, "validator refused a request")
@@ -476,18 +365,59 @@ impl Shared {
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(block, ci, round, tx_ids);
                 }
-                ClientResponse::BlockCommitted { round, block, .. } => {
+                ClientResponse::BlockCommitted {
+                    height,
+                    round,
+                    block,
+                } => {
                     let receipts = self
                         .receipts
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .take(&block, round, self.conns.len());
-                    for (owner, ids) in receipts {
-                        let n = self.resolve(&self.conns[owner], &ids);
+                    for (_, ids) in receipts {
+                        let n = self.resolve(&ids, height);
                         self.counters.announced.fetch_add(n, Ordering::Relaxed);
                     }
                 }
+                // The generator asks no status.
+                ClientResponse::Status(_) => {}
             }
+        }
+    }
+
+    /// One submission's answers, in order.
+    fn acked(&self, ids: &[TxId], statuses: &[TxStatus]) {
+        let mut busy = Vec::new();
+        for (id, s) in ids.iter().zip(statuses) {
+            match s {
+                TxStatus::Accepted | TxStatus::Duplicate => {
+                    if *s == TxStatus::Duplicate {
+                        self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.tracker.update(id, |e| {
+                        e.accepted = true;
+                        e.answered = true;
+                        e.busy = false;
+                    });
+                }
+                TxStatus::Busy => {
+                    self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                    busy.push(*id);
+                }
+                TxStatus::Committed { height } => {
+                    self.counters
+                        .answered_committed
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.resolve(std::slice::from_ref(id), *height);
+                }
+                // Never sent by a validator for our transactions (well-formed, and a late
+                // answer comes for a whole batch); given up so the run does not wait on them.
+                TxStatus::Invalid | TxStatus::Late => self.tracker.give_up(id),
+            }
+        }
+        if !busy.is_empty() {
+            self.tracker.busy(busy, Instant::now());
         }
     }
 
@@ -495,82 +425,59 @@ impl Shared {
     /// (else to the other validators in turn); after [`MAX_BOUNCES`] as a plain submit, which is
     /// taken wherever it lands. Its scheduled times stay its latency origins.
     fn reroute(&self, from: usize, ids: Vec<TxId>, frame: Bytes, bounces: u8) {
-        // Counted as moving until the new connection holds the batch (or it is given up), so
-        // a run is not drained while it is pending nowhere.
+        // Counted as moving until a connection holds the batch (or it waits for a
+        // resubmission), so a run is not drained while the batch is in no queue.
         self.counters.moves_started.fetch_add(1, Ordering::AcqRel);
-        self.move_batch(from, ids, frame, bounces);
-        self.counters.moves_done.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn move_batch(&self, from: usize, ids: Vec<TxId>, frame: Bytes, bounces: u8) {
-        let old = &self.conns[from];
-        // Taken off `from` before it goes anywhere else: a batch is pending on one connection
-        // at a time. (Read there and removed only after the resend, a batch that bounced on
-        // quickly, `from` -> B -> `from`, was removed by this late removal from the connection
-        // that had just accepted it, and its commit was never counted: 200-700 transactions
-        // "lost" in about one run in three at 100,000 tx/s.)
-        let scheduled: Option<Vec<u64>> = {
-            let mut pending = old.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            let taken: Vec<Option<u64>> = ids.iter().map(|id| pending.remove(id)).collect();
-            if taken.iter().all(Option::is_some) {
-                Some(taken.into_iter().flatten().collect())
-            } else {
-                // Some already noticed (a validator that answered late and committed them
-                // too): not resent, or they would count twice; the rest count as refused.
-                let gone = taken.iter().filter(|t| t.is_some()).count();
-                self.counters.busy.fetch_add(gone as u64, Ordering::Relaxed);
-                None
-            }
-        };
-        let Some(scheduled) = scheduled else {
-            return;
-        };
-        let give_up = |ids: &[TxId]| {
-            self.counters
-                .busy
-                .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        };
         let n = self.conns.len();
         let hinted = hinted_target(&self.hint, &self.shares, Some(from));
-        let mut ids = ids;
+        let mut left = Some(ids);
         for t in hinted.into_iter().chain((1..n).map(|k| (from + k) % n)) {
+            let Some(ids) = left.take() else { break };
             let Some(conn) = self.conns.get(t).filter(|c| !c.sender.is_closed()) else {
+                left = Some(ids);
                 continue;
             };
             let sent = if bounces < MAX_BOUNCES {
-                submit(conn, ids, &scheduled, &frame, Some(frame.clone()), bounces)
+                submit(conn, ids, &frame, Some(frame.clone()), bounces)
             } else {
-                submit(conn, ids, &scheduled, &as_plain(&frame), None, bounces)
+                submit(conn, ids, &as_plain(&frame), None, bounces)
             };
             match sent {
-                Ok(()) => {
+                Ok(taken) => {
+                    for id in &taken {
+                        self.tracker.update(id, |e| e.conn = t as u16);
+                    }
                     self.shares
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .record(t);
                     self.counters.rerouted.fetch_add(1, Ordering::Relaxed);
-                    return;
                 }
-                Err(back) => ids = back,
+                Err(back) => left = Some(back),
             }
         }
-        // Every queue full or closed: as refused.
-        give_up(&ids);
+        if let Some(ids) = left {
+            // Every queue full or closed: the batch waits for a resubmission, as if `Busy`.
+            self.tracker.busy(ids, Instant::now());
+        }
+        self.counters.moves_done.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Records the latency of those of `ids` still pending on `conn` (a transaction counts
-    /// once, at the first notice or announcement); returns how many were.
-    fn resolve(&self, conn: &Conn, ids: &[TxId]) -> u64 {
+    /// A commit at `height` of those of `ids` still awaited: their latencies are recorded (a
+    /// transaction counts once, at the first commit seen); returns how many were awaited.
+    fn resolve(&self, ids: &[TxId], height: u64) -> u64 {
         let now_us = self.start.elapsed().as_micros() as u64;
-        let mut lat = Vec::with_capacity(ids.len());
-        if let Ok(mut pending) = conn.pending.lock() {
-            for id in ids {
-                if let Some(t0) = pending.remove(id) {
-                    let l = now_us.saturating_sub(t0).clamp(1, LATENCY_US_MAX);
-                    lat.push((l, t0 >= self.warmup_us));
-                }
-            }
-        }
+        let lat: Vec<(u64, bool)> = self
+            .tracker
+            .committed(ids, height)
+            .into_iter()
+            .map(|t0| {
+                (
+                    now_us.saturating_sub(t0).clamp(1, LATENCY_US_MAX),
+                    t0 >= self.warmup_us,
+                )
+            })
+            .collect();
         let n = lat.len() as u64;
         self.counters.committed.fetch_add(n, Ordering::Relaxed);
         // Per-second figures see every latency; the totals only those scheduled after the
@@ -588,10 +495,91 @@ impl Shared {
         }
         n
     }
+
+    /// Submits the transactions that fell due again, each to another validator than its last
+    /// (the hinted leader when it is one); gives up those whose submissions are used up.
+    /// Returns the transactions submitted.
+    fn resubmit_due(&self, now: Instant) -> usize {
+        let due = self.tracker.due(now);
+        if due.is_empty() {
+            return 0;
+        }
+        let n = self.conns.len();
+        // Grouped by the connection each goes to.
+        let mut by_target: Vec<Vec<(TxId, Entry)>> = vec![Vec::new(); n];
+        for (id, e) in due {
+            if e.tries >= self.max_submits {
+                self.tracker.give_up(&id);
+                continue;
+            }
+            let from = usize::from(e.conn);
+            let hinted = hinted_target(&self.hint, &self.shares, Some(from));
+            let target = hinted
+                .into_iter()
+                .chain((1..n).map(|k| (from + k) % n))
+                .find(|t| self.conns.get(*t).is_some_and(|c| !c.sender.is_closed()));
+            match target {
+                Some(t) => by_target[t].push((id, e)),
+                // No validator to go to: tried again after a backoff.
+                None => self.tracker.busy(vec![id], now),
+            }
+        }
+        let mut submitted = 0;
+        for (t, group) in by_target.into_iter().enumerate() {
+            for chunk in group.chunks(SUBMIT_BATCH_MAX) {
+                let txs: Vec<serde_bytes::ByteBuf> = chunk
+                    .iter()
+                    .map(|(_, e)| {
+                        serde_bytes::ByteBuf::from(tx_bytes(
+                            self.run_nonce,
+                            e.sender,
+                            e.seq,
+                            self.tx_bytes,
+                        ))
+                    })
+                    .collect();
+                let ids: Vec<TxId> = chunk.iter().map(|(id, _)| *id).collect();
+                let frame = Bytes::from(encode_infallible(&ClientRequest::Submit(txs)));
+                match submit(&self.conns[t], ids, &frame, None, 0) {
+                    Ok(ids) => {
+                        submitted += ids.len();
+                        self.counters
+                            .resubmitted
+                            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                        self.tracker
+                            .submitted(ids, t as u16, now, self.resubmit_after);
+                    }
+                    // Its queue is full: tried again after a backoff.
+                    Err(ids) => self.tracker.busy(ids, now),
+                }
+            }
+        }
+        submitted
+    }
 }
 
 fn new_hist() -> Option<Histogram<u64>> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).ok()
+}
+
+/// Latency percentiles along a scale of nines: every twentieth of a decade of `1/(1-p)` from
+/// the median up to the last decade the sample supports (no point claims a percentile
+/// beyond what `len` samples can show), then the maximum.
+fn latency_curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    let n = h.len().max(1) as f64;
+    // 1/(1-p) up to the sample count: with n samples the top percentile shown is 1 - 1/n.
+    let decades = n.log10();
+    let mut out = Vec::new();
+    // From p = 50 % (1/(1-p) = 2).
+    let mut x = 2f64.log10();
+    let step = 0.05;
+    while x <= decades + 1e-9 {
+        let p = 1.0 - 10f64.powf(-x);
+        out.push((p * 100.0, h.value_at_quantile(p) as f64 / 1000.0));
+        x += step;
+    }
+    out.push((100.0, h.max() as f64 / 1000.0));
+    out
 }
 
 /// Why load could not run.
@@ -632,8 +620,15 @@ pub fn run(
                 .into(),
         ));
     }
+    if cfg.max_submits == 0 || cfg.resubmit_after.is_zero() {
+        return Err(LoadError::Config(
+            "a transaction needs at least one submission and a positive resubmission timeout"
+                .into(),
+        ));
+    }
     let rt = ClientRuntime::new(2).map_err(|e| LoadError::Runtime(e.to_string()))?;
     let counters = Arc::new(Counters::default());
+    let tracker = Arc::new(Tracker::default());
     let total = Arc::new(Mutex::new(new_hist()));
     let interval = Arc::new(Mutex::new(new_hist()));
     // Connect first: the schedule (and so every latency) starts when load starts, not while
@@ -669,7 +664,6 @@ pub fn run(
     for (sender, rx) in links {
         conns.push(Arc::new(Conn {
             sender,
-            pending: Mutex::new(IdMap::default()),
             batches: Mutex::new(VecDeque::new()),
         }));
         receivers.push(rx);
@@ -679,6 +673,7 @@ pub fn run(
     let shared = Arc::new(Shared {
         conns: Arc::clone(&conns),
         counters: Arc::clone(&counters),
+        tracker: Arc::clone(&tracker),
         total: Arc::clone(&total),
         interval: Arc::clone(&interval),
         hint: Arc::clone(&hint),
@@ -687,6 +682,11 @@ pub fn run(
         shares: Arc::clone(&shares),
         start,
         warmup_us: cfg.warmup.min(cfg.duration).as_micros() as u64,
+        // Distinct transactions in every run, also against validators that ran others.
+        run_nonce: rand::random(),
+        tx_bytes: cfg.tx_bytes,
+        resubmit_after: cfg.resubmit_after,
+        max_submits: cfg.max_submits,
     });
     for (ci, rx) in receivers.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
@@ -695,6 +695,22 @@ pub fn run(
                 .name(format!("loadgen.recv-{ci}"))
                 .spawn(move || shared.receive(ci, rx))
                 .map_err(|e| LoadError::Runtime(format!("starting a receiver thread: {e}")))?,
+        );
+    }
+    // The resubmitter: transactions that fell due go again, until the run ends.
+    {
+        let shared = Arc::clone(&shared);
+        let done = Arc::clone(&done);
+        threads.push(
+            std::thread::Builder::new()
+                .name("loadgen.resubmit".into())
+                .spawn(move || {
+                    while !done.load(Ordering::Acquire) {
+                        shared.resubmit_due(Instant::now());
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                })
+                .map_err(|e| LoadError::Runtime(format!("starting the resubmitter: {e}")))?,
         );
     }
     // Senders: one per connection when spreading; one for all of them when following the
@@ -710,11 +726,9 @@ pub fn run(
     // batch counted as sent and never awaited: 50-120 transactions "lost" at 50,000 tx/s.)
     let live_senders = Arc::new(AtomicUsize::new(owns.len()));
     for (si, own) in owns.into_iter().enumerate() {
-        let (conns3, counters3, done3) =
-            (Arc::clone(&conns), Arc::clone(&counters), Arc::clone(&done));
-        let hint3 = (cfg.route == Route::Leader).then(|| Arc::clone(&hint));
-        let shares3 = Arc::clone(&shares);
-        let tx_bytes = cfg.tx_bytes;
+        let shared = Arc::clone(&shared);
+        let done3 = Arc::clone(&done);
+        let follow = cfg.route == Route::Leader;
         let duration = cfg.duration;
         let nice = cfg.sender_nice;
         let live = SenderLive(Arc::clone(&live_senders));
@@ -727,19 +741,7 @@ pub fn run(
                         tracing::warn!(target: "loadgen", nice, error = %e, "sender priority unchanged");
                     }
                 }
-                send_loop(
-                si as u32,
-                own,
-                &conns3,
-                hint3.as_deref(),
-                &shares3,
-                &counters3,
-                sender_rate,
-                tx_bytes,
-                duration,
-                start,
-                &done3,
-            )
+                send_loop(si as u32, own, follow, &shared, sender_rate, duration, &done3)
             });
         threads.push(
             spawned.map_err(|e| LoadError::Runtime(format!("starting a sender thread: {e}")))?,
@@ -754,13 +756,10 @@ pub fn run(
     loop {
         std::thread::sleep(Duration::from_millis(100));
         let now = Instant::now();
-        // A batch being moved is pending on no connection: none may start or end while the
+        // A batch being moved is in no connection's queue: none may start or end while the
         // count is taken (every move that overlaps it leaves `started` above `done`).
         let done_before = counters.moves_done.load(Ordering::Acquire);
-        let outstanding: usize = conns
-            .iter()
-            .map(|c| c.pending.lock().map(|p| p.len()).unwrap_or(0))
-            .sum();
+        let outstanding = tracker.len();
         let no_moves = counters.moves_started.load(Ordering::Acquire) == done_before;
         if stop.load(Ordering::Acquire)
             || now >= drain_end
@@ -797,21 +796,16 @@ pub fn run(
     }
     done.store(true, Ordering::Release);
     let offered_s = start.elapsed().min(cfg.duration).as_secs_f64().max(1e-3);
-    let sent = counters.sent.load(Ordering::Relaxed);
-    let committed = counters.committed.load(Ordering::Relaxed);
-    let busy = counters.busy.load(Ordering::Relaxed);
     rt.shutdown();
     for t in threads {
         let _ = t.join();
     }
+    // What is still awaited is given up now.
+    tracker.give_up_all();
+    let committed = counters.committed.load(Ordering::Relaxed);
     let (latency_ms, latency_curve) = match total.lock().ok().and_then(|g| g.clone()) {
         Some(h) if !h.is_empty() => {
             let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
-            let curve = [0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999]
-                .iter()
-                .map(|p| (p * 100.0, q(*p)))
-                .chain(std::iter::once((100.0, h.max() as f64 / 1000.0)))
-                .collect();
             (
                 Percentiles {
                     p50: q(0.5),
@@ -820,18 +814,25 @@ pub fn run(
                     p999: q(0.999),
                     max: h.max() as f64 / 1000.0,
                 },
-                curve,
+                latency_curve(&h),
             )
         }
         _ => (Percentiles::default(), Vec::new()),
     };
+    let ends = &tracker.ends;
     Ok(LoadReport {
         offered_tps: cfg.rate_tps as f64,
-        sent,
-        busy,
+        sent: counters.sent.load(Ordering::Relaxed),
+        resubmitted: counters.resubmitted.load(Ordering::Relaxed),
+        busy: counters.busy.load(Ordering::Relaxed),
+        duplicates: counters.duplicates.load(Ordering::Relaxed),
+        answered_committed: counters.answered_committed.load(Ordering::Relaxed),
         committed,
         committed_tps: committed as f64 / offered_s,
-        lost: sent.saturating_sub(committed + busy),
+        lost: ends.lost.load(Ordering::Relaxed),
+        refused: ends.refused.load(Ordering::Relaxed),
+        unanswered: ends.unanswered.load(Ordering::Relaxed),
+        committed_twice: ends.committed_twice.load(Ordering::Relaxed),
         latency_ms,
         latency_curve,
         ticks,
@@ -854,23 +855,21 @@ impl Drop for SenderLive {
 }
 
 /// Sends `rate` transactions a second on its own schedule (`sender_id` makes them unique): to
-/// connection `own` when it has one; else to the hinted leader (within [`MAX_SHARE`]), and
-/// when that is not possible (no fresh hint, its queue full, its connection closed) to the
-/// next connection that takes the batch, round-robin.
-#[allow(clippy::too_many_arguments)]
+/// connection `own` when it has one; else, when following the hints (`follow`), to the hinted
+/// leader (within [`hints::MAX_SHARE`]), and when that is not possible (no fresh hint, its queue
+/// full, its connection closed) to the next connection that takes the batch, round-robin.
 fn send_loop(
     sender_id: u32,
     own: Option<usize>,
-    conns: &[Arc<Conn>],
-    hint: Option<&Mutex<Option<Hint>>>,
-    shares: &Mutex<Shares>,
-    counters: &Counters,
+    follow: bool,
+    shared: &Shared,
     rate: f64,
-    tx_bytes: usize,
     duration: Duration,
-    start: Instant,
     done: &AtomicBool,
 ) {
+    let conns = &shared.conns;
+    let hint = follow.then_some(&*shared.hint);
+    let start = shared.start;
     let mut k: u64 = 0;
     let mut batch_no: usize = 0;
     while !done.load(Ordering::Acquire) {
@@ -881,19 +880,30 @@ fn send_loop(
         let due = (rate * elapsed.as_secs_f64()) as u64;
         while k < due && !done.load(Ordering::Acquire) {
             let n = ((due - k) as usize).min(SUBMIT_BATCH_MAX);
-            let mut raw = Vec::with_capacity(n);
-            let mut scheduled = Vec::with_capacity(n);
-            for j in 0..n as u64 {
-                let seq = k + j;
-                let mut tx = vec![0u8; tx_bytes];
-                tx[..4].copy_from_slice(&sender_id.to_le_bytes());
-                tx[4..12].copy_from_slice(&seq.to_le_bytes());
-                tx[12..16].copy_from_slice(&(start.elapsed().subsec_nanos()).to_le_bytes());
-                scheduled.push((seq as f64 / rate * 1e6) as u64);
-                raw.push(tx);
-            }
+            let raw: Vec<Vec<u8>> = (k..k + n as u64)
+                .map(|seq| tx_bytes(shared.run_nonce, sender_id, seq, shared.tx_bytes))
+                .collect();
             // Ids of the whole batch at once (the validator computes the same ones).
             let mut ids = tx_ids(&raw);
+            let entries: Vec<Entry> = (k..k + n as u64)
+                .map(|seq| Entry {
+                    scheduled_us: (seq as f64 / rate * 1e6) as u64,
+                    sender: sender_id,
+                    seq,
+                    conn: 0,
+                    tries: 0,
+                    accepted: false,
+                    busy: false,
+                    answered: false,
+                })
+                .collect();
+            while !shared.tracker.add(&ids, &entries) {
+                // Too many awaited: wait for commits.
+                if done.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let txs: Vec<serde_bytes::ByteBuf> =
                 raw.into_iter().map(serde_bytes::ByteBuf::from).collect();
             // Following hints, a batch goes as SubmitToLeader (answered "late" rather than
@@ -911,7 +921,7 @@ fn send_loop(
                     return;
                 }
                 // Chosen as late as possible: the hint is fresher.
-                let hinted = hint.and_then(|h| hinted_target(h, shares, None));
+                let hinted = hint.and_then(|h| hinted_target(h, &shared.shares, None));
                 let candidates: Vec<usize> = match own {
                     Some(o) => vec![o],
                     None => hinted
@@ -935,14 +945,14 @@ fn send_loop(
                             .len()
                             < MAX_RESENDABLE;
                     let sent = if led && resendable {
-                        submit(conn, ids, &scheduled, &frame, Some(frame.clone()), 0)
+                        submit(conn, ids, &frame, Some(frame.clone()), 0)
                     } else {
                         let p = plain.get_or_insert_with(|| as_plain(&frame));
-                        submit(conn, ids, &scheduled, p, None, 0)
+                        submit(conn, ids, p, None, 0)
                     };
                     match sent {
-                        Ok(()) => {
-                            taken = Some((t, hinted == Some(t)));
+                        Ok(back) => {
+                            taken = Some((t, hinted == Some(t), back));
                             ids = Vec::new();
                             break;
                         }
@@ -953,74 +963,66 @@ fn send_loop(
                     break t;
                 }
                 if !open {
-                    // Every connection this sender may use has closed.
+                    // Every connection this sender may use has closed: the batch waits for
+                    // its resubmissions (to validators that come back), or is given up.
+                    shared
+                        .tracker
+                        .submitted(ids, 0, Instant::now(), shared.resubmit_after);
                     return;
                 }
                 // Every open connection's queue is full: wait (no lock held) and choose again.
                 std::thread::sleep(Duration::from_micros(200));
             };
-            let (target, routed) = sent_to;
-            shares
+            let (target, routed, sent_ids) = sent_to;
+            shared.tracker.submitted(
+                sent_ids,
+                target as u16,
+                Instant::now(),
+                shared.resubmit_after,
+            );
+            shared
+                .shares
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .record(target);
             batch_no += 1;
             if routed {
-                counters.routed.fetch_add(1, Ordering::Relaxed);
+                shared.counters.routed.fetch_add(1, Ordering::Relaxed);
             }
-            counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+            shared.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
             k += n as u64;
         }
         std::thread::sleep(Duration::from_millis(1));
     }
 }
 
-/// Queues one submit frame on `conn`, its ids awaiting their ack and their notices there.
-/// Gives the ids back, with nothing left behind, when the connection's queue (or its map of
-/// transactions awaiting notices) is full or it has closed.
+/// Queues one submit frame of the transactions `ids` on `conn`, awaiting its ack there; gives
+/// the ids back (as `Ok` when queued, `Err` when the connection's queue is full or it has
+/// closed).
 fn submit(
     conn: &Conn,
     ids: Vec<TxId>,
-    scheduled: &[u64],
     frame: &Bytes,
     resend: Option<Bytes>,
     bounces: u8,
-) -> Result<(), Vec<TxId>> {
-    {
-        let mut pending = conn.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if pending.len() >= PENDING_MAX {
-            return Err(ids);
-        }
-        for (id, t) in ids.iter().zip(scheduled) {
-            pending.insert(*id, *t);
-        }
-    }
+) -> Result<Vec<TxId>, Vec<TxId>> {
     // Pushed and sent under one lock: acks come back in the order the frames were queued.
     let mut batches = conn.batches.lock().unwrap_or_else(PoisonError::into_inner);
     batches.push_back(Sent {
-        ids,
+        ids: ids.clone(),
         resend,
         bounces,
     });
     if conn.sender.send(frame.clone()).is_ok() {
-        return Ok(());
+        return Ok(ids);
     }
-    let ids = batches.pop_back().map(|s| s.ids).unwrap_or_default();
-    drop(batches);
-    let mut pending = conn.pending.lock().unwrap_or_else(PoisonError::into_inner);
-    for id in &ids {
-        pending.remove(id);
-    }
+    batches.pop_back();
     Err(ids)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(base: Instant, us: u64) -> Instant {
-        base + Duration::from_micros(us)
-    }
 
     #[test]
     fn route_parses_and_refuses_other_words() {
@@ -1033,139 +1035,20 @@ mod tests {
         );
     }
 
-    /// Early in a round a batch goes to the next round's leader, later to the one after it,
-    /// then the one after that; a leader that is not a target is passed over for the next one
-    /// that is; past the last named leader the hint is stale and names none (the sender then
-    /// goes round-robin).
+    /// The curve runs along a scale of nines from the median to the last decade the sample
+    /// supports, densely, then the maximum.
     #[test]
-    fn a_batch_goes_to_the_leader_that_can_still_include_it() {
-        let t0 = Instant::now();
-        let h = Hint {
-            round: 10,
-            at: t0,
-            next: vec![Some(1), None, Some(3)],
-            round_us: 5_000.0,
-        };
-        // EARLY_FRACTION of a 5 ms round.
-        let early = (EARLY_FRACTION * 5_000.0) as u64;
-        let stale = (STALE_ROUNDS * 5_000.0) as u64;
-        assert_eq!(h.pick(at(t0, 0)), Some(1));
-        assert_eq!(h.pick(at(t0, early - 100)), Some(1));
-        // The second leader is not among the targets: the third one is.
-        assert_eq!(h.pick(at(t0, early + 100)), Some(3));
-        assert_eq!(h.pick(at(t0, stale - 100)), Some(3));
-        // Stale from STALE_ROUNDS on.
-        assert_eq!(h.pick(at(t0, stale)), None);
-        assert_eq!(h.pick(at(t0, 60_000)), None);
-        let two = Hint {
-            next: vec![Some(1), Some(2)],
-            ..h.clone()
-        };
-        assert_eq!(two.pick(at(t0, early + 100)), Some(2));
-        // Past the named leaders: none.
-        assert_eq!(two.pick(at(t0, 5_000 + early + 100)), None);
-        let none = Hint { next: vec![], ..h };
-        assert_eq!(none.pick(at(t0, 100)), None);
-    }
-
-    /// Hints measure the round length from their spacing; an older, repeated or far-ahead round
-    /// is refused while the current hint is fresh, and anything is taken once it is stale.
-    #[test]
-    fn hints_measure_the_round_and_refuse_old_or_far_rounds() {
-        let t0 = Instant::now();
-        let first = Hint::next_after(None, 5, vec![Some(0)], t0).unwrap();
-        assert_eq!(first.round_us, DEFAULT_ROUND_US);
-        // Two rounds in 4 ms: 2 ms a round, smoothed 0.8 / 0.2.
-        let second = Hint::next_after(Some(&first), 7, vec![Some(1)], at(t0, 4_000)).unwrap();
-        assert!((second.round_us - (0.8 * 5_000.0 + 0.2 * 2_000.0)).abs() < 1e-6);
-        assert_eq!(second.round, 7);
-        assert_eq!(second.next, vec![Some(1)]);
-        assert!(Hint::next_after(Some(&second), 7, vec![], at(t0, 5_000)).is_none());
-        assert!(Hint::next_after(Some(&second), 6, vec![], at(t0, 5_000)).is_none());
-        assert!(
-            Hint::next_after(Some(&second), 7 + MAX_ROUND_JUMP + 1, vec![], at(t0, 5_000))
-                .is_none()
-        );
-        assert!(Hint::next_after(Some(&second), u64::MAX, vec![], at(t0, 5_000)).is_none());
-        let jump = Hint::next_after(Some(&second), 7 + MAX_ROUND_JUMP, vec![], at(t0, 5_000));
-        assert!(jump.is_some());
-        // A slow round moves the estimate by at most a factor of 1.2 (9 ms against 4.4, before
-        // the hint goes stale at 2.2 rounds).
-        let slow = Hint::next_after(Some(&second), 8, vec![], at(t0, 13_000)).unwrap();
-        assert!(
-            (slow.round_us - 1.2 * second.round_us).abs() < 1e-6,
-            "{slow:?}"
-        );
-        // Stale (10 rounds of 4.6 ms later): an older round is taken, the estimate kept.
-        let reset = Hint::next_after(Some(&second), 3, vec![], at(t0, 50_000)).unwrap();
-        assert_eq!(reset.round, 3);
-        assert_eq!(reset.round_us, second.round_us);
-    }
-
-    /// No target gets more than twice an even share of the recent batches through hints.
-    #[test]
-    fn hinted_batches_are_capped_at_twice_an_even_share() {
-        let mut s = Shares::new(4);
-        let mut taken = 0;
-        for _ in 0..1_000 {
-            if s.allows(2) {
-                s.record(2);
-                taken += 1;
-            } else {
-                s.record(taken % 4);
-            }
+    fn the_latency_curve_is_dense_and_stops_where_the_sample_does() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3).unwrap();
+        for v in 1..=10_000u64 {
+            h.record(v).unwrap();
         }
-        // Over the last window target 2 holds at most half of 256 (2 x an even quarter).
-        let recent_2 = s.recent.iter().filter(|t| **t == 2).count();
-        assert!(recent_2 <= MAX_SHARE * SHARE_WINDOW / 4, "{recent_2}");
-        assert!(recent_2 >= MAX_SHARE * SHARE_WINDOW / 4 - 1, "{recent_2}");
-        assert_eq!(s.counts.iter().sum::<usize>(), SHARE_WINDOW);
-        assert!(!s.allows(7), "no such target");
-        // A single target may take every batch.
-        let mut one = Shares::new(1);
-        for _ in 0..600 {
-            assert!(one.allows(0));
-            one.record(0);
-        }
-    }
-
-    #[test]
-    fn receipts_resolve_once_by_block_and_round_and_stay_bounded() {
-        let mut r = Receipts::default();
-        let (a, b) = (BlockId([1; 32]), BlockId([2; 32]));
-        r.insert(a, 0, 5, vec![[10; 32], [11; 32]]);
-        r.insert(b, 3, 6, vec![[12; 32]]);
-        // A second receipt for a block on the same connection does not replace the first; one
-        // on another connection (another validator's claim) stands beside it.
-        r.insert(a, 0, 5, vec![[99; 32]]);
-        r.insert(a, 2, 5, vec![[13; 32]]);
-        // The round must match the receipt's.
-        assert!(r.take(&a, 4, 4).is_empty());
-        assert_eq!(
-            r.take(&a, 5, 4),
-            vec![(0, vec![[10; 32], [11; 32]]), (2, vec![[13; 32]])]
-        );
-        assert!(r.take(&a, 5, 4).is_empty(), "once");
-        assert_eq!(r.ids, 1);
-        assert_eq!(r.take(&b, 6, 4), vec![(3, vec![[12; 32]])]);
-        assert_eq!(r.ids, 0);
-        // Bounded by ids: the oldest receipts go first.
-        let mut r = Receipts::default();
-        let half = vec![[0; 32]; RECEIPT_IDS_MAX / 2];
-        for k in 0..3u8 {
-            r.insert(BlockId([k; 32]), 0, u64::from(k), half.clone());
-        }
-        assert!(r.ids <= RECEIPT_IDS_MAX);
-        assert!(r.take(&BlockId([0; 32]), 0, 1).is_empty());
-        assert_eq!(r.take(&BlockId([2; 32]), 2, 1).len(), 1);
-        // And by count.
-        let mut r = Receipts::default();
-        for k in 0..(RECEIPTS_MAX as u64 + 10) {
-            let mut id = [0; 32];
-            id[..8].copy_from_slice(&k.to_le_bytes());
-            r.insert(BlockId(id), 0, k, vec![]);
-        }
-        assert_eq!(r.by_block.len(), RECEIPTS_MAX);
-        assert_eq!(r.order.len(), RECEIPTS_MAX);
+        let c = latency_curve(&h);
+        assert!(c.len() > 60, "{}", c.len());
+        assert!((c[0].0 - 50.0).abs() < 1e-9, "{:?}", c[0]);
+        let before_max = c[c.len() - 2].0;
+        assert!((99.98..=99.9901).contains(&before_max), "{before_max}");
+        assert_eq!(c.last().copied(), Some((100.0, 10.007)));
+        assert!(c.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
     }
 }

@@ -75,6 +75,14 @@ pub struct TestnetArgs {
     #[arg(long, default_value_t = loadgen::DEFAULT_SENDER_NICE,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     sender_nice: i32,
+    /// A transaction without a commit this long after its submission goes again, to another
+    /// validator (the validators answer a committed one `Committed` instead of admitting it).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    resubmit_after: Duration,
+    /// Submissions of one transaction in all, the first included (1: never resubmitted).
+    #[arg(long, default_value_t = loadgen::DEFAULT_MAX_SUBMITS,
+          value_parser = clap::value_parser!(u8).range(1..=16))]
+    max_submits: u8,
     /// Where keys, configs, data, logs, results.json and the latency plot go.
     #[arg(long, default_value = "target/testnet")]
     dir: PathBuf,
@@ -167,16 +175,16 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
             key: n.key,
         })
         .collect();
-    let load = LoadConfig {
-        targets,
-        rate_tps: args.rate,
-        tx_bytes: args.tx_size,
-        duration: args.duration,
+    let mut load = LoadConfig {
         warmup: args.warmup,
-        drain: Duration::from_secs(5),
         route: args.route,
         sender_nice: args.sender_nice,
+        resubmit_after: args.resubmit_after,
+        max_submits: args.max_submits,
+        ..LoadConfig::new(targets, args.rate, args.tx_size, args.duration)
     };
+    // Every transaction may use all its submissions before the run ends.
+    load.drain = load.full_drain(Duration::from_secs(2));
     let bar = if args.json {
         ProgressBar::hidden()
     } else {
@@ -307,8 +315,14 @@ fn summarise(
         "committed_tps": r.committed_tps,
         "sent": r.sent,
         "committed": r.committed,
+        "resubmitted": r.resubmitted,
         "busy": r.busy,
+        "duplicates": r.duplicates,
+        "answered_committed": r.answered_committed,
         "lost": r.lost,
+        "refused": r.refused,
+        "unanswered": r.unanswered,
+        "committed_twice": r.committed_twice,
         "blocks_per_s": blocks.iter().copied().max().unwrap_or(0) as f64 / secs,
         "latency_ms": r.latency_ms,
         "stage_latency_us_p99": stage_p99,
@@ -338,11 +352,17 @@ fn print_summary(v: &serde_json::Value, path: &std::path::Path, svg: &std::path:
         v["offered_tps"].as_f64().unwrap_or(0.0)
     );
     println!(
-        "  committed    {:>10.0} tx/s   ({} committed, {} busy, {} lost)",
+        "  committed    {:>10.0} tx/s   ({} committed; lost {}, refused {}, unanswered {}, committed twice {})",
         v["committed_tps"].as_f64().unwrap_or(0.0),
         v["committed"],
-        v["busy"],
-        v["lost"]
+        v["lost"],
+        v["refused"],
+        v["unanswered"],
+        v["committed_twice"]
+    );
+    println!(
+        "  answers      {} busy, {} duplicate, {} already committed; {} resubmitted",
+        v["busy"], v["duplicates"], v["answered_committed"], v["resubmitted"]
     );
     println!(
         "  notices      {} first from a commit announcement ({} inclusion receipts)",
@@ -419,6 +439,14 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = loadgen::DEFAULT_SENDER_NICE,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     sender_nice: i32,
+    /// A transaction without a commit this long after its submission goes again, to another
+    /// validator.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    resubmit_after: Duration,
+    /// Submissions of one transaction in all, the first included (1: never resubmitted).
+    #[arg(long, default_value_t = loadgen::DEFAULT_MAX_SUBMITS,
+          value_parser = clap::value_parser!(u8).range(1..=16))]
+    max_submits: u8,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -445,16 +473,15 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
-    let cfg = LoadConfig {
-        targets,
-        rate_tps: args.rate,
-        tx_bytes: args.tx_size,
-        duration: args.duration,
+    let mut cfg = LoadConfig {
         warmup: args.warmup,
-        drain: Duration::from_secs(5),
         route: args.route,
         sender_nice: args.sender_nice,
+        resubmit_after: args.resubmit_after,
+        max_submits: args.max_submits,
+        ..LoadConfig::new(targets, args.rate, args.tx_size, args.duration)
     };
+    cfg.drain = cfg.full_drain(Duration::from_secs(2));
     let report = loadgen::run(&cfg, &stop, |t| {
         if !args.json {
             eprintln!(

@@ -36,8 +36,10 @@ const MAX_BACKOFF_EXPONENT: u32 = 16;
 /// The application's hooks: payload building and validation (the auction plugs in here), and the
 /// pipeline's back-pressure.
 pub trait App {
-    /// The payload of a new block at `height` in `round`.
-    fn make_payload(&mut self, height: Height, round: Round) -> Vec<u8>;
+    /// The payload of a new block at `height` in `round`, extending `parents`: the uncommitted
+    /// blocks from just above the committed root up to the new block's parent, oldest first
+    /// (empty when the parent is the committed root, or is not held here).
+    fn make_payload(&mut self, height: Height, round: Round, parents: &[Arc<Block>]) -> Vec<u8>;
     /// Checks a proposed block's payload before this node votes for it.
     fn validate_payload(&self, block: &Block) -> Result<(), String>;
     /// `false` holds proposals back (pipeline depth reached); the core retries on tick.
@@ -882,13 +884,14 @@ impl<S: Storage, A: App> Core<S, A> {
             .cloned()
             .collect();
         let (exec_height, exec_root) = self.app.exec_root();
+        let parents = self.tree.path_from_root(&qc.block_id).unwrap_or_default();
         let block = Block {
             parent_id: qc.block_id,
             round,
             height,
             epoch: self.ctx.epoch(),
             author: self.cfg.me,
-            payload: self.app.make_payload(height, round).into(),
+            payload: self.app.make_payload(height, round, &parents).into(),
             parent_qc: qc,
             timestamp_ms: self.now_ms,
             exec_height,

@@ -113,7 +113,13 @@ pub struct MerkleTree {
 impl MerkleTree {
     /// Builds the tree over `leaves` (in order).
     pub fn new<T: AsRef<[u8]>>(leaves: &[T]) -> Self {
-        let mut levels = vec![leaf_hashes(leaves)];
+        Self::from_leaf_hashes(&leaf_hashes(leaves))
+    }
+
+    /// The tree whose leaf hashes ([`leaf_hash`]) are `leaf_hashes` (a block's transaction ids),
+    /// without hashing the leaves again.
+    pub fn from_leaf_hashes(leaf_hashes: &[Digest32]) -> Self {
+        let mut levels = vec![leaf_hashes.to_vec()];
         while levels.last().is_some_and(|level| level.len() > 1) {
             let above = levels
                 .last()
@@ -122,8 +128,8 @@ impl MerkleTree {
             levels.push(above);
         }
         let top = levels.last().and_then(|level| level.first());
-        let root = root_hash(leaves.len() as u64, top);
-        if leaves.is_empty() {
+        let root = root_hash(leaf_hashes.len() as u64, top);
+        if leaf_hashes.is_empty() {
             levels.clear();
         }
         Self { levels, root }
@@ -208,6 +214,19 @@ impl MerkleProof {
     /// [`MerkleError::IndexOutOfRange`], [`MerkleError::SiblingCount`] or
     /// [`MerkleError::RootMismatch`].
     pub fn verify(&self, root: &Digest32, leaf: &[u8]) -> Result<(), MerkleError> {
+        self.verify_leaf_hash(root, &leaf_hash(leaf))
+    }
+
+    /// [`MerkleProof::verify`] for a leaf known by its hash ([`leaf_hash`]; a transaction by its
+    /// id).
+    ///
+    /// # Errors
+    /// As [`MerkleProof::verify`].
+    pub fn verify_leaf_hash(
+        &self,
+        root: &Digest32,
+        leaf_hash: &Digest32,
+    ) -> Result<(), MerkleError> {
         if self.index >= self.leaf_count {
             return Err(MerkleError::IndexOutOfRange {
                 index: self.index,
@@ -222,7 +241,7 @@ impl MerkleProof {
             });
         }
         let mut siblings = self.siblings.iter();
-        let mut node = leaf_hash(leaf);
+        let mut node = *leaf_hash;
         let (mut position, mut width) = (self.index, self.leaf_count);
         while width > 1 {
             let has_sibling = position % 2 == 1 || position + 1 < width;
@@ -446,6 +465,27 @@ mod tests {
         let mut four = three.clone();
         four.push(three[2].clone());
         assert_ne!(merkle_root(&three), merkle_root(&four));
+    }
+
+    #[test]
+    fn a_tree_from_leaf_hashes_is_the_tree_of_its_leaves() {
+        for n in [0usize, 1, 2, 3, 7, 16, 33] {
+            let data: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; 3 + i]).collect();
+            let tree = MerkleTree::new(&data);
+            let ids = leaf_hashes(&data);
+            let by_ids = MerkleTree::from_leaf_hashes(&ids);
+            assert_eq!(tree.root(), by_ids.root());
+            for (i, id) in ids.iter().enumerate() {
+                let proof = by_ids.proof(i).unwrap();
+                assert_eq!(proof, tree.proof(i).unwrap());
+                proof.verify_leaf_hash(&tree.root(), id).unwrap();
+                let other = leaf_hash(b"not a leaf");
+                assert_eq!(
+                    proof.verify_leaf_hash(&tree.root(), &other),
+                    Err(MerkleError::RootMismatch)
+                );
+            }
+        }
     }
 
     #[test]

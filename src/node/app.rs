@@ -13,6 +13,7 @@ use crate::mempool::{IdMap, Mempool, Payload, TxId, MAX_TXS_PER_BLOCK};
 use crate::types::{Height, Round, ValidatorIndex};
 
 use super::clients::{Awaiting, ProposedTxs};
+use super::committed::CommittedTxs;
 
 /// Recent durable state roots kept for checking proposers' claims.
 pub const RECENT_ROOTS_MAX: usize = 4096;
@@ -202,6 +203,11 @@ impl<V, const MAX: usize> FifoMap<V, MAX> {
         self.map.get(key)
     }
 
+    /// Every kept value (in no particular order).
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.map.values()
+    }
+
     /// Removes and returns the value under `key`, if kept.
     pub fn take(&mut self, key: &Digest32) -> Option<V> {
         let v = self.map.remove(key)?;
@@ -289,6 +295,12 @@ pub struct NodeApp {
     /// Own proposals awaiting commit, with their transactions' owners (shared with the client
     /// gateway, which sends receipts and commit notices from them).
     pub awaiting: Arc<Mutex<Awaiting>>,
+    /// The committed window (shared with the client gateway, which answers resubmissions and
+    /// status queries from it).
+    pub committed: Arc<Mutex<CommittedTxs>>,
+    /// Transactions left out of own proposals because they were committed already, or carried
+    /// by a block the proposal extends (resubmissions that reached two validators).
+    pub left_out: Arc<std::sync::atomic::AtomicU64>,
     me: ValidatorIndex,
     in_flight: BTreeMap<Round, InFlight>,
 }
@@ -310,9 +322,78 @@ impl NodeApp {
             tx_ids: Arc::new(Mutex::new(TxIdCache::default())),
             payload_checks: Arc::new(Mutex::new(PayloadChecks::default())),
             awaiting: Arc::new(Mutex::new(Awaiting::default())),
+            committed: Arc::new(Mutex::new(CommittedTxs::default())),
+            left_out: Arc::default(),
             me,
             in_flight: BTreeMap::new(),
         }
+    }
+
+    /// The transaction ids of a block's payload: kept ones by its root, else hashed now.
+    fn ids_of(&self, payload: &PayloadBytes) -> Option<(Digest32, Arc<[TxId]>)> {
+        let root = Payload::root_of(payload)?;
+        if let Some(ids) = self.tx_ids.lock().ok().and_then(|c| c.get(&root).cloned()) {
+            return Some((root, ids));
+        }
+        let decoded = Payload::decode(payload).ok()?;
+        let txs: Vec<&[u8]> = decoded.txs().collect();
+        Some((root, crate::crypto::leaf_hashes(&txs).into()))
+    }
+
+    /// Records a committed batch in the committed window (called by the consensus stage as it
+    /// commits, before the next proposal is built).
+    pub fn record_committed(&self, blocks: &[(crate::types::BlockId, Arc<Block>)]) {
+        let recorded: Vec<(u64, crate::types::BlockId, Digest32, Arc<[TxId]>)> = blocks
+            .iter()
+            .filter_map(|(id, b)| {
+                let (root, ids) = self.ids_of(&b.payload)?;
+                Some((b.height.0, *id, root, ids))
+            })
+            .collect();
+        if let Ok(mut w) = self.committed.lock() {
+            for (h, id, root, ids) in recorded {
+                w.record(h, id, root, ids);
+            }
+        }
+    }
+
+    /// Leaves out of `taken` what is committed (in the window) or carried by one of `parents`:
+    /// a transaction submitted again, to this validator, while it was committed or on its way
+    /// elsewhere. Returns the transactions kept and their owners.
+    fn leave_out_committed(
+        &self,
+        taken: Vec<(TxId, Vec<u8>)>,
+        owners: Vec<u64>,
+        parents: &[Arc<Block>],
+    ) -> (Vec<(TxId, Vec<u8>)>, Vec<u64>) {
+        let mut carried: IdMap<()> = IdMap::default();
+        for p in parents.iter().filter(|p| Payload::carries_txs(&p.payload)) {
+            if let Some((_, ids)) = self.ids_of(&p.payload) {
+                carried.extend(ids.iter().map(|id| (*id, ())));
+            }
+        }
+        let window = match self.committed.lock() {
+            Ok(w) => w,
+            Err(_) => return (taken, owners),
+        };
+        let keep: Vec<bool> = taken
+            .iter()
+            .map(|(id, _)| !carried.contains_key(id) && window.height_of(id).is_none())
+            .collect();
+        drop(window);
+        let dropped = keep.iter().filter(|k| !**k).count();
+        if dropped == 0 {
+            return (taken, owners);
+        }
+        self.left_out
+            .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
+        taken
+            .into_iter()
+            .zip(owners)
+            .zip(keep)
+            .filter(|(_, k)| *k)
+            .map(|(pair, _)| pair)
+            .unzip()
     }
 
     /// Blocks up to `round` are decided: own proposals of those rounds either committed (drop
@@ -346,7 +427,7 @@ impl NodeApp {
 }
 
 impl App for NodeApp {
-    fn make_payload(&mut self, _height: Height, round: Round) -> Vec<u8> {
+    fn make_payload(&mut self, _height: Height, round: Round, parents: &[Arc<Block>]) -> Vec<u8> {
         let (taken, owners) = match self.mempool.lock() {
             Ok(mut pool) => {
                 self.progress.proposing.store(round.0, Ordering::Release);
@@ -358,6 +439,7 @@ impl App for NodeApp {
             }
             Err(_) => (Vec::new(), Vec::new()),
         };
+        let (taken, owners) = self.leave_out_committed(taken, owners, parents);
         // The mempool's ids are the leaf hashes: the root needs no hashing of transactions.
         let ids: Arc<[TxId]> = taken.iter().map(|(id, _)| *id).collect();
         let payload = Payload::with_ids(taken.iter().map(|(_, tx)| tx.as_slice()), &ids);
@@ -603,7 +685,7 @@ mod tests {
         // Our own proposal: built from the mempool, accepted and its ids known.
         let mut me = app(2);
         me.mempool.lock().unwrap().insert(b"mine".to_vec()).unwrap();
-        let bytes = me.make_payload(Height(1), Round(9));
+        let bytes = me.make_payload(Height(1), Round(9), &[]);
         let own = block_with(2, 9, bytes.clone(), (0, [0; 32]));
         assert_eq!(me.validate_payload(&own), Ok(()));
         let root = Payload::decode(&bytes).unwrap().tx_root;

@@ -1,5 +1,6 @@
 //! The client gateway: transactions from the client endpoint into the mempool ("busy" when it is
-//! full), and commit notices back to the client that submitted them.
+//! full, "committed" when the committed window holds them already), status queries, and commit
+//! notices back to the client that submitted them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,13 +8,14 @@ use std::sync::{Arc, Mutex};
 use bpci_transport::{ClientFrame, ClientServerHandle, Receiver};
 use bytes::Bytes;
 
-use crate::client_proto::{ClientRequest, ClientResponse, TxStatus, LATE_ROUNDS};
+use crate::client_proto::{ClientRequest, ClientResponse, TxState, TxStatus, LATE_ROUNDS};
 use crate::codec::{decode, encode_infallible};
 use crate::crypto::Digest32;
 use crate::mempool::{HashedTxs, IdMap, Mempool, MempoolError, Payload, TxId, NO_OWNER};
 use crate::types::BlockId;
 
 use super::app::FifoMap;
+use super::committed::CommittedTxs;
 use super::stages::Executed;
 
 /// Most forwarded transactions whose submitter is remembered for a commit notice.
@@ -113,6 +115,11 @@ pub struct Gateway {
     /// Owners of our clients' transactions forwarded to another leader (see
     /// [`super::forward`]).
     forwarded: Arc<Mutex<IdMap<u64>>>,
+    /// The committed window.
+    committed: Arc<Mutex<CommittedTxs>>,
+    /// Submitted transactions answered [`TxStatus::Committed`] (resubmissions of committed
+    /// ones).
+    pub answered_committed: std::sync::atomic::AtomicU64,
     /// Connections that asked for leader hints ([`ClientRequest::WatchLeaders`]).
     leader_watchers: Mutex<WatchList>,
     /// Connections that asked for inclusion receipts and commit announcements
@@ -150,12 +157,15 @@ impl Gateway {
         server: ClientServerHandle,
         awaiting: Arc<Mutex<Awaiting>>,
         forwarded: Arc<Mutex<IdMap<u64>>>,
+        committed: Arc<Mutex<CommittedTxs>>,
     ) -> Self {
         Self {
             mempool,
             server,
             awaiting,
             forwarded,
+            committed,
+            answered_committed: std::sync::atomic::AtomicU64::new(0),
             dropped: std::sync::atomic::AtomicU64::new(0),
             leader_watchers: Mutex::new(WatchList::default()),
             commit_watchers: Mutex::new(WatchList::default()),
@@ -189,6 +199,7 @@ impl Gateway {
                     .add(f.conn, "watch_commits")
                     .err()
                     .map(ClientResponse::Error),
+                Ok(ClientRequest::Status(ids)) => Some(ClientResponse::Status(self.status(&ids))),
                 Err(e) => Some(ClientResponse::Error(e.to_string())),
             };
             if let Some(reply) = reply {
@@ -269,9 +280,24 @@ impl Gateway {
                 .map(serde_bytes::ByteBuf::into_vec)
                 .collect(),
         );
-        match self.mempool.lock() {
+        // Exactly once: a transaction in the committed window is answered with its height,
+        // never admitted again.
+        let heights: Vec<Option<u64>> = {
+            let window = lock(&self.committed);
+            batch.ids().iter().map(|id| window.height_of(id)).collect()
+        };
+        let resubmitted = heights.iter().filter(|h| h.is_some()).count();
+        let batch = if resubmitted == 0 {
+            batch
+        } else {
+            self.answered_committed
+                .fetch_add(resubmitted as u64, std::sync::atomic::Ordering::Relaxed);
+            let drop: Vec<bool> = heights.iter().map(Option::is_some).collect();
+            batch.without(&drop)
+        };
+        let admitted: Vec<TxStatus> = match self.mempool.lock() {
             Ok(_) if to_leader && self.late.as_ref().is_some_and(|late| late()) => {
-                vec![TxStatus::Late; n]
+                vec![TxStatus::Late; batch.len()]
             }
             Ok(mut pool) => pool
                 .insert_batch(batch, conn)
@@ -283,8 +309,45 @@ impl Gateway {
                     Err(_) => TxStatus::Invalid,
                 })
                 .collect(),
-            Err(_) => vec![TxStatus::Busy; n],
+            Err(_) => vec![TxStatus::Busy; batch.len()],
+        };
+        if resubmitted == 0 {
+            return admitted;
         }
+        let mut admitted = admitted.into_iter();
+        let out: Vec<TxStatus> = heights
+            .into_iter()
+            .map(|h| match h {
+                Some(height) => TxStatus::Committed { height },
+                None => admitted.next().unwrap_or(TxStatus::Busy),
+            })
+            .collect();
+        debug_assert_eq!(out.len(), n);
+        out
+    }
+
+    /// What this validator knows of each of `ids` ([`ClientRequest::Status`]).
+    fn status(&self, ids: &[TxId]) -> Vec<TxState> {
+        let committed: Vec<Option<crate::client_proto::CommittedTx>> = {
+            let window = lock(&self.committed);
+            ids.iter().map(|id| window.status(id)).collect()
+        };
+        let pool = lock(&self.mempool);
+        let awaiting = lock(&self.awaiting);
+        let forwarded = lock(&self.forwarded);
+        ids.iter()
+            .zip(committed)
+            .map(|(id, c)| match c {
+                Some(c) => TxState::Committed(Box::new(c)),
+                None if pool.contains(id)
+                    || forwarded.contains_key(id)
+                    || awaiting.values().any(|p| p.ids.contains(id)) =>
+                {
+                    TxState::Pending
+                }
+                None => TxState::Unknown,
+            })
+            .collect()
     }
 
     fn count_drop(&self, sent: Result<(), bpci_transport::SendError>) {

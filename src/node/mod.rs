@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod clients;
+pub mod committed;
 pub mod forward;
 pub mod ingress;
 pub mod keys;
@@ -217,6 +218,17 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         round_timeout_ms_base: (ibft.phase_timeout_seconds * 1000.0) as u64,
         round_timeout_ms_max: (hs.view_timeout_seconds * 1000.0) as u64,
     };
+    // The committed window, read back from the stored chain (exactly-once admission holds
+    // across a restart).
+    if let Some((tip_block, _)) = store.committed_tip() {
+        let window = committed::CommittedTxs::rebuild(&store, tip, tip_block.id(&node.chain_id));
+        tracing::info!(target: "node", txs = window.len(), heights = ?window.heights(), "committed window rebuilt");
+        if let Ok(mut w) = app.committed.lock() {
+            *w = window;
+        }
+    }
+    let committed_window = Arc::clone(&app.committed);
+    let left_out = Arc::clone(&app.left_out);
     let tx_ids = Arc::clone(&app.tx_ids);
     let payload_checks = Arc::clone(&app.payload_checks);
     let awaiting = Arc::clone(&app.awaiting);
@@ -289,6 +301,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                 server_handle,
                 Arc::clone(&awaiting),
                 Arc::clone(&forwarded_owners),
+                Arc::clone(&committed_window),
             )
             .with_late(late),
         );
@@ -572,6 +585,14 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                             "divergences": divergences,
                         },
                         "mempool_txs": stats_mempool.lock().map(|m| m.len()).unwrap_or(0),
+                        "exactly_once": {
+                            "window_txs": committed_window.lock().map(|w| w.len()).unwrap_or(0),
+                            "window_heights": committed_window.lock().ok().and_then(|w| w.heights()),
+                            "answered_committed": stats_gateway
+                                .as_ref()
+                                .map_or(0, |g| g.answered_committed.load(Ordering::Relaxed)),
+                            "left_out_of_proposals": left_out.load(Ordering::Relaxed),
+                        },
                         "forward": {
                             "sent": forward_counters.sent.load(Ordering::Relaxed),
                             "expired": forward_counters.expired.load(Ordering::Relaxed),

@@ -540,10 +540,15 @@ impl CoreStage {
                         .filter(|(_, b)| Payload::carries_txs(&b.payload))
                         .map(|(_, b)| b.round)
                         .collect();
+                    let blocks = batch.blocks.clone();
                     let _ = self.exec.send(ExecInput::Committed(Box::new(batch)));
                     self.timing()
                         .committed(&loaded, &mine, up_to, std::time::Instant::now());
-                    self.core.app_mut().on_committed(&mine, up_to);
+                    let app = self.core.app_mut();
+                    app.on_committed(&mine, up_to);
+                    // Before the proposal this message made due is built: it leaves out what
+                    // just committed.
+                    app.record_committed(&blocks);
                 }
                 Action::Certified(path) => {
                     // Optional work: never block the core for it.

@@ -1,0 +1,375 @@
+//! What the load generator awaits: every transaction from its first submission until a commit
+//! of it is seen, and the resubmission of those that wait too long.
+//!
+//! A transaction is submitted to one validator. Without a commit notice (or announcement)
+//! after [`super::LoadConfig::resubmit_after`] it goes again to another validator, up to
+//! [`super::LoadConfig::max_submits`] submissions in all; a `Busy` answer sends it again after
+//! [`BUSY_BACKOFF`]. The validators keep resubmissions from committing twice (a transaction in
+//! their committed window is answered `Committed { height }`, see [`crate::client_proto`]).
+//! When its submissions are used up, the client gives the transaction up: *lost* if a validator
+//! ever accepted it (it may yet commit, but the client no longer knows), *refused* if every
+//! answer was `Busy` (the client knows it was not taken), *unanswered* if no answer came at all
+//! (its validator went away before answering).
+//!
+//! Transactions are not kept: a transaction is a function of the run's nonce, its sender and
+//! its sequence number ([`tx_bytes`]), made again for a resubmission.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::mempool::{IdMap, TxId};
+
+/// A `Busy` transaction is submitted again this long after the answer.
+pub const BUSY_BACKOFF: Duration = Duration::from_millis(250);
+/// Most transactions awaited at once; past it the senders wait.
+pub const PENDING_MAX: usize = 4_000_000;
+/// Most resubmitted transactions whose first commit height is remembered (to see a second
+/// commit of one of them).
+pub const RESUBMITTED_SEEN_MAX: usize = 1 << 20;
+const SHARDS: usize = 16;
+
+/// The bytes of transaction `seq` of sender `sender` in the run with nonce `run`: the sender
+/// (u32 LE), the sequence number (u64 LE), the nonce (u32 LE), then zeros to `len` (at least 16).
+pub fn tx_bytes(run: u32, sender: u32, seq: u64, len: usize) -> Vec<u8> {
+    let mut tx = vec![0u8; len.max(16)];
+    tx[..4].copy_from_slice(&sender.to_le_bytes());
+    tx[4..12].copy_from_slice(&seq.to_le_bytes());
+    tx[12..16].copy_from_slice(&run.to_le_bytes());
+    tx
+}
+
+/// One awaited transaction.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    /// When it was scheduled (µs since the run started): its latency origin.
+    pub scheduled_us: u64,
+    /// Its sender, and its sequence number there ([`tx_bytes`]).
+    pub sender: u32,
+    /// See `sender`.
+    pub seq: u64,
+    /// The connection of its latest submission.
+    pub conn: u16,
+    /// Submissions so far.
+    pub tries: u8,
+    /// Some validator accepted it (or held it already).
+    pub accepted: bool,
+    /// Its latest answer was `Busy`.
+    pub busy: bool,
+    /// Some answer came.
+    pub answered: bool,
+}
+
+/// Transactions that fall due together: a submission's, or a `Busy` answer's.
+#[derive(Debug)]
+pub struct Due {
+    /// When.
+    pub at: Instant,
+    /// Their ids.
+    pub ids: Vec<TxId>,
+    /// The submission count they had then (a transaction submitted again since is not due).
+    pub tries: u8,
+}
+
+/// How transactions ended, besides committing.
+#[derive(Debug, Default)]
+pub struct Ends {
+    /// Given up after a validator had accepted them.
+    pub lost: AtomicU64,
+    /// Given up after every answer was `Busy`.
+    pub refused: AtomicU64,
+    /// Given up without any answer.
+    pub unanswered: AtomicU64,
+    /// Resubmitted transactions seen committed at two heights.
+    pub committed_twice: AtomicU64,
+}
+
+/// See the module documentation.
+pub struct Tracker {
+    shards: Vec<Mutex<IdMap<Entry>>>,
+    len: AtomicUsize,
+    /// Submissions, due [`super::LoadConfig::resubmit_after`] after they left (in order).
+    waiting: Mutex<VecDeque<Due>>,
+    /// `Busy` answers, due [`BUSY_BACKOFF`] after they came (in order).
+    backoff: Mutex<VecDeque<Due>>,
+    /// The first commit height seen of each resubmitted transaction.
+    resubmitted_seen: Mutex<IdMap<u64>>,
+    /// How transactions ended.
+    pub ends: Ends,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            len: AtomicUsize::new(0),
+            waiting: Mutex::default(),
+            backoff: Mutex::default(),
+            resubmitted_seen: Mutex::default(),
+            ends: Ends::default(),
+        }
+    }
+}
+
+impl Tracker {
+    fn shard(&self, id: &TxId) -> MutexGuard<'_, IdMap<Entry>> {
+        lock(&self.shards[usize::from(id[0]) % SHARDS])
+    }
+
+    /// Transactions awaited.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Nothing awaited.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Awaits new transactions (`ids[i]` is `entries[i]`'s); `false`, adding none, when
+    /// [`PENDING_MAX`] would be passed.
+    pub fn add(&self, ids: &[TxId], entries: &[Entry]) -> bool {
+        if self.len() + ids.len() > PENDING_MAX {
+            return false;
+        }
+        for (id, e) in ids.iter().zip(entries) {
+            if self.shard(id).insert(*id, *e).is_none() {
+                self.len.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        true
+    }
+
+    /// The entry of `id`, if awaited.
+    pub fn get(&self, id: &TxId) -> Option<Entry> {
+        self.shard(id).get(id).copied()
+    }
+
+    /// Changes the entry of `id`, if awaited.
+    pub fn update(&self, id: &TxId, f: impl FnOnce(&mut Entry)) {
+        if let Some(e) = self.shard(id).get_mut(id) {
+            f(e);
+        }
+    }
+
+    /// Marks `ids` as submitted (again) on `conn`: their submission count grows, and they fall
+    /// due `after` from `now`.
+    pub fn submitted(&self, ids: Vec<TxId>, conn: u16, now: Instant, after: Duration) {
+        let mut tries = 0;
+        for id in &ids {
+            self.update(id, |e| {
+                e.conn = conn;
+                e.tries = e.tries.saturating_add(1);
+                e.busy = false;
+                tries = e.tries;
+            });
+        }
+        lock(&self.waiting).push_back(Due {
+            at: now + after,
+            ids,
+            tries,
+        });
+    }
+
+    /// `Busy` answers for `ids` (submitted `tries` times): due again after [`BUSY_BACKOFF`].
+    pub fn busy(&self, ids: Vec<TxId>, now: Instant) {
+        let mut tries = 0;
+        for id in &ids {
+            self.update(id, |e| {
+                e.busy = true;
+                e.answered = true;
+                tries = e.tries;
+            });
+        }
+        lock(&self.backoff).push_back(Due {
+            at: now + BUSY_BACKOFF,
+            ids,
+            tries,
+        });
+    }
+
+    /// Takes the transactions due at `now` whose submission count has not moved since, with
+    /// their entries.
+    pub fn due(&self, now: Instant) -> Vec<(TxId, Entry)> {
+        let mut out = Vec::new();
+        for q in [&self.waiting, &self.backoff] {
+            let mut q = lock(q);
+            while q.front().is_some_and(|d| d.at <= now) {
+                let Some(d) = q.pop_front() else { break };
+                for id in d.ids {
+                    if let Some(e) = self.get(&id).filter(|e| e.tries == d.tries) {
+                        out.push((id, e));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Stops awaiting `id` without a commit: counted lost, refused or unanswered by its entry.
+    pub fn give_up(&self, id: &TxId) {
+        let Some(e) = self.shard(id).remove(id) else {
+            return;
+        };
+        self.len.fetch_sub(1, Ordering::AcqRel);
+        let counter = if e.accepted {
+            &self.ends.lost
+        } else if e.busy {
+            &self.ends.refused
+        } else {
+            &self.ends.unanswered
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stops awaiting whatever is still awaited (the end of a run), counting each as given up.
+    pub fn give_up_all(&self) {
+        for shard in &self.shards {
+            let ids: Vec<TxId> = lock(shard).keys().copied().collect();
+            for id in ids {
+                self.give_up(&id);
+            }
+        }
+    }
+
+    /// A commit of `ids` at `height` is seen: the latency origins of those awaited (removed).
+    /// A resubmitted transaction seen committed at a second height counts as committed twice.
+    pub fn committed(&self, ids: &[TxId], height: u64) -> Vec<u64> {
+        let mut origins = Vec::with_capacity(ids.len());
+        let mut resubmitted = Vec::new();
+        let mut unknown = Vec::new();
+        for id in ids {
+            match self.shard(id).remove(id) {
+                Some(e) => {
+                    self.len.fetch_sub(1, Ordering::AcqRel);
+                    origins.push(e.scheduled_us);
+                    if e.tries > 1 {
+                        resubmitted.push(*id);
+                    }
+                }
+                None => unknown.push(*id),
+            }
+        }
+        if !resubmitted.is_empty() || !unknown.is_empty() {
+            let mut seen = lock(&self.resubmitted_seen);
+            if seen.is_empty() && resubmitted.is_empty() {
+                return origins;
+            }
+            for id in unknown {
+                if seen.get(&id).is_some_and(|h| *h != height) {
+                    self.ends.committed_twice.fetch_add(1, Ordering::Relaxed);
+                    // Counted once.
+                    seen.remove(&id);
+                }
+            }
+            for id in resubmitted {
+                if seen.len() < RESUBMITTED_SEEN_MAX {
+                    seen.insert(id, height);
+                }
+            }
+        }
+        origins
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64) -> Entry {
+        Entry {
+            scheduled_us: seq * 10,
+            sender: 0,
+            seq,
+            conn: 0,
+            tries: 1,
+            accepted: false,
+            busy: false,
+            answered: false,
+        }
+    }
+
+    /// Transactions fall due after their submission's timeout or a `Busy` answer's backoff,
+    /// unless submitted again since; given up, each counts by how it was answered; a
+    /// resubmitted transaction seen committed at two heights counts as committed twice.
+    #[test]
+    fn due_give_up_and_commits() {
+        let t = Tracker::default();
+        let ids: Vec<TxId> = (0..4u8).map(|i| [i; 32]).collect();
+        let entries: Vec<Entry> = (0..4).map(entry).collect();
+        assert!(t.add(&ids, &entries));
+        assert_eq!(t.len(), 4);
+        let t0 = Instant::now();
+        let after = Duration::from_secs(2);
+        lock(&t.waiting).push_back(Due {
+            at: t0 + after,
+            ids: ids.clone(),
+            tries: 1,
+        });
+        t.update(&ids[0], |e| {
+            e.accepted = true;
+            e.answered = true;
+        });
+        t.busy(vec![ids[1]], t0);
+        assert!(t.due(t0).is_empty());
+        let busy = t.due(t0 + BUSY_BACKOFF);
+        assert_eq!(busy.len(), 1);
+        assert_eq!(busy[0].0, ids[1]);
+        // Id 2 is submitted again before its timeout: not due with its first submission.
+        t.submitted(vec![ids[2]], 3, t0, after + after);
+        let due: Vec<TxId> = t.due(t0 + after).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(due, vec![ids[0], ids[1], ids[3]]);
+        assert_eq!(t.get(&ids[2]).unwrap().tries, 2);
+        for id in [&ids[0], &ids[1], &ids[3]] {
+            t.give_up(id);
+        }
+        let ends = &t.ends;
+        assert_eq!(
+            (
+                ends.lost.load(Ordering::Relaxed),
+                ends.refused.load(Ordering::Relaxed),
+                ends.unanswered.load(Ordering::Relaxed)
+            ),
+            (1, 1, 1)
+        );
+        // The resubmitted one commits at 7; a notice of it at 7 again is nothing, at 9 a second
+        // commit.
+        assert_eq!(t.committed(&[ids[2]], 7), vec![20]);
+        assert!(t.is_empty());
+        t.committed(&[ids[2]], 7);
+        assert_eq!(ends.committed_twice.load(Ordering::Relaxed), 0);
+        t.committed(&[ids[2]], 9);
+        assert_eq!(ends.committed_twice.load(Ordering::Relaxed), 1);
+        t.committed(&[ids[2]], 11);
+        assert_eq!(
+            ends.committed_twice.load(Ordering::Relaxed),
+            1,
+            "counted once"
+        );
+    }
+
+    #[test]
+    fn transactions_are_made_again_byte_for_byte() {
+        let a = tx_bytes(7, 2, 99, 512);
+        assert_eq!(a.len(), 512);
+        assert_eq!(a, tx_bytes(7, 2, 99, 512));
+        assert_ne!(a, tx_bytes(8, 2, 99, 512), "another run");
+        assert_ne!(a, tx_bytes(7, 3, 99, 512), "another sender");
+        assert_ne!(a, tx_bytes(7, 2, 100, 512), "another sequence number");
+        assert_eq!(tx_bytes(1, 1, 1, 3).len(), 16);
+    }
+
+    #[test]
+    fn the_tracker_is_bounded() {
+        let t = Tracker::default();
+        let ids = vec![[1u8; 32]; 2];
+        t.len.store(PENDING_MAX - 1, Ordering::Release);
+        assert!(!t.add(&ids, &[entry(1), entry(2)]));
+        assert!(t.add(&ids[..1], &[entry(1)]));
+    }
+}

@@ -1,0 +1,259 @@
+//! The committed window: the ids of the transactions committed in the last
+//! [`COMMITTED_WINDOW_HEIGHTS`] heights (at most [`COMMITTED_WINDOW_TXS`] of them; past that the
+//! oldest heights leave first), where each one is. It makes admission exactly-once (a
+//! resubmitted transaction is answered `Committed { height }`, see [`crate::client_proto`]),
+//! keeps leaders from proposing a committed transaction again, and answers status queries with
+//! inclusion proofs.
+//!
+//! The consensus stage records each committed block as it commits, before it builds its next
+//! proposal (so that proposal already leaves out what just committed); a restarted node reads the
+//! window back from its stored chain ([`CommittedTxs::rebuild`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::client_proto::{CommittedTx, COMMITTED_WINDOW_HEIGHTS, COMMITTED_WINDOW_TXS};
+use crate::consensus::Storage;
+use crate::crypto::{leaf_hashes, Digest32, MerkleTree};
+use crate::mempool::{IdMap, Payload, TxId};
+use crate::types::{BlockId, Height};
+
+/// One committed block in the window.
+#[derive(Debug)]
+struct WindowBlock {
+    block: BlockId,
+    tx_root: Digest32,
+    ids: Arc<[TxId]>,
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct CommittedTxs {
+    /// By height.
+    blocks: BTreeMap<u64, WindowBlock>,
+    /// Transaction id → (height, position).
+    by_id: IdMap<(u64, u32)>,
+}
+
+impl CommittedTxs {
+    /// Records the committed block `block` at `height` whose transactions' ids are `ids` (in
+    /// payload order) under `tx_root`; a height already recorded is left as it is. Evicts the
+    /// heights that fall out of the window.
+    pub fn record(&mut self, height: u64, block: BlockId, tx_root: Digest32, ids: Arc<[TxId]>) {
+        if self.blocks.contains_key(&height) {
+            return;
+        }
+        for (pos, id) in ids.iter().enumerate() {
+            // A transaction a Byzantine leader put in twice keeps its first place.
+            self.by_id.entry(*id).or_insert((height, pos as u32));
+        }
+        self.blocks.insert(
+            height,
+            WindowBlock {
+                block,
+                tx_root,
+                ids,
+            },
+        );
+        let top = self.blocks.last_key_value().map_or(0, |(h, _)| *h);
+        while let Some((&low, _)) = self.blocks.first_key_value() {
+            let too_old = top.saturating_sub(low) >= COMMITTED_WINDOW_HEIGHTS;
+            if !too_old && self.by_id.len() <= COMMITTED_WINDOW_TXS {
+                break;
+            }
+            if let Some((h, gone)) = self.blocks.pop_first() {
+                for id in gone.ids.iter() {
+                    if self.by_id.get(id).is_some_and(|(at, _)| *at == h) {
+                        self.by_id.remove(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The height `id` committed at, if in the window.
+    pub fn height_of(&self, id: &TxId) -> Option<u64> {
+        self.by_id.get(id).map(|(h, _)| *h)
+    }
+
+    /// Where `id` committed, with its inclusion proof, if in the window.
+    pub fn status(&self, id: &TxId) -> Option<CommittedTx> {
+        let (height, pos) = *self.by_id.get(id)?;
+        let b = self.blocks.get(&height)?;
+        let proof = MerkleTree::from_leaf_hashes(&b.ids)
+            .proof(pos as usize)
+            .ok()?;
+        Some(CommittedTx {
+            height,
+            block: b.block,
+            tx_root: b.tx_root,
+            proof,
+        })
+    }
+
+    /// Transactions in the window.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Nothing committed in the window.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The lowest and highest heights in the window.
+    pub fn heights(&self) -> Option<(u64, u64)> {
+        Some((
+            *self.blocks.first_key_value()?.0,
+            *self.blocks.last_key_value()?.0,
+        ))
+    }
+
+    /// The window of a node restarted with `store`, whose durable committed tip is at `tip`:
+    /// the stored blocks from the tip down, until the window is full or the chain begins (each
+    /// block's transactions hashed again). Block ids come from the commit chain: a block's id
+    /// is its child's `parent_id`, and the tip's is `tip_id`.
+    pub fn rebuild(store: &impl Storage, tip: u64, tip_id: BlockId) -> Self {
+        let mut me = Self::default();
+        let mut child_parent = tip_id;
+        let mut got: Vec<(u64, BlockId, Digest32, Arc<[TxId]>)> = Vec::new();
+        let mut txs = 0usize;
+        let mut h = tip;
+        while h > 0 && tip - h < COMMITTED_WINDOW_HEIGHTS && txs < COMMITTED_WINDOW_TXS {
+            let Some(b) = store.committed_block(Height(h)) else {
+                break;
+            };
+            let id = child_parent;
+            child_parent = b.parent_id;
+            let Ok(payload) = Payload::decode(&b.payload) else {
+                h -= 1;
+                continue;
+            };
+            let list: Vec<&[u8]> = payload.txs().collect();
+            let ids: Arc<[TxId]> = leaf_hashes(&list).into();
+            txs += ids.len();
+            got.push((h, id, payload.tx_root, ids));
+            h -= 1;
+        }
+        for (h, id, root, ids) in got.into_iter().rev() {
+            me.record(h, id, root, ids);
+        }
+        me
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(h: u64, n: usize) -> Arc<[TxId]> {
+        (0..n)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..8].copy_from_slice(&h.to_le_bytes());
+                id[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+                id
+            })
+            .collect()
+    }
+
+    /// Recorded transactions are found with their height and a proof the client checks; the
+    /// window drops its oldest heights by height and by count; a transaction included twice
+    /// keeps its first place.
+    #[test]
+    fn the_window_answers_and_forgets_its_oldest_heights() {
+        let mut w = CommittedTxs::default();
+        for h in 1..=3u64 {
+            let list = ids(h, 5);
+            w.record(
+                h,
+                BlockId([h as u8; 32]),
+                crate::crypto::merkle_root_of_leaf_hashes(&list),
+                list,
+            );
+        }
+        let tx = ids(2, 5)[4];
+        assert_eq!(w.height_of(&tx), Some(2));
+        let st = w.status(&tx).unwrap();
+        assert_eq!(
+            (st.height, st.block, st.proof.index),
+            (2, BlockId([2; 32]), 4)
+        );
+        st.verify(&tx).unwrap();
+        assert!(st.verify(&ids(2, 5)[3]).is_err());
+        assert_eq!(w.height_of(&[7; 32]), None);
+        assert_eq!(w.heights(), Some((1, 3)));
+        // Recorded again (after a restart's replay): unchanged.
+        w.record(2, BlockId([0; 32]), [0; 32], ids(2, 1));
+        assert_eq!(w.status(&tx).unwrap().block, BlockId([2; 32]));
+        // A later block repeating a transaction: its first place stands.
+        let mut dup = ids(4, 2).to_vec();
+        dup.push(tx);
+        w.record(4, BlockId([4; 32]), [0; 32], dup.into());
+        assert_eq!(w.height_of(&tx), Some(2));
+        // By height: COMMITTED_WINDOW_HEIGHTS above height 1 pushes it out.
+        w.record(
+            COMMITTED_WINDOW_HEIGHTS + 1,
+            BlockId([9; 32]),
+            [0; 32],
+            ids(99, 1),
+        );
+        assert_eq!(w.height_of(&ids(1, 5)[0]), None);
+        assert_eq!(w.height_of(&ids(2, 5)[0]), Some(2));
+        // Heights 2 and 3, 4 (its repeat counted once) and the new one.
+        assert_eq!(w.len(), 5 + 5 + 2 + 1);
+    }
+
+    #[test]
+    fn the_window_is_bounded_by_count() {
+        let mut w = CommittedTxs::default();
+        let per = 1 << 16;
+        let blocks = COMMITTED_WINDOW_TXS / per + 3;
+        for h in 1..=blocks as u64 {
+            w.record(h, BlockId::default(), [0; 32], ids(h, per));
+        }
+        assert!(w.len() <= COMMITTED_WINDOW_TXS, "{}", w.len());
+        assert_eq!(w.height_of(&ids(1, per)[0]), None);
+        assert_eq!(
+            w.height_of(&ids(blocks as u64, per)[0]),
+            Some(blocks as u64)
+        );
+    }
+
+    /// A restarted node reads the window back from its stored chain, with the blocks' ids.
+    #[test]
+    fn the_window_is_rebuilt_from_the_stored_chain() {
+        use crate::consensus::{Block, CommitProof, MemStorage, QuorumCert};
+        use crate::types::{Epoch, Round};
+        let mut store = MemStorage::default();
+        let mut parent = Block::genesis(Epoch(1)).id("c");
+        let mut all = Vec::new();
+        for h in 1..=4u64 {
+            let txs = vec![
+                format!("tx {h} a").into_bytes(),
+                format!("tx {h} b").into_bytes(),
+            ];
+            let mut b = Block::genesis(Epoch(1));
+            b.height = Height(h);
+            b.round = Round(h);
+            b.parent_id = parent;
+            b.payload = Payload::new(&txs).encode().into();
+            parent = b.id("c");
+            all.push((b.id("c"), crate::crypto::leaf_hash(&txs[1])));
+            let proof = CommitProof {
+                child: b.header(),
+                child_qc: QuorumCert::genesis("c", Epoch(1)),
+            };
+            store
+                .persist_commit(&[std::sync::Arc::new(b)], &proof)
+                .unwrap();
+        }
+        let w = CommittedTxs::rebuild(&store, 4, parent);
+        assert_eq!(w.heights(), Some((1, 4)));
+        for (h, (block, tx)) in all.iter().enumerate() {
+            let st = w.status(tx).unwrap();
+            assert_eq!((st.height, st.block), (h as u64 + 1, *block));
+            st.verify(tx).unwrap();
+        }
+    }
+}
