@@ -281,6 +281,14 @@ impl Mempool {
                 max: MAX_TX_BYTES,
             });
         }
+        // Pending already (a client's resubmission): a client that owns it from now on, where
+        // none did (forwarded here), gets its commit notice.
+        if let Some(o) = self.ids.get_mut(&id) {
+            if *o == NO_OWNER {
+                *o = owner;
+            }
+            return Err(MempoolError::Duplicate);
+        }
         let (txs, bytes, max_txs, max_bytes) = if local {
             (
                 self.queue.len(),
@@ -299,13 +307,8 @@ impl Mempool {
         if txs >= max_txs || bytes + tx.len() > max_bytes {
             return Err(MempoolError::Full { txs, bytes });
         }
-        match self.ids.entry(id) {
-            std::collections::hash_map::Entry::Occupied(_) => Err(MempoolError::Duplicate),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(owner);
-                Ok(id)
-            }
-        }
+        self.ids.insert(id, owner);
+        Ok(id)
     }
 
     /// Takes up to `max_count` transactions and `max_bytes` bytes for a proposal: those

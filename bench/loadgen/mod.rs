@@ -35,7 +35,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::client_proto::{ClientRequest, ClientResponse, TxStatus};
+use crate::client_proto::{ClientRequest, ClientResponse, TxState, TxStatus, MAX_STATUS_IDS};
 use crate::codec::{decode, encode_infallible};
 use crate::mempool::{tx_ids, TxId};
 
@@ -49,9 +49,9 @@ pub const SUBMIT_BATCH_MAX: usize = 512;
 const LATENCY_US_MAX: u64 = 600_000_000;
 /// How long a transaction waits for a commit before it goes to another validator, unless told
 /// otherwise ([`LoadConfig::resubmit_after`]).
-pub const DEFAULT_RESUBMIT_AFTER: Duration = Duration::from_secs(3);
+pub const DEFAULT_RESUBMIT_AFTER: Duration = Duration::from_secs(2);
 /// Submissions of one transaction in all, unless told otherwise ([`LoadConfig::max_submits`]).
-pub const DEFAULT_MAX_SUBMITS: u8 = 4;
+pub const DEFAULT_MAX_SUBMITS: u8 = 6;
 
 /// Where the load generator sends each batch of transactions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -199,6 +199,10 @@ pub struct LoadReport {
     pub unanswered: u64,
     /// Resubmitted transactions seen committed at two heights (must be 0).
     pub committed_twice: u64,
+    /// Connections made again after their validator went away (killed, paused, restarted).
+    pub reconnects: u64,
+    /// Commits the client learned only from a status query (its notices went missing).
+    pub status_committed: u64,
     /// Latency from scheduled submit to commit notice.
     pub latency_ms: Percentiles,
     /// (percentile, ms) points for the plot: dense along a scale of nines, up to the last
@@ -223,15 +227,61 @@ pub struct LoadReport {
     pub announced_commits: u64,
 }
 
+/// One validator's client connection, made again when the validator went away.
 struct Conn {
-    sender: ClientSender,
+    target: Target,
+    /// The current connection's sender (replaced by [`Shared::reconnect`]).
+    sender: std::sync::RwLock<ClientSender>,
     /// Each submit awaiting its ack, in send order (pushed and sent under this lock, so that
     /// the order matches the acks').
     batches: Mutex<VecDeque<Sent>>,
+    /// Each status query awaiting its answer: the ids asked, in send order.
+    asked: Mutex<VecDeque<Vec<TxId>>>,
 }
+
+impl Conn {
+    fn sender(&self) -> ClientSender {
+        self.sender
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn send(&self, frame: Bytes) -> Result<(), bpci_transport::SendError> {
+        self.sender().send(frame)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.sender().is_closed()
+    }
+
+    /// Whether the oldest submit has waited longer than [`ACK_TIMEOUT`] for its ack: a
+    /// validator killed or paused does not say it went away.
+    fn stalled(&self, now: Instant) -> bool {
+        self.batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .front()
+            .is_some_and(|b| now.saturating_duration_since(b.at) > ACK_TIMEOUT)
+    }
+}
+
+/// A connection whose oldest submit has waited this long for its ack is closed and made
+/// again: the validator went away without saying so (killed, paused), and QUIC would only
+/// notice after its 30 s idle timeout.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the end of a run waits for the answers to its last status queries.
+pub const STATUS_WAIT: Duration = Duration::from_secs(3);
+/// How often a closed connection is tried again.
+pub const RECONNECT_EVERY: Duration = Duration::from_millis(250);
+/// How long one attempt to make a connection again waits for the validator (on loopback a
+/// live one answers in milliseconds; one still starting is tried again soon).
+pub const RECONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A submit awaiting its ack.
 struct Sent {
+    /// When it was queued.
+    at: Instant,
     ids: Vec<TxId>,
     /// For a [`ClientRequest::SubmitToLeader`]: its frame, sent on to the upcoming leader if
     /// this validator answers [`TxStatus::Late`].
@@ -284,6 +334,10 @@ struct Counters {
     receipts: AtomicU64,
     announced: AtomicU64,
     rerouted: AtomicU64,
+    /// Connections made again after their validator went away.
+    reconnects: AtomicU64,
+    /// Commits learned from status answers.
+    status_committed: AtomicU64,
     /// Batches whose move to another connection began, and ended (sent on none between).
     moves_started: AtomicU64,
     moves_done: AtomicU64,
@@ -380,8 +434,28 @@ impl Shared {
                         self.counters.announced.fetch_add(n, Ordering::Relaxed);
                     }
                 }
-                // The generator asks no status.
-                ClientResponse::Status(_) => {}
+                ClientResponse::Status(states) => {
+                    let Some(ids) = conn
+                        .asked
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .pop_front()
+                    else {
+                        continue;
+                    };
+                    for (id, state) in ids.iter().zip(states) {
+                        // A commit counts only with its inclusion proof checked.
+                        if let TxState::Committed(c) = state {
+                            if c.verify(id).is_ok()
+                                && self.resolve(std::slice::from_ref(id), c.height) > 0
+                            {
+                                self.counters
+                                    .status_committed
+                                    .fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -433,7 +507,7 @@ impl Shared {
         let mut left = Some(ids);
         for t in hinted.into_iter().chain((1..n).map(|k| (from + k) % n)) {
             let Some(ids) = left.take() else { break };
-            let Some(conn) = self.conns.get(t).filter(|c| !c.sender.is_closed()) else {
+            let Some(conn) = self.conns.get(t).filter(|c| !c.is_closed()) else {
                 left = Some(ids);
                 continue;
             };
@@ -507,9 +581,15 @@ impl Shared {
         let n = self.conns.len();
         // Grouped by the connection each goes to.
         let mut by_target: Vec<Vec<(TxId, Entry)>> = vec![Vec::new(); n];
+        let mut exhausted = Vec::new();
         for (id, e) in due {
+            if e.exhausted {
+                continue;
+            }
             if e.tries >= self.max_submits {
-                self.tracker.give_up(&id);
+                // No more submissions: ask what became of it.
+                self.tracker.update(&id, |e| e.exhausted = true);
+                exhausted.push(id);
                 continue;
             }
             let from = usize::from(e.conn);
@@ -517,12 +597,15 @@ impl Shared {
             let target = hinted
                 .into_iter()
                 .chain((1..n).map(|k| (from + k) % n))
-                .find(|t| self.conns.get(*t).is_some_and(|c| !c.sender.is_closed()));
+                .find(|t| self.conns.get(*t).is_some_and(|c| !c.is_closed()));
             match target {
                 Some(t) => by_target[t].push((id, e)),
                 // No validator to go to: tried again after a backoff.
                 None => self.tracker.busy(vec![id], now),
             }
+        }
+        if !exhausted.is_empty() {
+            self.ask_status(&exhausted);
         }
         let mut submitted = 0;
         for (t, group) in by_target.into_iter().enumerate() {
@@ -555,6 +638,36 @@ impl Shared {
             }
         }
         submitted
+    }
+}
+
+impl Shared {
+    /// Asks every open connection what became of `ids` ([`ClientRequest::Status`]); a
+    /// commit in the answers (its proof checked) resolves them.
+    fn ask_status(&self, ids: &[TxId]) {
+        for conn in self.conns.iter().filter(|c| !c.is_closed()) {
+            for chunk in ids.chunks(MAX_STATUS_IDS) {
+                let frame = Bytes::from(encode_infallible(&ClientRequest::Status(chunk.to_vec())));
+                // Pushed and sent under one lock: answers come back in this order.
+                let mut asked = conn.asked.lock().unwrap_or_else(PoisonError::into_inner);
+                asked.push_back(chunk.to_vec());
+                if conn.send(frame).is_err() {
+                    asked.pop_back();
+                }
+            }
+        }
+    }
+
+    /// Whether any status query awaits its answer.
+    fn asking(&self) -> bool {
+        self.conns.iter().any(|c| {
+            !c.is_closed()
+                && !c
+                    .asked
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_empty()
+        })
     }
 }
 
@@ -626,7 +739,7 @@ pub fn run(
                 .into(),
         ));
     }
-    let rt = ClientRuntime::new(2).map_err(|e| LoadError::Runtime(e.to_string()))?;
+    let rt = Arc::new(ClientRuntime::new(2).map_err(|e| LoadError::Runtime(e.to_string()))?);
     let counters = Arc::new(Counters::default());
     let tracker = Arc::new(Tracker::default());
     let total = Arc::new(Mutex::new(new_hist()));
@@ -646,12 +759,15 @@ pub fn run(
     if cfg.route == Route::Leader {
         watch.push(ClientRequest::WatchLeaders);
     }
+    let watch: Vec<Bytes> = watch
+        .iter()
+        .map(|w| Bytes::from(encode_infallible(w)))
+        .collect();
     for w in &watch {
-        let frame = Bytes::from(encode_infallible(w));
         for (sender, _) in &links {
             sender
-                .send(frame.clone())
-                .map_err(|e| LoadError::Runtime(format!("asking for {w:?}: {e}")))?;
+                .send(w.clone())
+                .map_err(|e| LoadError::Runtime(format!("asking for commits and hints: {e}")))?;
         }
     }
     let keys: Arc<Vec<[u8; 32]>> = Arc::new(cfg.targets.iter().map(|t| t.key).collect());
@@ -661,10 +777,12 @@ pub fn run(
     let mut threads = Vec::new();
     let mut receivers = Vec::with_capacity(links.len());
     let mut conns = Vec::with_capacity(links.len());
-    for (sender, rx) in links {
+    for ((sender, rx), target) in links.into_iter().zip(&cfg.targets) {
         conns.push(Arc::new(Conn {
-            sender,
+            target: target.clone(),
+            sender: std::sync::RwLock::new(sender),
             batches: Mutex::new(VecDeque::new()),
+            asked: Mutex::new(VecDeque::new()),
         }));
         receivers.push(rx);
     }
@@ -688,13 +806,24 @@ pub fn run(
         resubmit_after: cfg.resubmit_after,
         max_submits: cfg.max_submits,
     });
+    let receiving: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>> = Arc::default();
     for (ci, rx) in receivers.into_iter().enumerate() {
-        let shared = Arc::clone(&shared);
+        spawn_receiver(&shared, ci, rx, &receiving)?;
+    }
+    // Reconnectors: a connection whose validator went away is made again when it is back.
+    for ci in 0..conns.len() {
+        let (shared, rt, watch, done, receiving) = (
+            Arc::clone(&shared),
+            Arc::clone(&rt),
+            watch.clone(),
+            Arc::clone(&done),
+            Arc::clone(&receiving),
+        );
         threads.push(
             std::thread::Builder::new()
-                .name(format!("loadgen.recv-{ci}"))
-                .spawn(move || shared.receive(ci, rx))
-                .map_err(|e| LoadError::Runtime(format!("starting a receiver thread: {e}")))?,
+                .name(format!("loadgen.reconnect-{ci}"))
+                .spawn(move || reconnect_loop(&shared, ci, &rt, &watch, &done, &receiving))
+                .map_err(|e| LoadError::Runtime(format!("starting a reconnector: {e}")))?,
         );
     }
     // The resubmitter: transactions that fell due go again, until the run ends.
@@ -794,10 +923,27 @@ pub fn run(
             ticks.push(tick);
         }
     }
+    // What is still awaited: ask the validators whether it committed (a notice may have been
+    // lost with a validator that went away), and give the answers a moment.
+    if !tracker.is_empty() && !stop.load(Ordering::Acquire) {
+        shared.ask_status(&tracker.awaited());
+        let deadline = Instant::now() + STATUS_WAIT;
+        while shared.asking() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     done.store(true, Ordering::Release);
     let offered_s = start.elapsed().min(cfg.duration).as_secs_f64().max(1e-3);
-    rt.shutdown();
     for t in threads {
+        let _ = t.join();
+    }
+    // Every thread that held the runtime has ended: closing it ends the receivers.
+    if let Ok(rt) = Arc::try_unwrap(rt) {
+        rt.shutdown();
+    }
+    let receivers: Vec<_> =
+        std::mem::take(&mut *receiving.lock().unwrap_or_else(PoisonError::into_inner));
+    for t in receivers {
         let _ = t.join();
     }
     // What is still awaited is given up now.
@@ -833,6 +979,8 @@ pub fn run(
         refused: ends.refused.load(Ordering::Relaxed),
         unanswered: ends.unanswered.load(Ordering::Relaxed),
         committed_twice: ends.committed_twice.load(Ordering::Relaxed),
+        reconnects: counters.reconnects.load(Ordering::Relaxed),
+        status_committed: counters.status_committed.load(Ordering::Relaxed),
         latency_ms,
         latency_curve,
         ticks,
@@ -843,6 +991,81 @@ pub fn run(
         rerouted_batches: counters.rerouted.load(Ordering::Relaxed),
         announced_commits: counters.announced.load(Ordering::Relaxed),
     })
+}
+
+/// Starts the thread that reads connection `ci`'s frames from `rx` (until it closes).
+fn spawn_receiver(
+    shared: &Arc<Shared>,
+    ci: usize,
+    rx: bpci_transport::Receiver<Bytes>,
+    receiving: &Mutex<Vec<std::thread::JoinHandle<()>>>,
+) -> Result<(), LoadError> {
+    let shared = Arc::clone(shared);
+    let handle = std::thread::Builder::new()
+        .name(format!("loadgen.recv-{ci}"))
+        .spawn(move || shared.receive(ci, rx))
+        .map_err(|e| LoadError::Runtime(format!("starting a receiver thread: {e}")))?;
+    let mut list = receiving.lock().unwrap_or_else(PoisonError::into_inner);
+    list.retain(|h| !h.is_finished());
+    list.push(handle);
+    Ok(())
+}
+
+/// Keeps connection `ci` open while the run lasts: a stalled one ([`Conn::stalled`]) is
+/// closed, a closed one is made again every [`RECONNECT_EVERY`] until the validator answers
+/// (with the watch requests `watch` sent again). The submits the old connection never acked
+/// are forgotten there: their transactions fall due and go elsewhere.
+fn reconnect_loop(
+    shared: &Arc<Shared>,
+    ci: usize,
+    rt: &ClientRuntime,
+    watch: &[Bytes],
+    done: &AtomicBool,
+    receiving: &Mutex<Vec<std::thread::JoinHandle<()>>>,
+) {
+    let conn = &shared.conns[ci];
+    while !done.load(Ordering::Acquire) {
+        std::thread::sleep(RECONNECT_EVERY);
+        if conn.stalled(Instant::now()) {
+            tracing::info!(target: "loadgen", addr = %conn.target.addr, "no acks: closing the connection to make it again");
+            conn.sender().close();
+        }
+        if !conn.is_closed() {
+            continue;
+        }
+        // The submits the dead connection never answered do not count: made again elsewhere.
+        let unanswered: Vec<TxId> = conn
+            .batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .flat_map(|b| b.ids)
+            .collect();
+        if !unanswered.is_empty() {
+            shared.tracker.refund(unanswered, Instant::now());
+        }
+        conn.asked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        let Ok((sender, rx)) = rt.connect_within(
+            conn.target.addr,
+            conn.target.key,
+            8 << 20,
+            4096,
+            RECONNECT_TIMEOUT,
+        ) else {
+            continue;
+        };
+        if watch.iter().any(|w| sender.send(w.clone()).is_err()) {
+            continue;
+        }
+        *conn.sender.write().unwrap_or_else(PoisonError::into_inner) = sender;
+        shared.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        if spawn_receiver(shared, ci, rx, receiving).is_err() {
+            return;
+        }
+    }
 }
 
 /// Counts a sender out when its thread ends, however it ends.
@@ -895,6 +1118,7 @@ fn send_loop(
                     accepted: false,
                     busy: false,
                     answered: false,
+                    exhausted: false,
                 })
                 .collect();
             while !shared.tracker.add(&ids, &entries) {
@@ -932,7 +1156,7 @@ fn send_loop(
                 let mut open = false;
                 let mut taken = None;
                 for t in candidates {
-                    let Some(conn) = conns.get(t).filter(|c| !c.sender.is_closed()) else {
+                    let Some(conn) = conns.get(t).filter(|c| !c.is_closed()) else {
                         continue;
                     };
                     open = true;
@@ -962,16 +1186,14 @@ fn send_loop(
                 if let Some(t) = taken {
                     break t;
                 }
-                if !open {
-                    // Every connection this sender may use has closed: the batch waits for
-                    // its resubmissions (to validators that come back), or is given up.
-                    shared
-                        .tracker
-                        .submitted(ids, 0, Instant::now(), shared.resubmit_after);
-                    return;
-                }
-                // Every open connection's queue is full: wait (no lock held) and choose again.
-                std::thread::sleep(Duration::from_micros(200));
+                // Every connection this sender may use is closed (its validators went away:
+                // they are made again when the validators are back), or every open one's queue
+                // is full: wait (no lock held) and choose again. The batch keeps its schedule.
+                std::thread::sleep(if open {
+                    Duration::from_micros(200)
+                } else {
+                    Duration::from_millis(20)
+                });
             };
             let (target, routed, sent_ids) = sent_to;
             shared.tracker.submitted(
@@ -1009,11 +1231,12 @@ fn submit(
     // Pushed and sent under one lock: acks come back in the order the frames were queued.
     let mut batches = conn.batches.lock().unwrap_or_else(PoisonError::into_inner);
     batches.push_back(Sent {
+        at: Instant::now(),
         ids: ids.clone(),
         resend,
         bounces,
     });
-    if conn.sender.send(frame.clone()).is_ok() {
+    if conn.send(frame.clone()).is_ok() {
         return Ok(ids);
     }
     batches.pop_back();

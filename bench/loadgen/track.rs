@@ -6,10 +6,13 @@
 //! [`super::LoadConfig::max_submits`] submissions in all; a `Busy` answer sends it again after
 //! [`BUSY_BACKOFF`]. The validators keep resubmissions from committing twice (a transaction in
 //! their committed window is answered `Committed { height }`, see [`crate::client_proto`]).
-//! When its submissions are used up, the client gives the transaction up: *lost* if a validator
-//! ever accepted it (it may yet commit, but the client no longer knows), *refused* if every
-//! answer was `Busy` (the client knows it was not taken), *unanswered* if no answer came at all
-//! (its validator went away before answering).
+//! A submission whose connection died before the validator answered (killed, paused) is not
+//! counted against the bound: it is made again at once, elsewhere ([`Tracker::refund`]).
+//! When its submissions are used up, the client asks the validators what became of the
+//! transaction (a status query; a commit it had not heard of counts as a commit); at the end of
+//! the run it gives up what is still unknown: *lost* if a validator ever accepted it (it may yet
+//! commit, but the client no longer knows), *refused* if every answer was `Busy` (the client
+//! knows it was not taken), *unanswered* if no answer came at all.
 //!
 //! Transactions are not kept: a transaction is a function of the run's nonce, its sender and
 //! its sequence number ([`tx_bytes`]), made again for a resubmission.
@@ -59,6 +62,8 @@ pub struct Entry {
     pub busy: bool,
     /// Some answer came.
     pub answered: bool,
+    /// Its submissions are used up: no more are made, its status was asked.
+    pub exhausted: bool,
 }
 
 /// Transactions that fall due together: a submission's, or a `Busy` answer's.
@@ -193,6 +198,39 @@ impl Tracker {
         });
     }
 
+    /// Submissions of `ids` that died with their connection, unanswered: not counted against
+    /// the bound, and due again at once.
+    pub fn refund(&self, ids: Vec<TxId>, now: Instant) {
+        let mut by_tries: std::collections::BTreeMap<u8, Vec<TxId>> = Default::default();
+        for id in ids {
+            let mut tries = None;
+            self.update(&id, |e| {
+                e.tries = e.tries.saturating_sub(1);
+                tries = Some(e.tries);
+            });
+            if let Some(t) = tries {
+                by_tries.entry(t).or_default().push(id);
+            }
+        }
+        let mut q = lock(&self.backoff);
+        for (tries, ids) in by_tries {
+            // Due now: the backoff queue is in order of time, and now is its latest.
+            q.push_back(Due {
+                at: now,
+                ids,
+                tries,
+            });
+        }
+    }
+
+    /// The transactions still awaited, their submissions used up or not.
+    pub fn awaited(&self) -> Vec<TxId> {
+        self.shards
+            .iter()
+            .flat_map(|s| lock(s).keys().copied().collect::<Vec<_>>())
+            .collect()
+    }
+
     /// Takes the transactions due at `now` whose submission count has not moved since, with
     /// their entries.
     pub fn due(&self, now: Instant) -> Vec<(TxId, Entry)> {
@@ -291,6 +329,7 @@ mod tests {
             accepted: false,
             busy: false,
             answered: false,
+            exhausted: false,
         }
     }
 
@@ -351,6 +390,24 @@ mod tests {
             1,
             "counted once"
         );
+    }
+
+    /// A submission that died with its connection is not counted, and is due again at once.
+    #[test]
+    fn refunds_undo_a_submission() {
+        let t = Tracker::default();
+        let id = [9u8; 32];
+        assert!(t.add(&[id], &[entry(1)]));
+        let t0 = Instant::now();
+        t.submitted(vec![id], 1, t0, Duration::from_secs(2));
+        assert_eq!(t.get(&id).unwrap().tries, 2);
+        t.refund(vec![id], t0);
+        assert_eq!(t.get(&id).unwrap().tries, 1);
+        let due = t.due(t0);
+        assert_eq!(due.len(), 1, "due at once");
+        // The timeout of the refunded submission no longer applies.
+        assert!(t.due(t0 + Duration::from_secs(3)).is_empty());
+        assert_eq!(t.awaited(), vec![id]);
     }
 
     #[test]

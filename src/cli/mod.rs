@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod chain;
 mod keys;
 pub mod node;
 mod sim;
@@ -30,6 +31,8 @@ enum Command {
     /// Benchmarks against running validators.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// A stopped validator's committed chain: height, block id and transactions, per line.
+    Chain(chain::ChainArgs),
 }
 
 #[derive(Subcommand)]
@@ -64,6 +67,7 @@ where
         Command::Node(args) => node::run(args),
         Command::Testnet(args) => testnet::run(args),
         Command::Bench(BenchCommand::Load(args)) => testnet::run_load(args),
+        Command::Chain(args) => chain::run(args),
     };
     match result {
         Ok(code) => code,

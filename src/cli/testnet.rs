@@ -8,40 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bpci::loadgen::{self, LoadConfig, LoadReport, Route, Target};
-use bpci::testnet::{self, Testnet, TestnetConfig};
+use bpci::testnet::{self, parse_duration, parse_duration_or_zero, Testnet, TestnetConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-
-/// Parses `30s`, `500ms`, `2m` or a bare number of seconds (more than zero, at most 24 h).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = parse_duration_or_zero(s)?;
-    if d.is_zero() {
-        return Err(format!("{:?} must be between 1ms and 24h", s.trim()));
-    }
-    Ok(d)
-}
-
-/// Like [`parse_duration`], zero allowed (`0s` turns a warm-up off).
-pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" => v * 60.0,
-        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
-    };
-    if !(0.0..=86_400.0).contains(&secs) {
-        return Err(format!("{s:?} must be between 0 and 24h"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
 
 /// Arguments of `bpci testnet`.
 #[derive(clap::Args)]
@@ -77,13 +46,21 @@ pub struct TestnetArgs {
     sender_nice: i32,
     /// A transaction without a commit this long after its submission goes again, to another
     /// validator (the validators answer a committed one `Committed` instead of admitting it).
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
     resubmit_after: Duration,
     /// Submissions of one transaction in all, the first included (1: never resubmitted).
     #[arg(long, default_value_t = loadgen::DEFAULT_MAX_SUBMITS,
           value_parser = clap::value_parser!(u8).range(1..=16))]
     max_submits: u8,
-    /// Where keys, configs, data, logs, results.json and the latency plot go.
+    /// Faults to apply during the load, a comma-separated list of KIND[:ARG]@START[+FOR]:
+    /// `pause:V@T+D` (SIGSTOP validator V at T, SIGCONT D later), `kill:V@T+D` (kill -9 V,
+    /// start it again D later, 2 s if left out), `kill-leader@T+D` (the current leader),
+    /// `stop-all:term@T+D` / `stop-all:kill@T+D` (every validator at once, started again D
+    /// later). E.g. `pause:1@5s+8s,kill:2@18s,kill:3@26s,kill:3@34s,stop-all:kill@44s+3s`.
+    /// The summary reports each fault's recovery time.
+    #[arg(long)]
+    faults: Option<String>,
+    /// Where keys, configs, data, logs, results.json and the plots go.
     #[arg(long, default_value = "target/testnet")]
     dir: PathBuf,
     /// Print results.json's object instead of the summary.
@@ -126,6 +103,20 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
     if !(1..=64).contains(&args.pipeline_depth) {
         bail!("--pipeline-depth must be between 1 and 64");
     }
+    let faults = match &args.faults {
+        Some(text) => {
+            let plan = testnet::faults::parse_schedule(text, args.validators)
+                .map_err(|e| anyhow::anyhow!("--faults: {e}"))?;
+            if let Some(late) = plan.iter().find(|f| f.at >= args.duration) {
+                bail!(
+                    "--faults: {late} starts at or after the load ends ({:?}): schedule faults within --duration",
+                    args.duration
+                );
+            }
+            plan
+        }
+        None => Vec::new(),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -194,22 +185,59 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let validator_set = bpci::config::Config::load(&net.nodes[0].config)
+        .context("reading validator 0's config")?
+        .validators;
     let started = Instant::now();
-    let report = loadgen::run(&load, &stop, |t| {
-        bar.set_position(t.second.min(args.duration.as_secs()));
-        bar.set_message(format!(
-            "{} tx/s committed, p99 {:.1} ms",
-            t.committed_tps, t.p99_ms
-        ));
-    })?;
+    let until = started + args.duration + load.drain;
+    let (report, outcomes) = std::thread::scope(|s| {
+        let net = &mut net;
+        let stop = &*stop;
+        let faults = &faults;
+        let validator_set = &validator_set;
+        let fault_thread = (!faults.is_empty()).then(|| {
+            s.spawn(move || {
+                testnet::faults::run(net, faults, started, until, stop, |r| {
+                    validator_set.leader(bpci::types::Round(r)).as_usize()
+                })
+            })
+        });
+        let report = loadgen::run(&load, stop, |t| {
+            bar.set_position(t.second.min(args.duration.as_secs()));
+            bar.set_message(format!(
+                "{} tx/s committed, p99 {:.1} ms",
+                t.committed_tps, t.p99_ms
+            ));
+        });
+        let outcomes = fault_thread.map(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(testnet::TestnetError::Panicked("fault runner")))
+        });
+        (report, outcomes)
+    });
+    let report = report?;
+    let outcomes = outcomes.transpose()?.unwrap_or_default();
     bar.finish_and_clear();
     let wall = started.elapsed().as_secs_f64();
     let after: Vec<serde_json::Value> = (0..args.validators).filter_map(|i| net.stats(i)).collect();
     let rss: Vec<f64> = (0..args.validators)
         .map(|i| net.peak_rss_mb(i).unwrap_or(0.0))
         .collect();
-    let results = summarise(&args, &report, &before, &after, &rss, wall);
+    let mut results = summarise(&args, &report, &before, &after, &rss, wall);
     net.stop();
+    // The stored chains, now that no validator holds its store: identical block by block, and
+    // no transaction committed twice.
+    let chain = testnet::chain::check(&net.nodes, testnet::CHAIN_ID);
+    if let Some(o) = results.as_object_mut() {
+        o.insert("faults".into(), json!(outcomes));
+        o.insert(
+            "chain".into(),
+            match &chain {
+                Ok(c) => json!(c),
+                Err(e) => json!({ "error": e }),
+            },
+        );
+    }
     let path = args.dir.join("results.json");
     let text = serde_json::to_string_pretty(&results)?;
     if let Err(e) = std::fs::write(&path, &text) {
@@ -239,7 +267,20 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_summary(&results, &path, &svg);
     }
-    Ok(ExitCode::SUCCESS)
+    // A run whose chains differ, or that committed a transaction twice, failed.
+    match chain {
+        Ok(c) if c.identical && c.committed_twice == 0 && report.committed_twice == 0 => {
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(c) => {
+            eprintln!(
+                "error: the run broke agreement: chains identical {}, {} transactions committed twice in the chain, {} seen by the client",
+                c.identical, c.committed_twice, report.committed_twice
+            );
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => bail!("checking the stored chains: {e}"),
+    }
 }
 
 fn delta(
@@ -323,6 +364,8 @@ fn summarise(
         "refused": r.refused,
         "unanswered": r.unanswered,
         "committed_twice": r.committed_twice,
+        "status_committed": r.status_committed,
+        "reconnects": r.reconnects,
         "blocks_per_s": blocks.iter().copied().max().unwrap_or(0) as f64 / secs,
         "latency_ms": r.latency_ms,
         "stage_latency_us_p99": stage_p99,
@@ -361,8 +404,13 @@ fn print_summary(v: &serde_json::Value, path: &std::path::Path, svg: &std::path:
         v["committed_twice"]
     );
     println!(
-        "  answers      {} busy, {} duplicate, {} already committed; {} resubmitted",
-        v["busy"], v["duplicates"], v["answered_committed"], v["resubmitted"]
+        "  answers      {} busy, {} duplicate, {} already committed; {} resubmitted, {} commits learned by status query, {} reconnects",
+        v["busy"],
+        v["duplicates"],
+        v["answered_committed"],
+        v["resubmitted"],
+        v["status_committed"],
+        v["reconnects"]
     );
     println!(
         "  notices      {} first from a commit announcement ({} inclusion receipts)",
@@ -398,6 +446,38 @@ fn print_summary(v: &serde_json::Value, path: &std::path::Path, svg: &std::path:
         ms("proposal_to_commit_us_p99")
     );
     println!("  view changes {}", v["view_changes"]);
+    if let Some(faults) = v["faults"].as_array().filter(|f| !f.is_empty()) {
+        for f in faults {
+            let ms = |k: &str| {
+                f[k].as_u64().map_or("not seen".to_string(), |x| {
+                    format!("{:.1} s", x as f64 / 1000.0)
+                })
+            };
+            println!(
+                "  fault        {} on {} at {:.1} s: committing again after {}, caught up {} after its end",
+                f["fault"].as_str().unwrap_or("?"),
+                f["validators"],
+                f["applied_s"].as_f64().unwrap_or(0.0),
+                ms("recovery_ms"),
+                ms("caught_up_ms")
+            );
+        }
+    }
+    let c = &v["chain"];
+    match c["error"].as_str() {
+        Some(e) => println!("  chains       could not be checked: {e}"),
+        None => println!(
+            "  chains       {} (heights {}), {} transactions, {} committed twice",
+            if c["identical"].as_bool() == Some(true) {
+                "identical block by block".to_string()
+            } else {
+                format!("DIFFER: {}", c["first_difference"].as_str().unwrap_or("?"))
+            },
+            c["heights"],
+            c["txs"],
+            c["committed_twice"]
+        ),
+    }
     println!(
         "  peak RSS     {} MiB per validator",
         v["peak_rss_mb_per_validator"]
@@ -441,7 +521,7 @@ pub struct LoadArgs {
     sender_nice: i32,
     /// A transaction without a commit this long after its submission goes again, to another
     /// validator.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
     resubmit_after: Duration,
     /// Submissions of one transaction in all, the first included (1: never resubmitted).
     #[arg(long, default_value_t = loadgen::DEFAULT_MAX_SUBMITS,
@@ -492,24 +572,4 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     })?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units_and_refuse_bad_values_by_name() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("0s")
-            .unwrap_err()
-            .contains("between 1ms and 24h"));
-        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
-        assert!(parse_duration("25h").is_err());
-        assert!(parse_duration("5x").unwrap_err().contains("unit"));
-        assert!(parse_duration("fast").unwrap_err().contains("\"fast\""));
-    }
 }

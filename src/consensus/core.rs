@@ -38,8 +38,14 @@ const MAX_BACKOFF_EXPONENT: u32 = 16;
 pub trait App {
     /// The payload of a new block at `height` in `round`, extending `parents`: the uncommitted
     /// blocks from just above the committed root up to the new block's parent, oldest first
-    /// (empty when the parent is the committed root, or is not held here).
-    fn make_payload(&mut self, height: Height, round: Round, parents: &[Arc<Block>]) -> Vec<u8>;
+    /// (empty when the parent is the committed root), or `None` when this node does not hold
+    /// the parent (it extends a QC whose block it has not received, as after a restart).
+    fn make_payload(
+        &mut self,
+        height: Height,
+        round: Round,
+        parents: Option<&[Arc<Block>]>,
+    ) -> Vec<u8>;
     /// Checks a proposed block's payload before this node votes for it.
     fn validate_payload(&self, block: &Block) -> Result<(), String>;
     /// `false` holds proposals back (pipeline depth reached); the core retries on tick.
@@ -884,14 +890,17 @@ impl<S: Storage, A: App> Core<S, A> {
             .cloned()
             .collect();
         let (exec_height, exec_root) = self.app.exec_root();
-        let parents = self.tree.path_from_root(&qc.block_id).unwrap_or_default();
+        let parents = self.tree.path_from_root(&qc.block_id);
         let block = Block {
             parent_id: qc.block_id,
             round,
             height,
             epoch: self.ctx.epoch(),
             author: self.cfg.me,
-            payload: self.app.make_payload(height, round, &parents).into(),
+            payload: self
+                .app
+                .make_payload(height, round, parents.as_deref())
+                .into(),
             parent_qc: qc,
             timestamp_ms: self.now_ms,
             exec_height,

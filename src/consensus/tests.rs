@@ -16,7 +16,7 @@ struct Fx {
 struct TestApp;
 
 impl App for TestApp {
-    fn make_payload(&mut self, height: Height, round: Round, _: &[Arc<Block>]) -> Vec<u8> {
+    fn make_payload(&mut self, height: Height, round: Round, _: Option<&[Arc<Block>]>) -> Vec<u8> {
         format!("h{}r{}", height.0, round.0).into_bytes()
     }
     fn validate_payload(&self, block: &Block) -> Result<(), String> {

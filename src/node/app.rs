@@ -357,9 +357,10 @@ impl NodeApp {
         }
     }
 
-    /// Leaves out of `taken` what is committed (in the window) or carried by one of `parents`:
-    /// a transaction submitted again, to this validator, while it was committed or on its way
-    /// elsewhere. Returns the transactions kept and their owners.
+    /// Leaves out of `taken` what is committed (in the window: dropped) or carried by one of
+    /// `parents` (put back at the front of the mempool: should that block be abandoned, the
+    /// transaction is proposed again): a transaction submitted again, to this validator, while
+    /// it was committed or on its way elsewhere. Returns the transactions kept and their owners.
     fn leave_out_committed(
         &self,
         taken: Vec<(TxId, Vec<u8>)>,
@@ -376,24 +377,49 @@ impl NodeApp {
             Ok(w) => w,
             Err(_) => return (taken, owners),
         };
-        let keep: Vec<bool> = taken
+        // 0: keep, 1: committed (drop), 2: in a parent (back to the pool).
+        let fate: Vec<u8> = taken
             .iter()
-            .map(|(id, _)| !carried.contains_key(id) && window.height_of(id).is_none())
+            .map(|(id, _)| {
+                if window.height_of(id).is_some() {
+                    1
+                } else if carried.contains_key(id) {
+                    2
+                } else {
+                    0
+                }
+            })
             .collect();
         drop(window);
-        let dropped = keep.iter().filter(|k| !**k).count();
-        if dropped == 0 {
+        if fate.iter().all(|f| *f == 0) {
             return (taken, owners);
         }
-        self.left_out
-            .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
-        taken
-            .into_iter()
-            .zip(owners)
-            .zip(keep)
-            .filter(|(_, k)| *k)
-            .map(|(pair, _)| pair)
-            .unzip()
+        let (mut kept, mut kept_owners) = (Vec::new(), Vec::new());
+        let (mut back, mut back_owners) = (Vec::new(), Vec::new());
+        let mut dropped = 0u64;
+        for ((tx, owner), f) in taken.into_iter().zip(owners).zip(fate) {
+            match f {
+                0 => {
+                    kept.push(tx);
+                    kept_owners.push(owner);
+                }
+                1 => dropped += 1,
+                _ => {
+                    back.push(tx);
+                    back_owners.push(owner);
+                }
+            }
+        }
+        self.left_out.fetch_add(
+            dropped + back.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if !back.is_empty() {
+            if let Ok(mut pool) = self.mempool.lock() {
+                pool.requeue_owned(back, &back_owners);
+            }
+        }
+        (kept, kept_owners)
     }
 
     /// Blocks up to `round` are decided: own proposals of those rounds either committed (drop
@@ -427,7 +453,19 @@ impl NodeApp {
 }
 
 impl App for NodeApp {
-    fn make_payload(&mut self, _height: Height, round: Round, parents: &[Arc<Block>]) -> Vec<u8> {
+    fn make_payload(
+        &mut self,
+        _height: Height,
+        round: Round,
+        parents: Option<&[Arc<Block>]>,
+    ) -> Vec<u8> {
+        // Extending a block it does not hold, this node cannot tell which transactions that
+        // block's branch carries: it proposes none (they wait for its next turn).
+        let Some(parents) = parents else {
+            self.progress.proposing.store(round.0, Ordering::Release);
+            let empty = Payload::with_ids(std::iter::empty(), &[]);
+            return empty.encode();
+        };
         let (taken, owners) = match self.mempool.lock() {
             Ok(mut pool) => {
                 self.progress.proposing.store(round.0, Ordering::Release);
@@ -685,7 +723,7 @@ mod tests {
         // Our own proposal: built from the mempool, accepted and its ids known.
         let mut me = app(2);
         me.mempool.lock().unwrap().insert(b"mine".to_vec()).unwrap();
-        let bytes = me.make_payload(Height(1), Round(9), &[]);
+        let bytes = me.make_payload(Height(1), Round(9), Some(&[]));
         let own = block_with(2, 9, bytes.clone(), (0, [0; 32]));
         assert_eq!(me.validate_payload(&own), Ok(()));
         let root = Payload::decode(&bytes).unwrap().tx_root;

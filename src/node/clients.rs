@@ -361,11 +361,11 @@ impl Gateway {
     /// proposals from their owner lists, for any block from the owners of forwarded
     /// transactions.
     pub fn notify(&self, executed: &[Executed]) {
-        let mut per_conn: HashMap<u64, (u64, Vec<TxId>)> = HashMap::new();
+        // One notice per client and height: a notice names the height of its transactions'
+        // block (a client that resubmitted checks it against other notices).
+        let mut per_conn: HashMap<(u64, u64), Vec<TxId>> = HashMap::new();
         let mut add = |conn: u64, height: u64, ids: &mut dyn Iterator<Item = TxId>| {
-            let entry = per_conn.entry(conn).or_insert((height, Vec::new()));
-            entry.0 = height;
-            entry.1.extend(ids);
+            per_conn.entry((conn, height)).or_default().extend(ids);
         };
         {
             let mut awaiting = lock(&self.awaiting);
@@ -392,7 +392,7 @@ impl Gateway {
                 }
             }
         }
-        for (conn, (height, tx_ids)) in per_conn {
+        for ((conn, height), tx_ids) in per_conn {
             let msg = ClientResponse::Committed { height, tx_ids };
             let sent = self.server.send(conn, Bytes::from(encode_infallible(&msg)));
             self.count_drop(sent);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::client_proto::{CommittedTx, COMMITTED_WINDOW_HEIGHTS, COMMITTED_WINDOW_TXS};
 use crate::consensus::Storage;
 use crate::crypto::{leaf_hashes, Digest32, MerkleTree};
-use crate::mempool::{IdMap, Payload, TxId};
+use crate::mempool::{Payload, TxId, MAX_TXS_PER_BLOCK};
 use crate::types::{BlockId, Height};
 
 /// One committed block in the window.
@@ -27,12 +27,40 @@ struct WindowBlock {
 }
 
 /// See the module documentation.
+///
+/// The index is keyed by the first 128 bits of each id (BLAKE3 outputs: no two committed
+/// transactions share them in practice), its value the height and position packed in 64 bits,
+/// so an entry is 24 bytes and the window's full index a little over 100 MiB; its room is taken
+/// once, with the first block recorded, so that recording never rehashes millions of entries on
+/// the consensus thread. A fingerprint's hit is confirmed against the full id kept with its block.
 #[derive(Debug, Default)]
 pub struct CommittedTxs {
     /// By height.
     blocks: BTreeMap<u64, WindowBlock>,
-    /// Transaction id → (height, position).
-    by_id: IdMap<(u64, u32)>,
+    /// Fingerprint → height (high 48 bits) and position (low 16 bits).
+    by_id: std::collections::HashMap<u128, u64, foldhash::fast::RandomState>,
+}
+
+
+/// The first 128 bits of a transaction id.
+fn fingerprint(id: &TxId) -> u128 {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&id[..16]);
+    u128::from_le_bytes(b)
+}
+
+/// Positions above this (a block holds at most [`MAX_TXS_PER_BLOCK`]) are not indexed.
+const POSITION_BITS: u32 = 16;
+
+fn pack(height: u64, position: usize) -> u64 {
+    (height << POSITION_BITS) | position as u64
+}
+
+fn unpack(v: u64) -> (u64, usize) {
+    (
+        v >> POSITION_BITS,
+        (v & ((1 << POSITION_BITS) - 1)) as usize,
+    )
 }
 
 impl CommittedTxs {
@@ -43,9 +71,14 @@ impl CommittedTxs {
         if self.blocks.contains_key(&height) {
             return;
         }
-        for (pos, id) in ids.iter().enumerate() {
+        if self.by_id.capacity() == 0 {
+            self.by_id.reserve(COMMITTED_WINDOW_TXS + MAX_TXS_PER_BLOCK);
+        }
+        for (pos, id) in ids.iter().enumerate().take(1 << POSITION_BITS) {
             // A transaction a Byzantine leader put in twice keeps its first place.
-            self.by_id.entry(*id).or_insert((height, pos as u32));
+            self.by_id
+                .entry(fingerprint(id))
+                .or_insert(pack(height, pos));
         }
         self.blocks.insert(
             height,
@@ -63,26 +96,32 @@ impl CommittedTxs {
             }
             if let Some((h, gone)) = self.blocks.pop_first() {
                 for id in gone.ids.iter() {
-                    if self.by_id.get(id).is_some_and(|(at, _)| *at == h) {
-                        self.by_id.remove(id);
+                    let f = fingerprint(id);
+                    if self.by_id.get(&f).is_some_and(|v| unpack(*v).0 == h) {
+                        self.by_id.remove(&f);
                     }
                 }
             }
         }
     }
 
+    /// The height and position `id` committed at, if in the window (the fingerprint's hit
+    /// confirmed against the full id).
+    fn place_of(&self, id: &TxId) -> Option<(u64, usize, &WindowBlock)> {
+        let (height, pos) = unpack(*self.by_id.get(&fingerprint(id))?);
+        let b = self.blocks.get(&height)?;
+        (b.ids.get(pos) == Some(id)).then_some((height, pos, b))
+    }
+
     /// The height `id` committed at, if in the window.
     pub fn height_of(&self, id: &TxId) -> Option<u64> {
-        self.by_id.get(id).map(|(h, _)| *h)
+        self.place_of(id).map(|(h, _, _)| h)
     }
 
     /// Where `id` committed, with its inclusion proof, if in the window.
     pub fn status(&self, id: &TxId) -> Option<CommittedTx> {
-        let (height, pos) = *self.by_id.get(id)?;
-        let b = self.blocks.get(&height)?;
-        let proof = MerkleTree::from_leaf_hashes(&b.ids)
-            .proof(pos as usize)
-            .ok()?;
+        let (height, pos, b) = self.place_of(id)?;
+        let proof = MerkleTree::from_leaf_hashes(&b.ids).proof(pos).ok()?;
         Some(CommittedTx {
             height,
             block: b.block,

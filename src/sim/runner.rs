@@ -121,7 +121,7 @@ struct SimApp {
 }
 
 impl App for SimApp {
-    fn make_payload(&mut self, height: Height, round: Round, _: &[Arc<Block>]) -> Vec<u8> {
+    fn make_payload(&mut self, height: Height, round: Round, _: Option<&[Arc<Block>]>) -> Vec<u8> {
         let mut p = self.tag.to_vec();
         p.extend_from_slice(&height.0.to_le_bytes());
         p.extend_from_slice(&round.0.to_le_bytes());

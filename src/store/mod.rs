@@ -565,6 +565,62 @@ impl RedbStore {
         }
     }
 
+    /// The committed block at `height` as stored (`None` above the durable tip). Unlike
+    /// [`Storage::committed_block`], a failed read is an error, not an absence.
+    ///
+    /// # Errors
+    /// A failed read, or a stored record that does not decode.
+    pub fn read_block(&self, height: u64) -> Result<Option<Block>, StorageError> {
+        self.record(BLOCKS, height)
+    }
+
+    /// The durable committed height (0: only genesis).
+    pub fn durable_height(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// The ids of the committed blocks at heights `from..=to` (clamped to the durable tip),
+    /// with each block's transaction count, read from the stored chain. Every id is computed
+    /// from the block's bytes (`chain_id` is part of it), and each block's `parent_id` must be
+    /// the id of the block below it: a read that fails, a missing block below the tip or a
+    /// broken link is an error (the chain is damaged), never a silent difference.
+    ///
+    /// # Errors
+    /// A failed read, a missing block below the tip, or a broken parent link.
+    pub fn committed_ids(
+        &self,
+        chain_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, BlockId, usize)>, StorageError> {
+        let to = to.min(self.durable_height());
+        let from = from.max(1);
+        let mut out: Vec<(u64, BlockId, usize)> = Vec::new();
+        let mut below: Option<BlockId> = None;
+        for h in from..=to {
+            let b = self.read_block(h)?.ok_or_else(|| {
+                StorageError::Backend(format!("committed block {h} is missing below the tip {to}"))
+            })?;
+            if b.height.0 != h {
+                return Err(StorageError::Backend(format!(
+                    "the block stored at height {h} says it is at height {}",
+                    b.height.0
+                )));
+            }
+            if below.is_some_and(|p| p != b.parent_id) {
+                return Err(StorageError::Backend(format!(
+                    "the block at height {h} does not extend the one stored at height {}",
+                    h - 1
+                )));
+            }
+            let id = b.id(chain_id);
+            let txs = crate::mempool::Payload::decode(&b.payload).map_or(0, |p| p.len());
+            out.push((h, id, txs));
+            below = Some(id);
+        }
+        Ok(out)
+    }
+
     /// The latest stored execution state ([`ChainWriter::save_exec_state`]): its height and
     /// snapshot bytes.
     ///

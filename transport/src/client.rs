@@ -724,6 +724,25 @@ impl ClientRuntime {
         max_frame_bytes: usize,
         queue_frames: usize,
     ) -> Result<(ClientSender, mpsc::Receiver<Bytes>), TransportError> {
+        self.connect_within(
+            server,
+            server_key,
+            max_frame_bytes,
+            queue_frames,
+            CLIENT_CONNECT_TIMEOUT,
+        )
+    }
+
+    /// [`ClientRuntime::connect`], giving up after `timeout` (a client that tries again soon
+    /// waits less for a server that is not up yet).
+    pub fn connect_within(
+        &self,
+        server: SocketAddr,
+        server_key: [u8; 32],
+        max_frame_bytes: usize,
+        queue_frames: usize,
+        timeout: Duration,
+    ) -> Result<(ClientSender, mpsc::Receiver<Bytes>), TransportError> {
         check_frame_limit(max_frame_bytes)?;
         if queue_frames == 0 {
             return Err(TransportError::InvalidConfig {
@@ -749,14 +768,14 @@ impl ClientRuntime {
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
         runtime.spawn(async move {
             let opened = tokio::time::timeout(
-                CLIENT_CONNECT_TIMEOUT,
+                timeout,
                 open_client(endpoint, client, server, max_frame_bytes, queue_frames),
             )
             .await
             .unwrap_or_else(|_| Err("timed out".into()));
             let _ = done_tx.send(opened);
         });
-        match done_rx.recv_timeout(CLIENT_CONNECT_TIMEOUT + Duration::from_secs(1)) {
+        match done_rx.recv_timeout(timeout + Duration::from_secs(1)) {
             Ok(Ok(pair)) => Ok(pair),
             Ok(Err(reason)) => Err(connect_error(reason)),
             Err(_) => Err(connect_error("timed out".into())),

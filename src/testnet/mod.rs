@@ -1,4 +1,9 @@
-//! A local multi-process testnet: keys, configs and `bpci node` processes on 127.0.0.1.
+//! A local multi-process testnet: keys, configs and `bpci node` processes on 127.0.0.1, the
+//! faults a run may apply to them ([`faults`]), and the check of their stored chains after a
+//! run ([`chain`]).
+
+pub mod chain;
+pub mod faults;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -6,6 +11,40 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::crypto::Keypair;
+
+/// Parses `30s`, `500ms`, `2m` or a bare number of seconds (more than zero, at most 24 h).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration_or_zero(s)?;
+    if d.is_zero() {
+        return Err(format!("{:?} must be between 1ms and 24h", s.trim()));
+    }
+    Ok(d)
+}
+
+/// Like [`parse_duration`], zero allowed (`0s` turns a warm-up off).
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+    };
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("{s:?} must be between 0 and 24h"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The chain id of every testnet's validators.
+pub const CHAIN_ID: &str = "bpci-testnet";
 
 /// Settings of a local testnet.
 #[derive(Clone, Debug)]
@@ -77,6 +116,9 @@ pub enum TestnetError {
     /// Stopped (Ctrl-C) while waiting for the validators.
     #[error("interrupted while waiting for the validators to connect")]
     Interrupted,
+    /// A thread of the testnet's own (the fault runner) panicked.
+    #[error("the {0} thread panicked")]
+    Panicked(&'static str),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestnetError {
@@ -202,9 +244,10 @@ node:
   validator_id: "validator-{i:03}"
   key_file: "{key}"
   data_dir: "{data}"
-  chain_id: "bpci-testnet"
+  chain_id: "{chain_id}"
   client_listen: "127.0.0.1:{client}"
 {tuning}"#,
+            chain_id = CHAIN_ID,
             phase = cfg.phase_timeout_seconds,
             depth = cfg.pipeline_depth,
             view = cfg.view_timeout_seconds,
@@ -291,6 +334,74 @@ impl Testnet {
         self.spawn(i)
     }
 
+    /// Starts validator `i` from its data directory if it is not running.
+    pub fn start_node(&mut self, i: usize) -> Result<(), TestnetError> {
+        if self.is_running(i) {
+            return Ok(());
+        }
+        self.spawn(i)
+    }
+
+    /// Whether validator `i`'s process is running (or paused).
+    pub fn is_running(&mut self, i: usize) -> bool {
+        match self.procs.get_mut(i).and_then(|p| p.as_mut()) {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Sends `signal` to validator `i`, if running.
+    fn signal(&self, i: usize, signal: rustix::process::Signal) -> Result<(), TestnetError> {
+        let Some(pid) = self
+            .pid(i)
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        else {
+            return Ok(());
+        };
+        rustix::process::kill_process(pid, signal).map_err(|e| TestnetError::Io {
+            what: format!("signalling validator {i}"),
+            source: e.into(),
+        })
+    }
+
+    /// Pauses validator `i` (`SIGSTOP`): it keeps its sockets and state and does nothing.
+    pub fn pause(&self, i: usize) -> Result<(), TestnetError> {
+        self.signal(i, rustix::process::Signal::STOP)
+    }
+
+    /// Resumes a paused validator `i` (`SIGCONT`).
+    pub fn resume(&self, i: usize) -> Result<(), TestnetError> {
+        self.signal(i, rustix::process::Signal::CONT)
+    }
+
+    /// Stops every validator at once: with `kill`, `SIGKILL` to each in turn (no validator
+    /// learns of the others' end first); else `SIGTERM` to each, then `SIGKILL` to any still
+    /// running after `grace`.
+    pub fn stop_all(&mut self, kill: bool, grace: Duration) {
+        let signal = if kill {
+            rustix::process::Signal::KILL
+        } else {
+            rustix::process::Signal::TERM
+        };
+        for i in 0..self.procs.len() {
+            let _ = self.signal(i, signal);
+        }
+        let deadline = Instant::now() + grace;
+        for p in self.procs.iter_mut() {
+            if let Some(c) = p.as_mut() {
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = c.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            *p = None;
+        }
+    }
+
     /// The latest `stats.json` of validator `i`.
     pub fn stats(&self, i: usize) -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(self.nodes[i].data_dir.join("stats.json")).ok()?;
@@ -356,30 +467,13 @@ impl Testnet {
         }
     }
 
-    /// Stops every validator: SIGTERM, then SIGKILL after a grace period.
+    /// Stops every validator: SIGTERM (and SIGCONT, for a paused one), then SIGKILL after a
+    /// grace period.
     pub fn stop(&mut self) {
-        for c in self.procs.iter_mut().flatten() {
-            // SAFETY-free: `kill` via the command line keeps this crate free of libc; fall back to
-            // SIGKILL below.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
+        for i in 0..self.procs.len() {
+            let _ = self.resume(i);
         }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        for p in self.procs.iter_mut() {
-            if let Some(c) = p.as_mut() {
-                while Instant::now() < deadline {
-                    if let Ok(Some(_)) = c.try_wait() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            *p = None;
-        }
+        self.stop_all(false, Duration::from_secs(3));
     }
 }
 
@@ -415,5 +509,20 @@ mod tests {
         let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len());
         assert!(ports.iter().all(|p| *p != 0));
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_bad_values_by_name() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("0s")
+            .unwrap_err()
+            .contains("between 1ms and 24h"));
+        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("25h").is_err());
+        assert!(parse_duration("5x").unwrap_err().contains("unit"));
+        assert!(parse_duration("fast").unwrap_err().contains("\"fast\""));
     }
 }
