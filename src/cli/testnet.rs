@@ -211,7 +211,7 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
         });
         let outcomes = fault_thread.map(|t| {
             t.join()
-                .unwrap_or_else(|_| Err(testnet::TestnetError::Panicked("fault runner")))
+                .unwrap_or(Err(testnet::TestnetError::Panicked("fault runner")))
         });
         (report, outcomes)
     });

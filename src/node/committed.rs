@@ -41,7 +41,6 @@ pub struct CommittedTxs {
     by_id: std::collections::HashMap<u128, u64, foldhash::fast::RandomState>,
 }
 
-
 /// The first 128 bits of a transaction id.
 fn fingerprint(id: &TxId) -> u128 {
     let mut b = [0u8; 16];
