@@ -66,8 +66,10 @@ for target in "${targets[@]}"; do
   found=$(find "$corpus" -type f | wc -l)
   if [ "$status" -ne 0 ]; then
     failed+=("$target")
-    echo "   FAILED (exit $status): the last lines of its log ($log):"
-    tail -n 60 "$log" | sed 's/^/   | /'
+    echo "   FAILED (exit $status): what it found, then the end of its log ($log):"
+    grep -m 3 -A 2 -E "panicked at|==ERROR|ERROR: libFuzzer" "$log" | sed 's/^/   | /' || true
+    echo "   | ..."
+    tail -n 40 "$log" | sed 's/^/   | /'
     for input in "$artifacts"*; do
       [ -f "$input" ] || continue
       echo "   failing input $input (base64): $(base64 -w0 "$input")"
