@@ -566,13 +566,15 @@ impl Config {
                     ),
                 ));
             }
-            if n <= 3 * t.byzantine_fault_tolerance {
+            // 3f in u128, where it cannot overflow: a huge f is refused, not wrapped to a
+            // small bound that passes.
+            let three_f = 3 * t.byzantine_fault_tolerance as u128;
+            if n as u128 <= three_f {
                 return Err(invalid(
                     "consensus_thresholds.byzantine_fault_tolerance",
                     format!(
-                        "f = {} needs more than 3f = {} validators, have {n}",
-                        t.byzantine_fault_tolerance,
-                        3 * t.byzantine_fault_tolerance
+                        "f = {} needs more than 3f = {three_f} validators, have {n}",
+                        t.byzantine_fault_tolerance
                     ),
                 ));
             }

@@ -140,6 +140,12 @@ fn bad_values_name_their_key() {
             "byzantine_fault_tolerance: 2",
             "consensus_thresholds.byzantine_fault_tolerance",
         ),
+        // 3f overflows a usize: refused, not wrapped (found by tests/decoder_props.rs).
+        (
+            "byzantine_fault_tolerance: 1",
+            "byzantine_fault_tolerance: 6148914691236517206",
+            "consensus_thresholds.byzantine_fault_tolerance",
+        ),
         (
             "minimum_validators: 4",
             "minimum_validators: 7",

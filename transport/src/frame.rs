@@ -22,8 +22,10 @@ const BATCH_BUFFER_BYTES_INITIAL: usize = 64 * 1024;
 /// A frame's length prefix exceeds the configured limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("frame length {len} exceeds the limit of {max} bytes")]
-pub(crate) struct FrameTooLarge {
+pub struct FrameTooLarge {
+    /// The length the prefix claims.
     pub len: u64,
+    /// The limit it exceeds.
     pub max: usize,
 }
 
@@ -33,7 +35,7 @@ pub(crate) struct FrameTooLarge {
 /// until it returns `Ok(None)`. After an error the stream must be abandoned.
 /// Memory: at most one partial frame (≤ `max_frame_bytes` + 4) plus one pushed chunk.
 #[derive(Debug)]
-pub(crate) struct FrameDecoder {
+pub struct FrameDecoder {
     buf: BytesMut,
     max_frame_bytes: usize,
     /// Length of the frame whose prefix has been read but whose body is incomplete.
@@ -41,7 +43,8 @@ pub(crate) struct FrameDecoder {
 }
 
 impl FrameDecoder {
-    pub(crate) fn new(max_frame_bytes: usize) -> Self {
+    /// A decoder that refuses frames above `max_frame_bytes`.
+    pub fn new(max_frame_bytes: usize) -> Self {
         Self {
             buf: BytesMut::new(),
             max_frame_bytes,
@@ -50,13 +53,13 @@ impl FrameDecoder {
     }
 
     /// Appends bytes read from the stream.
-    pub(crate) fn push(&mut self, data: &[u8]) {
+    pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
 
     /// Returns the next complete frame, `Ok(None)` if more bytes are needed, or an error if the
     /// next length prefix is above the limit (nothing is allocated for it).
-    pub(crate) fn next_frame(&mut self) -> Result<Option<Bytes>, FrameTooLarge> {
+    pub fn next_frame(&mut self) -> Result<Option<Bytes>, FrameTooLarge> {
         let len = match self.pending_len {
             Some(len) => len,
             None => {
@@ -86,7 +89,7 @@ impl FrameDecoder {
     }
 
     /// True if the stream ended in the middle of a frame (a truncated frame).
-    pub(crate) fn is_mid_frame(&self) -> bool {
+    pub fn is_mid_frame(&self) -> bool {
         self.pending_len.is_some() || !self.buf.is_empty()
     }
 }

@@ -1,9 +1,11 @@
 //! Building blocks for tools and tests that speak the wire protocol directly with quinn,
-//! for example to send malformed frames on an authenticated stream. A node does not need them.
+//! for example to send malformed frames on an authenticated stream, or to fuzz the decoder of
+//! the frames a peer sends ([`FrameDecoder`], as `fuzz/` does). A node does not need them.
 
 use crate::error::TransportError;
 
 pub use crate::client::CLIENT_HELLO;
+pub use crate::frame::{FrameDecoder, FrameTooLarge};
 pub use crate::tls::{public_key_from_spki, spki_from_public_key};
 pub use crate::wire::{
     decode_hello, encode_hello, CloseCode, HelloError, ALPN, CLIENT_ALPN, HELLO_BYTES, HELLO_MAGIC,
