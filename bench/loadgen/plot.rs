@@ -1,25 +1,35 @@
-//! Plots of a load run (SVG): the latency-percentile curve.
+//! Plots of a load run (SVG): the latency-percentile curve and the per-second timeline.
 //!
 //! [`latency_svg`] draws latency against percentile on a scale of nines (x = -log10(1 - p)), so
 //! 90 %, 99 %, 99.9 % ... sit one step apart and are the axis labels. The axis stops just past
 //! the last percentile the sample supports; the maximum (the curve's 100 % point) is its own
 //! marked point at the right edge. Latency is on a log scale with round labels, from a little
 //! under the smallest value to a little over the largest.
+//!
+//! [`timeline_svg`] draws each second's committed tx/s (left axis) and p99 latency (right axis)
+//! against seconds since load start, with each [`FaultMark`] as a shaded band (or a vertical
+//! line for an instant fault) labelled above the plot; labels of faults close together go on
+//! separate rows. A second's figures are drawn at its middle: [`Tick::second`] counts the seconds
+//! that have ended, so tick `s` covers `[s - 1, s)`. A second with no commits has no p99
+//! (`p99_ms` is 0) and leaves a gap in the p99 line.
 
 use std::ops::Range;
 use std::path::Path;
 
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-/// Image size (px).
+use super::Tick;
+
+/// Image size (px) of both plots.
 const SIZE_PX: (u32, u32) = (960, 560);
 /// Font of every text.
 const FONT: &str = "sans-serif";
 /// Font size (px) of the caption.
 const CAPTION_PX: u32 = 22;
-/// Font size (px) of tick labels.
+/// Font size (px) of tick labels, fault labels and the legend.
 const LABEL_PX: u32 = 14;
 /// Font size (px) of axis descriptions.
 const DESC_PX: u32 = 15;
@@ -33,11 +43,44 @@ const X_AREA_PX: u32 = 48;
 const LOG_LABELS_MAX: usize = 10;
 /// Round labels on a log axis, at least when the range allows (a narrow range gets finer steps).
 const LOG_LABELS_MIN: usize = 4;
+/// Round labels on a linear axis, about.
+const LINEAR_LABELS: f64 = 8.0;
 /// Smallest latency drawn (ms); a log axis has no zero.
 const MS_FLOOR: f64 = 1e-3;
+/// Rows of fault labels, at most; labels beyond share the row whose last label ends first.
+const FAULT_LABEL_ROWS_MAX: usize = 6;
+/// Height (px) of a row of fault labels.
+const FAULT_LABEL_ROW_PX: u32 = 18;
+/// Gap (px) kept between two fault labels on one row.
+const FAULT_LABEL_GAP_PX: i32 = 10;
+/// Height (px) of the legend strip under the timeline.
+const LEGEND_PX: u32 = 30;
 
-/// Line colour of the latency curve.
+/// Line colour of the latency curve and of committed tx/s.
 const LINE_BLUE: RGBColor = RGBColor(31, 119, 180);
+/// Line colour of p99.
+const LINE_RED: RGBColor = RGBColor(214, 39, 40);
+/// Colours of faults, in turn.
+const FAULT_COLOURS: [RGBColor; 6] = [
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(44, 160, 44),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// A fault injected during a run, for [`timeline_svg`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultMark {
+    /// What happened, as written above the plot ("crash v2", "partition").
+    pub label: String,
+    /// When it began (seconds since load start).
+    pub start_s: f64,
+    /// When it ended (seconds since load start); `None` for an instant fault.
+    pub end_s: Option<f64>,
+}
+
 /// Draws latency (ms, log scale) against percentile (scale of nines) into an SVG at `path`.
 ///
 /// `curve` is (percentile, ms) points as `LoadReport::latency_curve` gives them: percentiles
@@ -101,6 +144,176 @@ pub fn latency_svg(path: &Path, title: &str, curve: &[(f64, f64)]) -> Result<(),
                 + Text::new(text, (-8, -4), style)])
             .map_err(draw_err)?;
     }
+    root.present().map_err(draw_err)
+}
+
+/// Draws committed tx/s and p99 per second, with `faults` marked, into an SVG at `path`.
+///
+/// Committed tx/s is on the left axis (linear), p99 (ms) on the right axis: log scale when the
+/// seconds' values span more than a decade, else linear. A fault whose start is not a finite
+/// number is left out; one whose end is not a finite number after its start is drawn as an
+/// instant. Refuses an empty `ticks`.
+pub fn timeline_svg(
+    path: &Path,
+    title: &str,
+    ticks: &[Tick],
+    faults: &[FaultMark],
+) -> Result<(), String> {
+    if ticks.is_empty() {
+        return Err("no per-second figures to plot".into());
+    }
+    let faults: Vec<FaultMark> = faults
+        .iter()
+        .filter(|f| f.start_s.is_finite())
+        .map(|f| FaultMark {
+            end_s: f.end_s.filter(|end| end.is_finite() && *end > f.start_s),
+            ..f.clone()
+        })
+        .collect();
+    let middle = |t: &Tick| t.second as f64 - 0.5;
+    let ends = faults
+        .iter()
+        .flat_map(|f| [Some(f.start_s), f.end_s])
+        .flatten();
+    let (x_lo, x_hi) = ticks
+        .iter()
+        .flat_map(|t| [t.second as f64 - 1.0, t.second as f64])
+        .chain(ends)
+        .fold((0.0f64, 1.0f64), |(lo, hi), s| (lo.min(s), hi.max(s)));
+    let x = LinearAxis::new(x_lo, x_hi);
+    let tps_max = ticks.iter().map(|t| t.committed_tps).max().unwrap_or(0) as f64;
+    let tps = LinearAxis::new(0.0, tps_max.max(1.0) * 1.05);
+    let p99 = P99Axis::new(ticks.iter().map(|t| t.p99_ms));
+
+    let root = SVGBackend::new(path, SIZE_PX).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_err)?;
+    let body = root
+        .margin(MARGIN_PX, 0, MARGIN_PX, MARGIN_PX)
+        .titled(title, (FONT, CAPTION_PX))
+        .map_err(draw_err)?;
+    // Fault labels go in a strip between the caption and the plot, one row per stagger level.
+    let plot_x0 = (MARGIN_PX + Y_AREA_PX) as i32;
+    let plot_x1 = (SIZE_PX.0 - MARGIN_PX - Y_AREA_PX) as i32;
+    let to_px =
+        |s: f64| plot_x0 + ((s - x.lo) / (x.hi - x.lo) * f64::from(plot_x1 - plot_x0)) as i32;
+    let placed = place_labels(&faults, to_px, SIZE_PX.0 as i32 - MARGIN_PX as i32);
+    let rows = placed.iter().map(|p| p.row + 1).max().unwrap_or(0) as u32;
+    let strip_px = rows * FAULT_LABEL_ROW_PX + if rows > 0 { 6 } else { 0 };
+    let (strip, rest) = body.split_vertically(strip_px);
+    let (chart_area, legend_area) = rest.split_vertically(rest.dim_in_pixel().1 - LEGEND_PX);
+
+    let chart = ChartBuilder::on(&chart_area)
+        .x_label_area_size(X_AREA_PX)
+        .y_label_area_size(Y_AREA_PX)
+        .right_y_label_area_size(Y_AREA_PX)
+        .build_cartesian_2d(
+            Ticked::new(x.lo..x.hi, x.ticks.clone()),
+            Ticked::new(tps.lo..tps.hi, tps.ticks.clone()),
+        )
+        .map_err(draw_err)?;
+    debug_assert_eq!(
+        chart.plotting_area().get_pixel_range().0,
+        plot_x0..plot_x1,
+        "fault labels were placed for another plot width"
+    );
+    let mut chart = chart.set_secondary_coord(
+        x.lo..x.hi,
+        Ticked::new(p99.axis.lo..p99.axis.hi, p99.axis.ticks.clone()),
+    );
+    let plain = |v: &f64| round_label(*v);
+    let p99_label = |v: &f64| round_label(p99.ms(*v));
+    chart
+        .configure_mesh()
+        .x_desc("seconds since load start")
+        .y_desc("committed tx/s")
+        .label_style((FONT, LABEL_PX))
+        .axis_desc_style((FONT, DESC_PX))
+        .x_label_formatter(&plain)
+        .y_label_formatter(&plain)
+        .draw()
+        .map_err(draw_err)?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("p99 (ms)")
+        .label_style((FONT, LABEL_PX))
+        .axis_desc_style((FONT, DESC_PX))
+        .y_label_formatter(&p99_label)
+        .draw()
+        .map_err(draw_err)?;
+
+    // Faults under the lines.
+    for (i, f) in faults.iter().enumerate() {
+        let colour = FAULT_COLOURS[i % FAULT_COLOURS.len()];
+        match f.end_s {
+            Some(end) => chart
+                .draw_series([Rectangle::new(
+                    [(f.start_s, tps.hi), (end, tps.lo)],
+                    colour.mix(0.18).filled(),
+                )])
+                .map(|_| ()),
+            _ => chart
+                .draw_series([PathElement::new(
+                    [(f.start_s, tps.lo), (f.start_s, tps.hi)],
+                    colour.stroke_width(2),
+                )])
+                .map(|_| ()),
+        }
+        .map_err(draw_err)?;
+    }
+
+    let tps_line = ticks.iter().map(|t| (middle(t), t.committed_tps as f64));
+    chart
+        .draw_series(LineSeries::new(tps_line, LINE_BLUE.stroke_width(2)))
+        .map_err(draw_err)?;
+    // p99 in runs of consecutive seconds that have one; a lone second is a dot.
+    for run in p99_runs(ticks) {
+        let points: Vec<(f64, f64)> = run
+            .iter()
+            .map(|t| (middle(t), p99.axis_value(t.p99_ms)))
+            .collect();
+        if points.len() == 1 {
+            chart
+                .draw_secondary_series([Circle::new(points[0], 3, LINE_RED.filled())])
+                .map_err(draw_err)?;
+        } else {
+            chart
+                .draw_secondary_series(LineSeries::new(points, LINE_RED.stroke_width(2)))
+                .map_err(draw_err)?;
+        }
+    }
+
+    // Fault labels, each with a leader line down to where its band starts. Leaders first, so
+    // that a label (on a white ground) stays readable where another fault's leader passes.
+    let (_, strip_y) = strip.get_pixel_range();
+    let plot_top = chart.plotting_area().get_pixel_range().1.start;
+    let row_y = |row: usize| strip_y.start + (row as i32) * FAULT_LABEL_ROW_PX as i32;
+    for p in &placed {
+        let colour = FAULT_COLOURS[p.index % FAULT_COLOURS.len()];
+        let start_px = chart.backend_coord(&(faults[p.index].start_s, tps.hi)).0;
+        root.draw(&PathElement::new(
+            [(start_px, row_y(p.row)), (start_px, plot_top)],
+            colour.mix(0.6).stroke_width(1),
+        ))
+        .map_err(draw_err)?;
+    }
+    for p in &placed {
+        let colour = FAULT_COLOURS[p.index % FAULT_COLOURS.len()];
+        let label = faults[p.index].label.as_str();
+        let y = row_y(p.row);
+        let ground = [
+            (p.x0, y),
+            (p.x0 + text_width_px(label), y + FAULT_LABEL_ROW_PX as i32),
+        ];
+        root.draw(&Rectangle::new(ground, WHITE.filled()))
+            .map_err(draw_err)?;
+        let style = TextStyle::from((FONT, LABEL_PX).into_font())
+            .color(&colour)
+            .pos(Pos::new(HPos::Left, VPos::Top));
+        root.draw(&Text::new(label, (p.x0, y + 2), style))
+            .map_err(draw_err)?;
+    }
+
+    draw_legend(&legend_area, &p99)?;
     root.present().map_err(draw_err)
 }
 
@@ -330,6 +543,174 @@ fn decade_values(lo: f64, hi: f64, mantissas: &[f64], every: i32) -> Vec<f64> {
         .collect()
 }
 
+/// A linear axis from `lo` to `hi` with ticks at a round step (1, 2 or 5 × 10^k).
+struct LinearAxis {
+    lo: f64,
+    hi: f64,
+    ticks: Vec<f64>,
+}
+
+impl LinearAxis {
+    fn new(lo: f64, hi: f64) -> LinearAxis {
+        debug_assert!(hi > lo, "linear axis of {lo}..{hi}");
+        let raw = (hi - lo) / LINEAR_LABELS;
+        let decade = 10f64.powf(raw.log10().floor());
+        let step = [1.0, 2.0, 5.0, 10.0]
+            .iter()
+            .map(|m| m * decade)
+            .find(|s| *s >= raw)
+            .unwrap_or(10.0 * decade);
+        let first = (lo / step).ceil() as i64;
+        let last = (hi / step + 1e-9).floor() as i64;
+        let ticks = (first..=last).map(|k| k as f64 * step).collect();
+        LinearAxis { lo, hi, ticks }
+    }
+}
+
+/// The p99 axis of the timeline: linear in ms, or log10(ms) on a linear coordinate.
+struct P99Axis {
+    log: bool,
+    /// In axis units: ms, or log10(ms).
+    axis: LinearAxis,
+}
+
+impl P99Axis {
+    /// From the seconds' p99 values; those ≤ 0 (no commit that second) are left out.
+    fn new(values: impl Iterator<Item = f64>) -> P99Axis {
+        let (min, max) = values
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            });
+        if max <= 0.0 {
+            return P99Axis {
+                log: false,
+                axis: LinearAxis::new(0.0, 1.0),
+            };
+        }
+        if max / min > 10.0 {
+            let log = LogAxis::new(min, max);
+            let ticks = log.ticks.iter().map(|t| t.log10()).collect();
+            P99Axis {
+                log: true,
+                axis: LinearAxis {
+                    lo: log.lo.log10(),
+                    hi: log.hi.log10(),
+                    ticks,
+                },
+            }
+        } else {
+            P99Axis {
+                log: false,
+                axis: LinearAxis::new(0.0, max * 1.1),
+            }
+        }
+    }
+
+    fn axis_value(&self, ms: f64) -> f64 {
+        if self.log {
+            ms.log10()
+        } else {
+            ms
+        }
+    }
+
+    fn ms(&self, axis_value: f64) -> f64 {
+        if self.log {
+            10f64.powf(axis_value)
+        } else {
+            axis_value
+        }
+    }
+}
+
+/// Runs of consecutive seconds that have a p99.
+fn p99_runs(ticks: &[Tick]) -> Vec<&[Tick]> {
+    let has = |t: &Tick| t.p99_ms.is_finite() && t.p99_ms > 0.0;
+    ticks
+        .chunk_by(|a, b| has(a) == has(b) && b.second == a.second + 1)
+        .filter(|run| run.first().is_some_and(has))
+        .collect()
+}
+
+/// Where a fault's label goes: its left edge (px) and its row above the plot.
+#[derive(Debug, PartialEq)]
+struct PlacedLabel {
+    index: usize,
+    x0: i32,
+    row: usize,
+}
+
+/// Places fault labels left to right: each starts at its fault's start (moved left if it would
+/// run past `right_px`) on the first row where it clears the labels already there.
+fn place_labels(
+    faults: &[FaultMark],
+    to_px: impl Fn(f64) -> i32,
+    right_px: i32,
+) -> Vec<PlacedLabel> {
+    let mut order: Vec<usize> = (0..faults.len()).collect();
+    order.sort_by(|a, b| faults[*a].start_s.total_cmp(&faults[*b].start_s));
+    // Right end (px) of the last label on each row.
+    let mut row_ends: Vec<i32> = Vec::new();
+    let mut placed = Vec::with_capacity(faults.len());
+    for index in order {
+        let width = text_width_px(&faults[index].label);
+        let x0 = (to_px(faults[index].start_s) + 3).min(right_px - width);
+        let free = row_ends
+            .iter()
+            .position(|end| end + FAULT_LABEL_GAP_PX <= x0);
+        let row = match free {
+            Some(row) => row,
+            None if row_ends.len() < FAULT_LABEL_ROWS_MAX => {
+                row_ends.push(i32::MIN);
+                row_ends.len() - 1
+            }
+            None => (0..row_ends.len())
+                .min_by_key(|r| row_ends[*r])
+                .unwrap_or(0),
+        };
+        row_ends[row] = x0 + width;
+        placed.push(PlacedLabel { index, x0, row });
+    }
+    placed
+}
+
+/// About how wide (px) `text` is at [`LABEL_PX`] in a sans-serif font; generous, since the
+/// viewer picks the font.
+fn text_width_px(text: &str) -> i32 {
+    (text.chars().count() as f64 * f64::from(LABEL_PX) * 0.6).ceil() as i32
+}
+
+/// The legend under the timeline: a short line and the name of each line.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    p99: &P99Axis,
+) -> Result<(), String> {
+    let p99_name = format!(
+        "p99 latency (ms, right axis{})",
+        if p99.log { ", log scale" } else { "" }
+    );
+    let entries = [
+        (LINE_BLUE, "committed tx/s (left axis)".to_string()),
+        (LINE_RED, p99_name),
+    ];
+    let y = (LEGEND_PX / 2) as i32;
+    let mut x = (MARGIN_PX + Y_AREA_PX) as i32;
+    for (colour, name) in entries {
+        area.draw(&PathElement::new(
+            [(x, y), (x + 28, y)],
+            colour.stroke_width(3),
+        ))
+        .map_err(draw_err)?;
+        let style =
+            TextStyle::from((FONT, LABEL_PX).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+        area.draw(&Text::new(name.as_str(), (x + 36, y), style))
+            .map_err(draw_err)?;
+        x += 36 + text_width_px(&name) + 16;
+    }
+    Ok(())
+}
+
 /// A round value as a person writes it: at most three significant digits, no trailing zeros.
 fn round_label(v: f64) -> String {
     if v == 0.0 || !v.is_finite() {
@@ -388,6 +769,22 @@ mod tests {
         }
         out.push((100.0, max_ms));
         out
+    }
+
+    fn tick(second: u64, committed_tps: u64, p99_ms: f64) -> Tick {
+        Tick {
+            second,
+            committed_tps,
+            p99_ms,
+        }
+    }
+
+    fn fault(label: &str, start_s: f64, end_s: Option<f64>) -> FaultMark {
+        FaultMark {
+            label: label.into(),
+            start_s,
+            end_s,
+        }
     }
 
     #[test]
@@ -451,6 +848,115 @@ mod tests {
         // One sample gives the maximum alone, which is still a plot.
         latency_svg(&path, "latency", &[(100.0, 7.0)]).expect("max only");
         assert!(labels(&path).iter().any(|t| t == "max"));
+    }
+
+    #[test]
+    fn timeline_marks_faults_with_staggered_labels_and_names_its_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("timeline.svg");
+        let ticks: Vec<Tick> = (1..=60)
+            .map(|s| match s {
+                11..=20 => tick(s, 300, 900.0),
+                21..=22 => tick(s, 0, 0.0),
+                _ => tick(s, 5000, 25.0),
+            })
+            .collect();
+        let faults = [
+            fault("crash v2", 10.0, Some(20.0)),
+            fault("leader kill", 21.0, None),
+            fault("partition {0,1}|{2,3}", 22.0, Some(30.0)),
+            fault("heal", 30.0, None),
+        ];
+        timeline_svg(&path, "timeline", &ticks, &faults).expect("draw");
+        let t = svg_texts(&path);
+        let y_of = |label: &str| {
+            t.iter()
+                .find(|x| x.0 == label)
+                .unwrap_or_else(|| panic!("{label:?} missing from {t:?}"))
+                .2
+        };
+        for f in &faults {
+            y_of(&f.label);
+        }
+        // One second apart, and a long label eight seconds before a short one: different rows.
+        assert_ne!(y_of("leader kill"), y_of("partition {0,1}|{2,3}"));
+        assert_ne!(y_of("partition {0,1}|{2,3}"), y_of("heal"));
+        for want in [
+            "committed tx/s (left axis)",
+            "p99 latency (ms, right axis, log scale)",
+            "committed tx/s",
+            "p99 (ms)",
+            "seconds since load start",
+        ] {
+            y_of(want);
+        }
+    }
+
+    #[test]
+    fn timeline_refuses_no_ticks_and_skips_faults_without_a_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("timeline.svg");
+        let faults = [fault("crash v2", 1.0, Some(2.0))];
+        assert!(timeline_svg(&path, "timeline", &[], &faults).is_err());
+        // A fault without a finite start is left out; the rest still draws.
+        let ticks = [tick(1, 100, 4.0), tick(2, 120, 5.0)];
+        let faults = [
+            fault("never", f64::NAN, None),
+            fault("ends never", 0.5, Some(f64::NAN)),
+        ];
+        timeline_svg(&path, "timeline", &ticks, &faults).expect("draw");
+        let l = labels(&path);
+        assert!(!l.iter().any(|t| t == "never"), "{l:?}");
+        assert!(l.iter().any(|t| t == "ends never"), "{l:?}");
+    }
+
+    #[test]
+    fn p99_axis_is_log_only_beyond_a_decade() {
+        assert!(P99Axis::new([2.0, 30.0].into_iter()).log);
+        assert!(!P99Axis::new([5.0, 40.0].into_iter()).log);
+        // Seconds without commits (0) do not count.
+        assert!(!P99Axis::new([0.0, 5.0, 40.0].into_iter()).log);
+        let linear = P99Axis::new([5.0, 40.0].into_iter());
+        assert_eq!(linear.axis.lo, 0.0);
+        assert!(linear.axis.hi >= 40.0);
+    }
+
+    #[test]
+    fn close_labels_stagger_and_far_ones_share_a_row() {
+        let faults = [
+            fault("a long label", 10.0, None),
+            fault("b", 11.0, Some(12.0)),
+            fault("c", 12.0, None),
+            fault("d far away", 80.0, None),
+        ];
+        // 10 px per second.
+        let placed = place_labels(&faults, |s| (s * 10.0) as i32, 2000);
+        let row = |i: usize| placed.iter().find(|p| p.index == i).expect("placed").row;
+        assert_eq!([row(0), row(1), row(2), row(3)], [0, 1, 2, 0]);
+        // A label at the right edge is moved left to stay in the image.
+        let edge = place_labels(
+            &[fault("at the edge", 99.0, None)],
+            |s| (s * 10.0) as i32,
+            1000,
+        );
+        assert_eq!(edge[0].x0 + text_width_px("at the edge"), 1000);
+    }
+
+    #[test]
+    fn p99_runs_break_at_seconds_without_commits() {
+        let ticks = [
+            tick(1, 10, 5.0),
+            tick(2, 10, 6.0),
+            tick(3, 0, 0.0),
+            tick(4, 10, 7.0),
+            tick(6, 10, 8.0),
+            tick(7, 10, 9.0),
+        ];
+        let seconds: Vec<Vec<u64>> = p99_runs(&ticks)
+            .iter()
+            .map(|r| r.iter().map(|t| t.second).collect())
+            .collect();
+        assert_eq!(seconds, vec![vec![1, 2], vec![4], vec![6, 7]]);
     }
 
     #[test]
