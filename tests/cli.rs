@@ -6,6 +6,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// One testnet at a time in this test binary: the machine's cores are shared, and two
+/// testnets at once would measure each other.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn bpci() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bpci"))
 }
@@ -57,6 +65,7 @@ fn keys_generate_writes_an_owner_only_key_and_never_overwrites() {
 
 #[test]
 fn testnet_prints_its_results_object_and_writes_its_files() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let out = bpci()
         .args([
@@ -83,14 +92,13 @@ fn testnet_prints_its_results_object_and_writes_its_files() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["offered_tps"].as_f64(), Some(2000.0));
-    let committed = v["committed_tps"].as_f64().unwrap();
-    assert!(committed > 1500.0, "{v}");
+    // Everything offered committed (a bound on progress, not on speed).
+    assert_eq!(v["committed"], v["sent"], "{v}");
     let (p50, p99) = (
         v["latency_ms"]["p50"].as_f64().unwrap(),
         v["latency_ms"]["p99"].as_f64().unwrap(),
     );
     assert!(0.0 < p50 && p50 <= p99, "{v}");
-    assert_eq!(v["view_changes"].as_u64(), Some(0), "{v}");
     assert_eq!(v["persist_failures"].as_u64(), Some(0), "{v}");
     assert!(v["peak_rss_mb"].as_f64().unwrap() > 1.0, "{v}");
     assert_eq!(v["peak_rss_mb_per_validator"].as_array().unwrap().len(), 4);
@@ -100,13 +108,75 @@ fn testnet_prints_its_results_object_and_writes_its_files() {
         serde_json::from_slice(&std::fs::read(dir.path().join("results.json")).unwrap()).unwrap();
     assert_eq!(on_disk["committed"], v["committed"]);
     let svg = std::fs::read_to_string(dir.path().join("latency.svg")).unwrap();
-    assert!(svg.contains("<svg"));
+    assert!(svg.contains("<svg") && svg.contains("50%"), "{svg}");
+    // The stored chains were compared after the run.
+    assert_eq!(v["chain"]["identical"].as_bool(), Some(true), "{v}");
+    assert_eq!(v["chain"]["committed_twice"].as_u64(), Some(0), "{v}");
     // Every validator it started is gone.
+    assert!(processes_under(dir.path()).is_empty());
+}
+
+/// `--faults` with every kind of fault, under load: each is applied and reported with its
+/// recovery, the client loses nothing and commits nothing twice, the stored chains are
+/// identical, and the timeline plot marks the faults.
+#[test]
+fn testnet_applies_every_kind_of_fault_and_loses_nothing() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let schedule =
+        "pause:1@2s+3s,kill:2@6s+1s,kill-leader@9s+1s,stop-all:term@12s+2s,stop-all:kill@16s+2s";
+    let out = bpci()
+        .args([
+            "testnet",
+            "--duration",
+            "20s",
+            "--warmup",
+            "0s",
+            "--rate",
+            "2000",
+            "--faults",
+            schedule,
+            "--json",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["lost", "committed_twice", "unanswered"] {
+        assert_eq!(v[key].as_u64(), Some(0), "{key}: {v}");
+    }
+    assert_eq!(v["committed"], v["sent"], "{v}");
+    assert_eq!(v["chain"]["identical"].as_bool(), Some(true), "{v}");
+    assert_eq!(v["chain"]["committed_twice"].as_u64(), Some(0), "{v}");
+    let faults = v["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 5, "{v}");
+    for f in faults {
+        assert!(f["ended_s"].as_f64().is_some(), "{f}");
+        assert!(f["recovery_ms"].as_u64().is_some(), "no commit after {f}");
+    }
+    let timeline = std::fs::read_to_string(dir.path().join("timeline.svg")).unwrap();
+    for label in [
+        "pause:1",
+        "kill:2",
+        "kill-leader",
+        "stop-all:term",
+        "stop-all:kill",
+    ] {
+        assert!(timeline.contains(label), "{label} not marked");
+    }
     assert!(processes_under(dir.path()).is_empty());
 }
 
 #[test]
 fn ctrl_c_while_validators_start_stops_every_one_of_them() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut child = bpci()
         .args(["testnet", "--validators", "4", "--duration", "30s", "--dir"])

@@ -262,10 +262,23 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = loadgen::plot::latency_svg(&svg, &title, &report.latency_curve) {
         eprintln!("latency plot not written: {e}");
     }
+    // Committed tx/s and p99 per second, each fault marked.
+    let timeline = args.dir.join("timeline.svg");
+    let marks: Vec<loadgen::plot::FaultMark> = outcomes
+        .iter()
+        .map(|o| loadgen::plot::FaultMark {
+            label: o.fault.split('@').next().unwrap_or(&o.fault).to_string(),
+            start_s: o.applied_s,
+            end_s: o.ended_s,
+        })
+        .collect();
+    if let Err(e) = loadgen::plot::timeline_svg(&timeline, &title, &report.ticks, &marks) {
+        eprintln!("timeline plot not written: {e}");
+    }
     if args.json {
         println!("{text}");
     } else {
-        print_summary(&results, &path, &svg);
+        print_summary(&results, &path, &svg, &timeline);
     }
     // A run whose chains differ, or that committed a transaction twice, failed.
     match chain {
@@ -378,7 +391,12 @@ fn summarise(
     })
 }
 
-fn print_summary(v: &serde_json::Value, path: &std::path::Path, svg: &std::path::Path) {
+fn print_summary(
+    v: &serde_json::Value,
+    path: &std::path::Path,
+    svg: &std::path::Path,
+    timeline: &std::path::Path,
+) {
     let l = &v["latency_ms"];
     println!(
         "bpci testnet: {} validators, {} s, {} B transactions, pipeline depth {}, route {} ({} leader hints, {} batches answered late and rerouted)",
@@ -489,7 +507,12 @@ fn print_summary(v: &serde_json::Value, path: &std::path::Path, svg: &std::path:
                 .join(" / "))
             .unwrap_or_default()
     );
-    println!("  results      {}  plot {}", path.display(), svg.display());
+    println!(
+        "  results      {}  plots {}, {}",
+        path.display(),
+        svg.display(),
+        timeline.display()
+    );
 }
 
 /// Arguments of `bpci bench load`.

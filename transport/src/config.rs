@@ -22,7 +22,7 @@ pub const INBOUND_QUEUE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
 /// Default first reconnect delay (before jitter).
 pub const RECONNECT_MIN_DEFAULT: Duration = Duration::from_millis(100);
 /// Default cap of the exponential reconnect delay.
-pub const RECONNECT_MAX_DEFAULT: Duration = Duration::from_secs(5);
+pub const RECONNECT_MAX_DEFAULT: Duration = Duration::from_secs(1);
 /// Default QUIC keep-alive interval.
 pub const KEEP_ALIVE_INTERVAL_DEFAULT: Duration = Duration::from_secs(2);
 /// Default QUIC idle timeout: a silent peer is declared gone after this long.

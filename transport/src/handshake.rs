@@ -18,7 +18,7 @@ use crate::tls::peer_public_key;
 use crate::wire::{decode_hello, encode_hello, CloseCode, HELLO_BYTES, SERVER_NAME};
 
 /// Bound on one dial attempt (QUIC + TLS handshake), when the peer does not answer.
-pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Bound on the QUIC + TLS handshake of an incoming connection.
 pub(crate) const ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the hello exchange once TLS is done.
