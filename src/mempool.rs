@@ -2,7 +2,11 @@
 //! bounded in count and bytes, handed out in arrival order to fill block payloads.
 //!
 //! When it is full, [`Mempool::insert`] answers [`MempoolError::Full`] and the client endpoint
-//! tells the client "busy": memory never grows without bound.
+//! tells the client "busy": memory never grows without bound. "Full" for our own clients is
+//! also a matter of time: a validator takes no more than its own proposals take in about
+//! [`ADMIT_WAIT`] (a smoothed rate, see [`Mempool::note_proposal`]), never less than
+//! [`ADMIT_FLOOR_TXS`]: under overload it refuses what it cannot commit soon, rather than
+//! accept a backlog whose clients give up waiting.
 //!
 //! Transactions other validators forward to us wait in a queue of their own with its own
 //! bounds ([`MempoolLimits::max_forwarded_txs`], [`MempoolLimits::max_forwarded_bytes`]): their
@@ -157,6 +161,14 @@ impl Default for MempoolLimits {
     }
 }
 
+/// Our clients' transactions wait here about this long at most (see the module docs).
+pub const ADMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Our clients may always have this many transactions pending (within
+/// [`MempoolLimits::max_txs`]), whatever the rate of our proposals.
+pub const ADMIT_FLOOR_TXS: usize = 32_768;
+/// Weight of the newest sample in the smoothed proposal rate.
+const DRAIN_SMOOTHING: f64 = 0.3;
+
 /// The owner of a transaction no client connection of ours waits on (forwarded to us, or
 /// inserted without one).
 pub const NO_OWNER: u64 = u64::MAX;
@@ -179,6 +191,9 @@ pub struct Mempool {
     forwarded_bytes: usize,
     /// Transactions ever accepted from our own clients.
     local_inserted: u64,
+    /// Transactions a second our own proposals take (smoothed), and when one last did.
+    drain_txs_per_s: f64,
+    last_proposal: Option<std::time::Instant>,
 }
 
 impl Mempool {
@@ -213,6 +228,31 @@ impl Mempool {
     /// Whether transaction `id` is pending here.
     pub fn contains(&self, id: &TxId) -> bool {
         self.ids.contains_key(id)
+    }
+
+    /// One of our proposals took `taken` transactions at `now`: the rate our proposals drain
+    /// the pool at moves towards it.
+    pub fn note_proposal(&mut self, taken: usize, now: std::time::Instant) {
+        if let Some(last) = self.last_proposal {
+            let dt = now.saturating_duration_since(last).as_secs_f64().max(1e-3);
+            let sample = taken as f64 / dt;
+            self.drain_txs_per_s =
+                (1.0 - DRAIN_SMOOTHING) * self.drain_txs_per_s + DRAIN_SMOOTHING * sample;
+        }
+        self.last_proposal = Some(now);
+    }
+
+    /// How many of our own clients' transactions may be pending now: what our proposals take
+    /// in [`ADMIT_WAIT`], at least [`ADMIT_FLOOR_TXS`], at most [`MempoolLimits::max_txs`].
+    pub fn local_capacity(&self) -> usize {
+        let by_rate = (self.drain_txs_per_s * ADMIT_WAIT.as_secs_f64()) as usize;
+        by_rate.max(ADMIT_FLOOR_TXS).min(self.limits.max_txs)
+    }
+
+    /// Whether our own clients' transactions are refused now (no room left at all).
+    pub fn refuses_local(&self) -> bool {
+        self.queue.len() >= self.local_capacity()
+            || self.bytes - self.forwarded_bytes >= self.limits.max_bytes
     }
 
     /// Adds a transaction from one of our clients (no owner), returning its id.
@@ -293,7 +333,7 @@ impl Mempool {
             (
                 self.queue.len(),
                 self.bytes - self.forwarded_bytes,
-                self.limits.max_txs,
+                self.local_capacity(),
                 self.limits.max_bytes,
             )
         } else {

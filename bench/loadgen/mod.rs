@@ -268,8 +268,9 @@ impl Conn {
 
 /// A connection whose oldest submit has waited this long for its ack is closed and made
 /// again: the validator went away without saying so (killed, paused), and QUIC would only
-/// notice after its 30 s idle timeout.
-pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// notice after its 30 s idle timeout. (An overloaded validator answers late, but not this
+/// late; its transactions go elsewhere after [`LoadConfig::resubmit_after`] anyway.)
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the end of a run waits for the answers to its last status queries.
 pub const STATUS_WAIT: Duration = Duration::from_secs(3);
 /// How often a closed connection is tried again.
@@ -531,8 +532,8 @@ impl Shared {
             }
         }
         if let Some(ids) = left {
-            // Every queue full or closed: the batch waits for a resubmission, as if `Busy`.
-            self.tracker.busy(ids, Instant::now());
+            // Every queue full or closed: the batch waits for a resubmission.
+            self.tracker.retry_later(ids, Instant::now());
         }
         self.counters.moves_done.fetch_add(1, Ordering::AcqRel);
     }
@@ -581,15 +582,13 @@ impl Shared {
         let n = self.conns.len();
         // Grouped by the connection each goes to.
         let mut by_target: Vec<Vec<(TxId, Entry)>> = vec![Vec::new(); n];
-        let mut exhausted = Vec::new();
         for (id, e) in due {
             if e.exhausted {
                 continue;
             }
             if e.tries >= self.max_submits {
-                // No more submissions: ask what became of it.
+                // No more submissions: it waits for a notice, and is asked about at the end.
                 self.tracker.update(&id, |e| e.exhausted = true);
-                exhausted.push(id);
                 continue;
             }
             let from = usize::from(e.conn);
@@ -601,11 +600,8 @@ impl Shared {
             match target {
                 Some(t) => by_target[t].push((id, e)),
                 // No validator to go to: tried again after a backoff.
-                None => self.tracker.busy(vec![id], now),
+                None => self.tracker.retry_later(vec![id], now),
             }
-        }
-        if !exhausted.is_empty() {
-            self.ask_status(&exhausted);
         }
         let mut submitted = 0;
         for (t, group) in by_target.into_iter().enumerate() {
@@ -633,7 +629,7 @@ impl Shared {
                             .submitted(ids, t as u16, now, self.resubmit_after);
                     }
                     // Its queue is full: tried again after a backoff.
-                    Err(ids) => self.tracker.busy(ids, now),
+                    Err(ids) => self.tracker.retry_later(ids, now),
                 }
             }
         }
@@ -1118,6 +1114,7 @@ fn send_loop(
                     accepted: false,
                     busy: false,
                     answered: false,
+                    busy_answers: 0,
                     exhausted: false,
                 })
                 .collect();

@@ -4,13 +4,14 @@
 //! A transaction is submitted to one validator. Without a commit notice (or announcement)
 //! after [`super::LoadConfig::resubmit_after`] it goes again to another validator, up to
 //! [`super::LoadConfig::max_submits`] submissions in all; a `Busy` answer sends it again after
-//! [`BUSY_BACKOFF`]. The validators keep resubmissions from committing twice (a transaction in
+//! a backoff that doubles with each `Busy` it got ([`BUSY_BACKOFF`] up to [`BUSY_BACKOFF_MAX`]),
+//! so that a client of an overloaded validator set adds less and less to the overload. The validators keep resubmissions from committing twice (a transaction in
 //! their committed window is answered `Committed { height }`, see [`crate::client_proto`]).
 //! A submission whose connection died before the validator answered (killed, paused) is not
 //! counted against the bound: it is made again at once, elsewhere ([`Tracker::refund`]).
-//! When its submissions are used up, the client asks the validators what became of the
-//! transaction (a status query; a commit it had not heard of counts as a commit); at the end of
-//! the run it gives up what is still unknown: *lost* if a validator ever accepted it (it may yet
+//! When its submissions are used up, the transaction waits for a notice until the run ends;
+//! then the client asks the validators what became of everything still awaited (a status
+//! query; a commit it had not heard of counts as a commit) and gives up what is still unknown: *lost* if a validator ever accepted it (it may yet
 //! commit, but the client no longer knows), *refused* if every answer was `Busy` (the client
 //! knows it was not taken), *unanswered* if no answer came at all.
 //!
@@ -24,8 +25,11 @@ use std::time::{Duration, Instant};
 
 use crate::mempool::{IdMap, TxId};
 
-/// A `Busy` transaction is submitted again this long after the answer.
+/// A transaction answered `Busy` once is submitted again this long after the answer; each
+/// further `Busy` doubles the wait, up to [`BUSY_BACKOFF_MAX`].
 pub const BUSY_BACKOFF: Duration = Duration::from_millis(250);
+/// See [`BUSY_BACKOFF`].
+pub const BUSY_BACKOFF_MAX: Duration = Duration::from_secs(4);
 /// Most transactions awaited at once; past it the senders wait.
 pub const PENDING_MAX: usize = 4_000_000;
 /// Most resubmitted transactions whose first commit height is remembered (to see a second
@@ -62,7 +66,9 @@ pub struct Entry {
     pub busy: bool,
     /// Some answer came.
     pub answered: bool,
-    /// Its submissions are used up: no more are made, its status was asked.
+    /// `Busy` answers so far.
+    pub busy_answers: u8,
+    /// Its submissions are used up: no more are made.
     pub exhausted: bool,
 }
 
@@ -96,8 +102,11 @@ pub struct Tracker {
     len: AtomicUsize,
     /// Submissions, due [`super::LoadConfig::resubmit_after`] after they left (in order).
     waiting: Mutex<VecDeque<Due>>,
-    /// `Busy` answers, due [`BUSY_BACKOFF`] after they came (in order).
-    backoff: Mutex<VecDeque<Due>>,
+    /// Transactions waiting out a backoff (a `Busy` answer, or no validator to go to), by the
+    /// time they fall due.
+    backoff: Mutex<std::collections::BTreeMap<(Instant, u64), Due>>,
+    /// Orders backoff entries that fall due at one instant.
+    backoff_seq: AtomicU64,
     /// The first commit height seen of each resubmitted transaction.
     resubmitted_seen: Mutex<IdMap<u64>>,
     /// How transactions ended.
@@ -115,6 +124,7 @@ impl Default for Tracker {
             len: AtomicUsize::new(0),
             waiting: Mutex::default(),
             backoff: Mutex::default(),
+            backoff_seq: AtomicU64::new(0),
             resubmitted_seen: Mutex::default(),
             ends: Ends::default(),
         }
@@ -181,21 +191,47 @@ impl Tracker {
         });
     }
 
-    /// `Busy` answers for `ids` (submitted `tries` times): due again after [`BUSY_BACKOFF`].
+    /// `Busy` answers for `ids`: each is due again after its backoff, which doubles with every
+    /// `Busy` it got.
     pub fn busy(&self, ids: Vec<TxId>, now: Instant) {
-        let mut tries = 0;
-        for id in &ids {
-            self.update(id, |e| {
+        let mut by_wait: std::collections::BTreeMap<(u8, u8), Vec<TxId>> = Default::default();
+        for id in ids {
+            let mut key = None;
+            self.update(&id, |e| {
                 e.busy = true;
                 e.answered = true;
-                tries = e.tries;
+                e.busy_answers = e.busy_answers.saturating_add(1);
+                key = Some((e.busy_answers, e.tries));
             });
+            if let Some(k) = key {
+                by_wait.entry(k).or_default().push(id);
+            }
         }
-        lock(&self.backoff).push_back(Due {
-            at: now + BUSY_BACKOFF,
-            ids,
-            tries,
-        });
+        for ((answers, tries), ids) in by_wait {
+            let wait = BUSY_BACKOFF
+                .saturating_mul(1 << u32::from(answers.saturating_sub(1)).min(8))
+                .min(BUSY_BACKOFF_MAX);
+            self.later(now + wait, ids, tries);
+        }
+    }
+
+    /// `ids` could go nowhere now (every connection closed or full): due again after
+    /// [`BUSY_BACKOFF`], without a submission counted.
+    pub fn retry_later(&self, ids: Vec<TxId>, now: Instant) {
+        let mut by_tries: std::collections::BTreeMap<u8, Vec<TxId>> = Default::default();
+        for id in ids {
+            if let Some(e) = self.get(&id) {
+                by_tries.entry(e.tries).or_default().push(id);
+            }
+        }
+        for (tries, ids) in by_tries {
+            self.later(now + BUSY_BACKOFF, ids, tries);
+        }
+    }
+
+    fn later(&self, at: Instant, ids: Vec<TxId>, tries: u8) {
+        let seq = self.backoff_seq.fetch_add(1, Ordering::Relaxed);
+        lock(&self.backoff).insert((at, seq), Due { at, ids, tries });
     }
 
     /// Submissions of `ids` that died with their connection, unanswered: not counted against
@@ -212,14 +248,8 @@ impl Tracker {
                 by_tries.entry(t).or_default().push(id);
             }
         }
-        let mut q = lock(&self.backoff);
         for (tries, ids) in by_tries {
-            // Due now: the backoff queue is in order of time, and now is its latest.
-            q.push_back(Due {
-                at: now,
-                ids,
-                tries,
-            });
+            self.later(now, ids, tries);
         }
     }
 
@@ -234,15 +264,24 @@ impl Tracker {
     /// Takes the transactions due at `now` whose submission count has not moved since, with
     /// their entries.
     pub fn due(&self, now: Instant) -> Vec<(TxId, Entry)> {
-        let mut out = Vec::new();
-        for q in [&self.waiting, &self.backoff] {
-            let mut q = lock(q);
+        let mut ready = Vec::new();
+        {
+            let mut q = lock(&self.waiting);
             while q.front().is_some_and(|d| d.at <= now) {
-                let Some(d) = q.pop_front() else { break };
-                for id in d.ids {
-                    if let Some(e) = self.get(&id).filter(|e| e.tries == d.tries) {
-                        out.push((id, e));
-                    }
+                ready.extend(q.pop_front());
+            }
+        }
+        {
+            let mut q = lock(&self.backoff);
+            while q.first_key_value().is_some_and(|((at, _), _)| *at <= now) {
+                ready.extend(q.pop_first().map(|(_, d)| d));
+            }
+        }
+        let mut out = Vec::new();
+        for d in ready {
+            for id in d.ids {
+                if let Some(e) = self.get(&id).filter(|e| e.tries == d.tries) {
+                    out.push((id, e));
                 }
             }
         }
@@ -329,6 +368,7 @@ mod tests {
             accepted: false,
             busy: false,
             answered: false,
+            busy_answers: 0,
             exhausted: false,
         }
     }
@@ -359,6 +399,10 @@ mod tests {
         let busy = t.due(t0 + BUSY_BACKOFF);
         assert_eq!(busy.len(), 1);
         assert_eq!(busy[0].0, ids[1]);
+        // A second Busy waits twice as long.
+        t.busy(vec![ids[1]], t0);
+        assert!(t.due(t0 + BUSY_BACKOFF).is_empty());
+        assert_eq!(t.due(t0 + 2 * BUSY_BACKOFF).len(), 1);
         // Id 2 is submitted again before its timeout: not due with its first submission.
         t.submitted(vec![ids[2]], 3, t0, after + after);
         let due: Vec<TxId> = t.due(t0 + after).into_iter().map(|(id, _)| id).collect();

@@ -154,6 +154,11 @@ impl Prepared {
         &self.msg
     }
 
+    /// Ids of the blocks it carries (see [`Verified::ids`]).
+    pub fn ids(&self) -> &[BlockId] {
+        &self.ids
+    }
+
     /// The signatures to verify, in order.
     pub fn items(&self) -> &[SigItem] {
         &self.items

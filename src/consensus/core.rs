@@ -916,22 +916,19 @@ impl<S: Storage, A: App> Core<S, A> {
         let signature = self
             .key
             .sign(&data.digest(&self.ctx.chain_id, self.ctx.epoch()));
-        // The proposal leaves only after `last_proposed_round` is durable. Our own vote on it
-        // (processed first) persists the safety state once for both; if we do not vote, persist
-        // here.
+        // The proposal leaves only after `last_proposed_round` is durable (a small write). The
+        // block itself needs no durability here: voters store it before they vote, and our
+        // own vote on it, handled after the proposal has left, stores it before that vote
+        // leaves (so its write overlaps the proposal's way to the others).
         self.safety.last_proposed_round = round;
-        self.safety_dirty = true;
+        if !self.persist() {
+            return;
+        }
         let proposal = Proposal {
             block,
             tc_for_prev_round: tc,
             signature,
         };
-        let msg = Message::Proposal(proposal.clone());
-        let me = self.cfg.me;
-        self.on_proposal(me, proposal, id);
-        if self.safety_dirty && !self.persist() {
-            return;
-        }
         self.stats.proposals += 1;
         tracing::debug!(
             target: "consensus.propose",
@@ -940,7 +937,11 @@ impl<S: Storage, A: App> Core<S, A> {
             payload_bytes = payload_len,
             "proposed"
         );
-        self.out.push(Action::Broadcast { msg });
+        self.out.push(Action::Broadcast {
+            msg: Message::Proposal(proposal.clone()),
+        });
+        let me = self.cfg.me;
+        self.on_proposal(me, proposal, id);
     }
 
     // ---- timeouts (view change) ----

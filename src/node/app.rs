@@ -40,6 +40,8 @@ pub struct Progress {
     pub durable: AtomicU64,
     /// Group commits that failed (and were retried).
     pub persist_failures: AtomicU64,
+    /// Highest height the committed window holds (set by the execution stage).
+    pub window_height: AtomicU64,
     /// Durable executed roots, and the checks of the roots that blocks claim.
     pub roots: Mutex<ExecRoots>,
     /// Set when a proposal waits for `durable` to catch up with `committed` (pipeline-depth
@@ -301,6 +303,9 @@ pub struct NodeApp {
     /// Transactions left out of own proposals because they were committed already, or carried
     /// by a block the proposal extends (resubmissions that reached two validators).
     pub left_out: Arc<std::sync::atomic::AtomicU64>,
+    /// Blocks committed and not yet in the committed window (the execution stage records them):
+    /// a proposal leaves their transactions out too.
+    unrecorded: VecDeque<Arc<Block>>,
     me: ValidatorIndex,
     in_flight: BTreeMap<Round, InFlight>,
 }
@@ -324,6 +329,7 @@ impl NodeApp {
             awaiting: Arc::new(Mutex::new(Awaiting::default())),
             committed: Arc::new(Mutex::new(CommittedTxs::default())),
             left_out: Arc::default(),
+            unrecorded: VecDeque::new(),
             me,
             in_flight: BTreeMap::new(),
         }
@@ -340,20 +346,19 @@ impl NodeApp {
         Some((root, crate::crypto::leaf_hashes(&txs).into()))
     }
 
-    /// Records a committed batch in the committed window (called by the consensus stage as it
-    /// commits, before the next proposal is built).
-    pub fn record_committed(&self, blocks: &[(crate::types::BlockId, Arc<Block>)]) {
-        let recorded: Vec<(u64, crate::types::BlockId, Digest32, Arc<[TxId]>)> = blocks
-            .iter()
-            .filter_map(|(id, b)| {
-                let (root, ids) = self.ids_of(&b.payload)?;
-                Some((b.height.0, *id, root, ids))
-            })
-            .collect();
-        if let Ok(mut w) = self.committed.lock() {
-            for (h, id, root, ids) in recorded {
-                w.record(h, id, root, ids);
-            }
+    /// Notes committed blocks (called by the consensus stage as it commits, before the next
+    /// proposal is built): until the execution stage has put them in the committed window, a
+    /// proposal leaves their transactions out itself.
+    pub fn record_committed(&mut self, blocks: &[(crate::types::BlockId, Arc<Block>)]) {
+        self.unrecorded
+            .extend(blocks.iter().map(|(_, b)| Arc::clone(b)));
+        let recorded = self.progress.window_height.load(Ordering::Acquire);
+        while self
+            .unrecorded
+            .front()
+            .is_some_and(|b| b.height.0 <= recorded)
+        {
+            self.unrecorded.pop_front();
         }
     }
 
@@ -367,10 +372,18 @@ impl NodeApp {
         owners: Vec<u64>,
         parents: &[Arc<Block>],
     ) -> (Vec<(TxId, Vec<u8>)>, Vec<u64>) {
-        let mut carried: IdMap<()> = IdMap::default();
-        for p in parents.iter().filter(|p| Payload::carries_txs(&p.payload)) {
+        // In a parent (false: may yet be abandoned) or committed and not yet in the window.
+        let mut carried: IdMap<bool> = IdMap::default();
+        let recorded = self.progress.window_height.load(Ordering::Acquire);
+        let committed = self.unrecorded.iter().filter(|b| b.height.0 > recorded);
+        for (p, is_committed) in parents
+            .iter()
+            .map(|p| (p, false))
+            .chain(committed.map(|b| (b, true)))
+            .filter(|(p, _)| Payload::carries_txs(&p.payload))
+        {
             if let Some((_, ids)) = self.ids_of(&p.payload) {
-                carried.extend(ids.iter().map(|id| (*id, ())));
+                carried.extend(ids.iter().map(|id| (*id, is_committed)));
             }
         }
         let window = match self.committed.lock() {
@@ -380,14 +393,11 @@ impl NodeApp {
         // 0: keep, 1: committed (drop), 2: in a parent (back to the pool).
         let fate: Vec<u8> = taken
             .iter()
-            .map(|(id, _)| {
-                if window.height_of(id).is_some() {
-                    1
-                } else if carried.contains_key(id) {
-                    2
-                } else {
-                    0
-                }
+            .map(|(id, _)| match carried.get(id) {
+                Some(true) => 1,
+                Some(false) => 2,
+                None if window.height_of(id).is_some() => 1,
+                None => 0,
             })
             .collect();
         drop(window);
@@ -470,6 +480,7 @@ impl App for NodeApp {
             Ok(mut pool) => {
                 self.progress.proposing.store(round.0, Ordering::Release);
                 let taken = pool.take_owned(self.limits.max_txs, self.limits.max_bytes);
+                pool.note_proposal(taken.0.len(), std::time::Instant::now());
                 self.progress
                     .backlog
                     .store(!pool.is_empty(), Ordering::Release);

@@ -274,6 +274,15 @@ impl Gateway {
     /// next turn.
     fn submit(&self, conn: u64, txs: Vec<serde_bytes::ByteBuf>, to_leader: bool) -> Vec<TxStatus> {
         let n = txs.len();
+        // No room at all: answered before any hashing (under overload, most batches): late
+        // where the submit asked for that and it holds, else busy.
+        {
+            let pool = lock(&self.mempool);
+            if pool.refuses_local() {
+                let late = to_leader && self.late.as_ref().is_some_and(|late| late());
+                return vec![if late { TxStatus::Late } else { TxStatus::Busy }; n];
+            }
+        }
         // Hashed before the lock: the consensus thread takes the same lock to propose.
         let batch = HashedTxs::new(
             txs.into_iter()
@@ -326,27 +335,40 @@ impl Gateway {
         out
     }
 
-    /// What this validator knows of each of `ids` ([`ClientRequest::Status`]).
+    /// What this validator knows of each of `ids` ([`ClientRequest::Status`]). Each table is
+    /// locked once, briefly: the mempool's lock is the one proposing takes.
     fn status(&self, ids: &[TxId]) -> Vec<TxState> {
-        let committed: Vec<Option<crate::client_proto::CommittedTx>> = {
-            let window = lock(&self.committed);
-            ids.iter().map(|id| window.status(id)).collect()
-        };
-        let pool = lock(&self.mempool);
-        let awaiting = lock(&self.awaiting);
-        let forwarded = lock(&self.forwarded);
-        ids.iter()
-            .zip(committed)
-            .map(|(id, c)| match c {
-                Some(c) => TxState::Committed(Box::new(c)),
-                None if pool.contains(id)
-                    || forwarded.contains_key(id)
-                    || awaiting.values().any(|p| p.ids.contains(id)) =>
-                {
-                    TxState::Pending
+        let mut states: Vec<Option<TxState>> = lock(&self.committed)
+            .statuses(ids)
+            .into_iter()
+            .map(|c| c.map(|c| TxState::Committed(Box::new(c))))
+            .collect();
+        let pending = |states: &mut Vec<Option<TxState>>, held: &dyn Fn(&TxId) -> bool| {
+            for (s, id) in states.iter_mut().zip(ids) {
+                if s.is_none() && held(id) {
+                    *s = Some(TxState::Pending);
                 }
-                None => TxState::Unknown,
-            })
+            }
+        };
+        {
+            let pool = lock(&self.mempool);
+            pending(&mut states, &|id| pool.contains(id));
+        }
+        {
+            let forwarded = lock(&self.forwarded);
+            pending(&mut states, &|id| forwarded.contains_key(id));
+        }
+        if states.iter().any(Option::is_none) {
+            // Our own proposals not yet committed (a few blocks).
+            let in_flight: IdMap<()> = lock(&self.awaiting)
+                .values()
+                .flat_map(|p| p.ids.iter().map(|id| (*id, ())))
+                .collect();
+            pending(&mut states, &|id| in_flight.contains_key(id));
+        }
+        states
+            .into_iter()
+            .map(|s| s.unwrap_or(TxState::Unknown))
             .collect()
     }
 

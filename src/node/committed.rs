@@ -1,13 +1,15 @@
 //! The committed window: the ids of the transactions committed in the last
-//! [`COMMITTED_WINDOW_HEIGHTS`] heights (at most [`COMMITTED_WINDOW_TXS`] of them; past that the
-//! oldest heights leave first), where each one is. It makes admission exactly-once (a
-//! resubmitted transaction is answered `Committed { height }`, see [`crate::client_proto`]),
-//! keeps leaders from proposing a committed transaction again, and answers status queries with
-//! inclusion proofs.
+//! [`COMMITTED_WINDOW_HEIGHTS`] heights (at most [`COMMITTED_WINDOW_TXS`] of them, at least half
+//! that many once the chain holds them: past that the oldest heights leave first), where each
+//! one is. It makes admission exactly-once (a resubmitted transaction is answered
+//! `Committed { height }`, see [`crate::client_proto`]), keeps leaders from proposing a
+//! committed transaction again, and answers status queries with inclusion proofs.
 //!
-//! The consensus stage records each committed block as it commits, before it builds its next
-//! proposal (so that proposal already leaves out what just committed); a restarted node reads the
-//! window back from its stored chain ([`CommittedTxs::rebuild`]).
+//! The execution stage records each committed block once executed (off the consensus thread:
+//! recording millions of ids is memory traffic the round's path need not wait on); until then
+//! the consensus stage's own list of blocks committed and not yet recorded covers them (see
+//! [`super::app::NodeApp::record_committed`]). A restarted node reads the window back from its
+//! stored chain ([`CommittedTxs::rebuild`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use crate::client_proto::{CommittedTx, COMMITTED_WINDOW_HEIGHTS, COMMITTED_WINDOW_TXS};
 use crate::consensus::Storage;
 use crate::crypto::{leaf_hashes, Digest32, MerkleTree};
-use crate::mempool::{Payload, TxId, MAX_TXS_PER_BLOCK};
+use crate::mempool::{Payload, TxId};
 use crate::types::{BlockId, Height};
 
 /// One committed block in the window.
@@ -26,19 +28,30 @@ struct WindowBlock {
     ids: Arc<[TxId]>,
 }
 
+type Index = std::collections::HashMap<u128, u64, foldhash::fast::RandomState>;
+
+/// Transactions one generation of the index holds before a new one starts.
+const GENERATION_TXS: usize = COMMITTED_WINDOW_TXS / 2;
+
 /// See the module documentation.
 ///
 /// The index is keyed by the first 128 bits of each id (BLAKE3 outputs: no two committed
-/// transactions share them in practice), its value the height and position packed in 64 bits,
-/// so an entry is 24 bytes and the window's full index a little over 100 MiB; its room is taken
-/// once, with the first block recorded, so that recording never rehashes millions of entries on
-/// the consensus thread. A fingerprint's hit is confirmed against the full id kept with its block.
+/// transactions share them in practice), its value the height and position packed in 64 bits:
+/// 24 bytes an entry. It comes in two generations: when the newer one holds
+/// [`COMMITTED_WINDOW_TXS`]` / 2` ids, the older one is dropped whole (with the blocks only it
+/// named) and a new one starts, its room taken at once, so that no id is removed one by one and
+/// no table is rehashed as it grows. A fingerprint's hit is confirmed against the full id kept
+/// with its block, so an entry whose block has left the window finds nothing.
 #[derive(Debug, Default)]
 pub struct CommittedTxs {
     /// By height.
     blocks: BTreeMap<u64, WindowBlock>,
-    /// Fingerprint → height (high 48 bits) and position (low 16 bits).
-    by_id: std::collections::HashMap<u128, u64, foldhash::fast::RandomState>,
+    /// Fingerprint → height (high 48 bits) and position (low 16 bits): the newer generation.
+    current: Index,
+    /// The first height the newer generation holds.
+    current_from: u64,
+    /// The older generation.
+    previous: Index,
 }
 
 /// The first 128 bits of a transaction id.
@@ -48,7 +61,8 @@ fn fingerprint(id: &TxId) -> u128 {
     u128::from_le_bytes(b)
 }
 
-/// Positions above this (a block holds at most [`MAX_TXS_PER_BLOCK`]) are not indexed.
+/// Positions above this (a block holds at most [`crate::mempool::MAX_TXS_PER_BLOCK`]) are not
+/// indexed.
 const POSITION_BITS: u32 = 16;
 
 fn pack(height: u64, position: usize) -> u64 {
@@ -70,14 +84,26 @@ impl CommittedTxs {
         if self.blocks.contains_key(&height) {
             return;
         }
-        if self.by_id.capacity() == 0 {
-            self.by_id.reserve(COMMITTED_WINDOW_TXS + MAX_TXS_PER_BLOCK);
+        if self.current.len() + ids.len() > GENERATION_TXS || self.current.capacity() == 0 {
+            // A new generation; the oldest one goes, with the blocks only it named.
+            let fresh = Index::with_capacity_and_hasher(
+                GENERATION_TXS,
+                foldhash::fast::RandomState::default(),
+            );
+            let older = std::mem::replace(&mut self.current, fresh);
+            if !older.is_empty() {
+                self.previous = older;
+                let previous_from = self.current_from;
+                self.blocks = self.blocks.split_off(&previous_from);
+            }
+            self.current_from = height;
         }
         for (pos, id) in ids.iter().enumerate().take(1 << POSITION_BITS) {
             // A transaction a Byzantine leader put in twice keeps its first place.
-            self.by_id
-                .entry(fingerprint(id))
-                .or_insert(pack(height, pos));
+            let f = fingerprint(id);
+            if !self.previous.contains_key(&f) {
+                self.current.entry(f).or_insert(pack(height, pos));
+            }
         }
         self.blocks.insert(
             height,
@@ -88,26 +114,22 @@ impl CommittedTxs {
             },
         );
         let top = self.blocks.last_key_value().map_or(0, |(h, _)| *h);
-        while let Some((&low, _)) = self.blocks.first_key_value() {
-            let too_old = top.saturating_sub(low) >= COMMITTED_WINDOW_HEIGHTS;
-            if !too_old && self.by_id.len() <= COMMITTED_WINDOW_TXS {
-                break;
-            }
-            if let Some((h, gone)) = self.blocks.pop_first() {
-                for id in gone.ids.iter() {
-                    let f = fingerprint(id);
-                    if self.by_id.get(&f).is_some_and(|v| unpack(*v).0 == h) {
-                        self.by_id.remove(&f);
-                    }
-                }
-            }
+        let lowest = top.saturating_sub(COMMITTED_WINDOW_HEIGHTS - 1);
+        if self
+            .blocks
+            .first_key_value()
+            .is_some_and(|(h, _)| *h < lowest)
+        {
+            self.blocks = self.blocks.split_off(&lowest);
         }
     }
 
     /// The height and position `id` committed at, if in the window (the fingerprint's hit
     /// confirmed against the full id).
     fn place_of(&self, id: &TxId) -> Option<(u64, usize, &WindowBlock)> {
-        let (height, pos) = unpack(*self.by_id.get(&fingerprint(id))?);
+        let f = fingerprint(id);
+        let v = self.current.get(&f).or_else(|| self.previous.get(&f))?;
+        let (height, pos) = unpack(*v);
         let b = self.blocks.get(&height)?;
         (b.ids.get(pos) == Some(id)).then_some((height, pos, b))
     }
@@ -129,14 +151,33 @@ impl CommittedTxs {
         })
     }
 
-    /// Transactions in the window.
+    /// [`CommittedTxs::status`] of each of `ids`, each block's tree built once.
+    pub fn statuses(&self, ids: &[TxId]) -> Vec<Option<CommittedTx>> {
+        let mut trees: std::collections::HashMap<u64, MerkleTree> = Default::default();
+        ids.iter()
+            .map(|id| {
+                let (height, pos, b) = self.place_of(id)?;
+                let tree = trees
+                    .entry(height)
+                    .or_insert_with(|| MerkleTree::from_leaf_hashes(&b.ids));
+                Some(CommittedTx {
+                    height,
+                    block: b.block,
+                    tx_root: b.tx_root,
+                    proof: tree.proof(pos).ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Transactions the window's blocks hold.
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.blocks.values().map(|b| b.ids.len()).sum()
     }
 
     /// Nothing committed in the window.
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.blocks.values().all(|b| b.ids.is_empty())
     }
 
     /// The lowest and highest heights in the window.
@@ -238,8 +279,8 @@ mod tests {
         );
         assert_eq!(w.height_of(&ids(1, 5)[0]), None);
         assert_eq!(w.height_of(&ids(2, 5)[0]), Some(2));
-        // Heights 2 and 3, 4 (its repeat counted once) and the new one.
-        assert_eq!(w.len(), 5 + 5 + 2 + 1);
+        // The blocks of heights 2, 3, 4 (with its repeat) and the new one.
+        assert_eq!(w.len(), 5 + 5 + 3 + 1);
     }
 
     #[test]

@@ -15,10 +15,11 @@ use std::time::Instant;
 
 use bpci_transport::InboundQueue;
 
-use crate::consensus::{EpochContext, Message, Verified};
+use crate::consensus::{Block, EpochContext, Message, Verified};
 use crate::mempool::Mempool;
 use crate::pipeline::{StageInput, StageStats};
 use crate::types::ValidatorIndex;
+use crate::types::{BlockId, Round};
 
 use super::app::{self, PayloadChecks};
 use super::forward::{self, ForwardCounters};
@@ -44,7 +45,18 @@ pub struct Ingress {
     pub forward: Arc<ForwardCounters>,
     /// Frames received, both threads together.
     pub frames: Arc<AtomicU64>,
+    /// Where a proposal's block goes to be written ahead of the vote on it (bounded; a full
+    /// queue skips it, and the vote's write carries it), and the core's round, which bounds
+    /// the rounds of the proposals written ahead.
+    pub prewrite: Option<(PrewriteQueue, Arc<AtomicU64>)>,
 }
+
+/// The queue of blocks to write ahead (with their ids).
+pub type PrewriteQueue = crossbeam_channel::Sender<(BlockId, Arc<Block>)>;
+
+/// Proposals written ahead are at most this many rounds ahead of the core's round (a leader
+/// can push blocks to disk only for rounds it leads, and near the present).
+pub const PREWRITE_ROUNDS_AHEAD: u64 = 64;
 
 /// Records one item's time in a stage into its figures when dropped (so every path out of the
 /// loop's body counts it).
@@ -57,6 +69,24 @@ impl Drop for TimedItem<'_> {
 }
 
 impl Ingress {
+    /// Hands a proposal's block to the writer ahead, if it comes from its round's leader for a
+    /// round near the present (signatures are checked later: a block written ahead is only
+    /// kept until the chain passes its height).
+    fn write_ahead(&self, block: &Block, id: Option<&BlockId>) {
+        let (Some((to, round)), Some(id)) = (&self.prewrite, id) else {
+            return;
+        };
+        let now = round.load(Ordering::Acquire);
+        let r = block.round.0;
+        if r + 2 < now || r > now + PREWRITE_ROUNDS_AHEAD {
+            return;
+        }
+        if self.ctx.validators.leader(Round(r)) != block.author {
+            return;
+        }
+        let _ = to.try_send((*id, Arc::new(block.clone())));
+    }
+
     /// Reads `queue` until the transport shuts down or the verify stage ends, recording into
     /// `stats`.
     pub fn run(&self, queue: &mut InboundQueue, stats: &StageStats) {
@@ -77,6 +107,7 @@ impl Ingress {
         match stages::ingress(&self.ctx, from, frame, &self.border) {
             stages::Ingress::Consensus(from, p) => {
                 if let Message::Proposal(prop) = p.message() {
+                    self.write_ahead(&prop.block, p.ids().first());
                     app::precheck(&self.payload_checks, &prop.block.payload);
                 }
                 // A message with one signature (a vote, a timeout) while the verify stage has

@@ -49,6 +49,9 @@ use stages::{
 /// Own proposals waiting for their inclusion receipts to be built; past it receipts are
 /// dropped (best effort: the commit notices still follow).
 pub const RECEIPT_QUEUE: usize = 64;
+/// Proposals waiting to be written ahead into the consensus journal; past it one is skipped
+/// (its vote's write carries it).
+pub const PREWRITE_QUEUE: usize = 16;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +169,8 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     )?;
     store.set_defer_commits(true);
     let writer = store.writer();
+    let prewriter = store.block_prewriter();
+    let journal_timing = Arc::clone(&store.journal_timing);
 
     // Rebuild the executed state: the latest stored one, then the committed blocks after it.
     let tip = store.committed_tip().map(|(b, _)| b.height.0).unwrap_or(0);
@@ -226,6 +231,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         if let Ok(mut w) = app.committed.lock() {
             *w = window;
         }
+        progress.window_height.store(tip, Ordering::Release);
     }
     let committed_window = Arc::clone(&app.committed);
     let left_out = Arc::clone(&app.left_out);
@@ -459,6 +465,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         Arc::clone(&exec_counters),
     );
     exec.optimistic = config.file.triple_consensus.hotstuff.optimistic_execution;
+    exec.window = Some((Arc::clone(&committed_window), Arc::clone(&progress)));
     let (exec_in, exec_stage) = pipeline::spawn(
         stage("pipeline.exec", 1024, 64, None, core_of(4)),
         move |b| exec.on_batch(b),
@@ -502,6 +509,21 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         move |b| stages::verify_into(b, &verify_border, &core_in),
     )?;
 
+    // Proposals' blocks written into the consensus journal as they arrive, ahead of the votes
+    // that need them durable.
+    let (prewrite_tx, prewrite_rx) = crossbeam_channel::bounded::<(
+        crate::types::BlockId,
+        Arc<crate::consensus::Block>,
+    )>(PREWRITE_QUEUE);
+    threads.push(
+        std::thread::Builder::new()
+            .name("store.prewrite".into())
+            .spawn(move || {
+                while let Ok((id, block)) = prewrite_rx.recv() {
+                    prewriter.write(id, block);
+                }
+            })?,
+    );
     let ingress_frames = Arc::new(AtomicU64::new(0));
     let ingress = ingress::Ingress {
         ctx: Arc::clone(&ctx),
@@ -512,6 +534,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         mempool: Arc::clone(&mempool),
         forward: Arc::clone(&forward_counters),
         frames: Arc::clone(&ingress_frames),
+        prewrite: Some((prewrite_tx, Arc::clone(&progress.round))),
     };
     let bpci_transport::Inbox { consensus, bulk } = inbound;
     let mut ingress_stats = Vec::new();
@@ -611,6 +634,12 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                             .as_ref()
                             .map_or(0, |g| g.dropped.load(Ordering::Relaxed)),
                         "persist_failures": stats_progress.persist_failures.load(Ordering::Relaxed),
+                        "journal": journal_timing.lock().map(|t| serde_json::json!({
+                            "writes": t.writes,
+                            "block_bytes": t.block_bytes,
+                            "write_us_p50": t.latency.quantile_us(0.5),
+                            "write_us_p99": t.latency.quantile_us(0.99),
+                        })).unwrap_or_default(),
                         "transport": {
                             "connected_peers": stats_transport.connected_peers().len(),
                             "handshake_failures": t.handshake_failures,

@@ -567,6 +567,8 @@ impl CoreStage {
 pub struct Executed {
     /// Height.
     pub height: u64,
+    /// The block's id.
+    pub id: BlockId,
     /// State root after it.
     pub root: StateRoot,
     /// Its transactions' ids.
@@ -643,6 +645,8 @@ pub struct ExecStage {
     /// (`triple_consensus.hotstuff.optimistic_execution`); if not, each block executes when it
     /// commits.
     pub optimistic: bool,
+    /// The committed window, recorded here as blocks are executed, and how far it reaches.
+    pub window: Option<(Arc<Mutex<super::committed::CommittedTxs>>, Arc<Progress>)>,
 }
 
 impl ExecStage {
@@ -663,6 +667,7 @@ impl ExecStage {
             tx_ids,
             counters,
             optimistic: true,
+            window: None,
         }
     }
 
@@ -712,6 +717,23 @@ impl ExecStage {
     }
 
     fn commit(&mut self, committed: CommittedBatch, out: &mut Vec<Executed>) {
+        let from = out.len();
+        self.execute_committed(committed, out);
+        if let Some((window, progress)) = &self.window {
+            let mut w = window
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for e in &out[from..] {
+                let root = Payload::root_of(&e.block.payload).unwrap_or_default();
+                w.record(e.height, e.id, root, Arc::clone(&e.tx_ids));
+            }
+            if let Some(e) = out.last() {
+                progress.window_height.fetch_max(e.height, Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn execute_committed(&mut self, committed: CommittedBatch, out: &mut Vec<Executed>) {
         let last = committed.blocks.len().saturating_sub(1);
         let mut proof = Some(committed.proof);
         for (i, (id, block)) in committed.blocks.into_iter().enumerate() {
@@ -755,6 +777,7 @@ impl ExecStage {
                 .fetch_add(ids.len() as u64, Ordering::Relaxed);
             out.push(Executed {
                 height: block.height.0,
+                id,
                 root,
                 tx_ids: ids,
                 block,

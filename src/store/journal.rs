@@ -19,7 +19,10 @@
 //! hashes a few hundred bytes per block rather than every payload byte.
 //!
 //! Records are appended through [`ValueLog::append`] (direct I/O, small records into zero-filled
-//! space the file already has, so that their `fdatasync` commits no size change). On open, each
+//! space the file already has, so that their `fdatasync` commits no size change). A proposal's
+//! block may be written ahead, as a record of its own without a sync, as soon as it arrives
+//! ([`Journal::prewrite`]): the vote's write then only adds the safety state, and its one
+//! `fdatasync` makes both durable, the block's bytes already on the device. On open, each
 //! segment is read from its start, record after record, up to the first bytes that are not a
 //! whole record with a matching digest: a write torn by a crash ends its segment there, and its
 //! vote never left (votes leave only after the write returns); the next record overwrites it.
@@ -454,6 +457,42 @@ impl Journal {
         out
     }
 
+    /// Writes `block` ahead of the write that will make it durable (see
+    /// [`super::BlockPrewriter`]): one record of its own, appended without a sync, so that the
+    /// next [`Journal::write`]'s `fdatasync` (whose record follows it in the file) finds its
+    /// bytes already on the device. A block kept or written already is left alone.
+    ///
+    /// # Errors
+    /// I/O errors (the block is then kept, and written, by the next [`Journal::write`] as any
+    /// other).
+    pub fn prewrite(&mut self, id: BlockId, block: Arc<Block>) -> Result<(), StorageError> {
+        let durable = self.durable.load(Ordering::Acquire);
+        if block.height.0 <= durable
+            || self.live.contains_key(&id)
+            || self.staged.iter().any(|(s, _)| *s == id)
+        {
+            return Ok(());
+        }
+        let one = [(id, block)];
+        let record = encode_record(self.next_seq, None, &one)?;
+        if self.active.end() >= self.segment_bytes {
+            self.rotate(&record)?;
+        } else {
+            let start = self.active.end();
+            if let Err(e) = self.active.append(&record.slices()) {
+                self.active.rewind(start);
+                return Err(e);
+            }
+        }
+        self.next_seq += 1;
+        let [(id, block)] = one;
+        if let Some(s) = self.segments.back_mut() {
+            s.max_height = s.max_height.max(block.height.0);
+        }
+        self.live.insert(id, block);
+        Ok(())
+    }
+
     /// A kept block (durable or about to be), by id.
     pub fn kept_block(&self, id: &BlockId) -> Option<Arc<Block>> {
         self.live.get(id).cloned().or_else(|| {
@@ -466,10 +505,11 @@ impl Journal {
 
     /// Makes `state` durable with every block kept since the previous write: one record, one
     /// `fdatasync`. On error nothing is durable and the blocks stay to go with the next write.
+    /// Returns the bytes of the blocks written.
     ///
     /// # Errors
     /// I/O errors (the caller then sends nothing).
-    pub fn write(&mut self, state: &SafetyState) -> Result<(), StorageError> {
+    pub fn write(&mut self, state: &SafetyState) -> Result<u64, StorageError> {
         let durable = self.durable.load(Ordering::Acquire);
         self.staged.retain(|(_, b)| b.height.0 > durable);
         let staged = std::mem::take(&mut self.staged);
@@ -490,6 +530,7 @@ impl Journal {
             self.staged = staged;
             return Err(e);
         }
+        let block_bytes = record.len() - record.head.len() as u64;
         let mut staged = staged.into_iter();
         for (id, block) in staged.by_ref().take(taken) {
             if let Some(s) = self.segments.back_mut() {
@@ -503,7 +544,7 @@ impl Journal {
         self.safety = Some(state.clone());
         self.live.retain(|_, b| b.height.0 > durable);
         self.drop_dead_segments();
-        Ok(())
+        Ok(block_bytes)
     }
 
     fn append(&mut self, record: &Encoded) -> Result<(), StorageError> {
@@ -518,8 +559,11 @@ impl Journal {
         done
     }
 
-    /// Starts a new segment with `record` as its first.
+    /// Starts a new segment with `record` as its first. The segment it closes is synced first:
+    /// blocks written ahead into it become durable with it, as the next record's sync would
+    /// have made them.
     fn rotate(&mut self, record: &Encoded) -> Result<(), StorageError> {
+        self.active.sync()?;
         let number = self.segments.back().map_or(1, |s| s.number + 1);
         let (segment, active) = create_segment(&self.dir, number, record)?;
         self.segments.push_back(segment);
@@ -751,6 +795,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("damaged") && err.contains(".seg"), "{err}");
+    }
+
+    /// A block written ahead is durable with the next write, served meanwhile, and never
+    /// written twice; ahead of a rotation, the closing segment is synced with it.
+    #[test]
+    fn blocks_written_ahead_become_durable_with_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let durable = Arc::new(AtomicU64::new(0));
+        let mut j = open(dir.path(), &durable);
+        let (a, ba) = block(1, 50_000);
+        j.prewrite(a, Arc::clone(&ba)).unwrap();
+        let end = j.active.end();
+        j.prewrite(a, Arc::clone(&ba)).unwrap();
+        assert_eq!(j.active.end(), end, "written once");
+        assert!(j.kept_block(&a).is_some());
+        // Kept by the core after it was written ahead: not staged again.
+        j.keep(a, &ba);
+        assert!(j.staged.is_empty());
+        j.write(&state(1)).unwrap();
+        drop(j);
+        let mut j = open(dir.path(), &durable);
+        assert_eq!(j.kept_blocks_above(Height(0)).len(), 1);
+        assert_eq!(j.safety(), Some(&state(1)));
+        // Written ahead into a full segment: goes into a new one.
+        j.set_segment_bytes(1);
+        let (b, bb) = block(2, 1000);
+        j.prewrite(b, bb).unwrap();
+        assert_eq!(j.segment_numbers().len(), 2);
+        j.write(&state(2)).unwrap();
+        drop(j);
+        let j = open(dir.path(), &durable);
+        assert_eq!(j.kept_blocks_above(Height(0)).len(), 2);
+        assert_eq!(j.safety(), Some(&state(2)));
     }
 
     /// A new journal starts from the state an earlier version kept elsewhere.

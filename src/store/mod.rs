@@ -79,16 +79,63 @@ impl Bounded for CommitProof {
 pub struct RedbStore {
     db: Arc<Database>,
     /// The safety state and the kept blocks, apart from the chain so that their per-vote sync
-    /// never waits on committed blocks' writes.
-    journal: Journal,
+    /// never waits on committed blocks' writes (shared with the [`BlockPrewriter`]).
+    journal: Arc<std::sync::Mutex<Journal>>,
     /// The durable committed height (moved by every group commit).
     durable: Arc<AtomicU64>,
+    /// How long each journal write took (the safety state and the blocks kept with it, made
+    /// durable before a vote leaves), and how many bytes each wrote.
+    pub journal_timing: Arc<std::sync::Mutex<JournalTiming>>,
     log: Arc<ValueLog>,
     tip: Option<(Arc<Block>, CommitProof)>,
     defer_commits: bool,
     /// When the index last committed durably (shared by every writer).
     index_synced: Arc<std::sync::Mutex<std::time::Instant>>,
     index_sync_interval: std::time::Duration,
+}
+
+/// Writes blocks into a store's consensus journal ahead of the vote that needs them durable
+/// ([`Journal::prewrite`]), from a thread of its own: a node hands it each proposal as it
+/// arrives, so the block's bytes go to the device while the proposal is verified and checked,
+/// and the vote's write adds only the safety state, one `fdatasync` for both.
+#[derive(Clone, Debug)]
+pub struct BlockPrewriter {
+    journal: Arc<std::sync::Mutex<Journal>>,
+}
+
+impl BlockPrewriter {
+    /// Writes `block` (with its id) ahead; a failure only means the vote's write carries it.
+    pub fn write(&self, id: BlockId, block: Arc<Block>) {
+        let result = self
+            .journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .prewrite(id, block);
+        if let Err(e) = result {
+            tracing::warn!(target: "store.journal", error = %e, "writing a block ahead failed; the vote's write carries it");
+        }
+    }
+}
+
+/// Times and sizes of the consensus journal's writes (see [`RedbStore::journal_timing`]).
+#[derive(Debug)]
+pub struct JournalTiming {
+    /// Time of each write, until it is durable.
+    pub latency: crate::pipeline::LatencyHistogram,
+    /// Writes, and bytes of the blocks they kept.
+    pub writes: u64,
+    /// See `writes`.
+    pub block_bytes: u64,
+}
+
+impl Default for JournalTiming {
+    fn default() -> Self {
+        Self {
+            latency: crate::pipeline::LatencyHistogram::new("store.journal_write"),
+            writes: 0,
+            block_bytes: 0,
+        }
+    }
 }
 
 /// An I/O error on one of the store's files, naming the file and what failed.
@@ -383,14 +430,29 @@ impl RedbStore {
         }
         Ok(Self {
             db,
-            journal,
+            journal: Arc::new(std::sync::Mutex::new(journal)),
             durable,
+            journal_timing: Arc::default(),
             log: Arc::new(log),
             tip,
             defer_commits: false,
             index_synced: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
             index_sync_interval: INDEX_SYNC_INTERVAL,
         })
+    }
+
+    /// A handle that writes proposals' blocks into this store's journal ahead of the votes
+    /// that need them durable (see [`BlockPrewriter`]).
+    pub fn block_prewriter(&self) -> BlockPrewriter {
+        BlockPrewriter {
+            journal: Arc::clone(&self.journal),
+        }
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Where the journal of the safety state at `safety_base` lives.
@@ -716,24 +778,31 @@ impl RedbStore {
 
 impl Storage for RedbStore {
     fn load_safety(&self) -> Result<Option<SafetyState>, StorageError> {
-        Ok(self.journal.safety().cloned())
+        Ok(self.journal().safety().cloned())
     }
 
     fn persist_safety(&mut self, state: &SafetyState) -> Result<(), StorageError> {
-        self.journal.write(state)
+        let started = std::time::Instant::now();
+        let bytes = self.journal().write(state)?;
+        if let Ok(mut t) = self.journal_timing.lock() {
+            t.latency.record_n(started.elapsed(), 1);
+            t.writes += 1;
+            t.block_bytes += bytes;
+        }
+        Ok(())
     }
 
     fn keep_block(&mut self, id: BlockId, block: &Arc<Block>) {
-        self.journal.keep(id, block);
+        self.journal().keep(id, block);
     }
 
     fn kept_blocks(&self) -> Vec<(BlockId, Arc<Block>)> {
-        self.journal
+        self.journal()
             .kept_blocks_above(Height(self.durable.load(Ordering::Acquire)))
     }
 
     fn kept_block(&self, id: &BlockId) -> Option<Arc<Block>> {
-        self.journal.kept_block(id)
+        self.journal().kept_block(id)
     }
 
     fn persist_commit(
