@@ -13,9 +13,10 @@
 //! propose next and can still include it, which cuts that wait to about a round. Without a fresh
 //! hint (no progress, old validators) it sends round-robin.
 //!
-//! A transaction without a commit after [`LoadConfig::resubmit_after`] goes again to another
-//! validator, up to [`LoadConfig::max_submits`] submissions; one answered `Busy` goes again
-//! after a short backoff (see [`track`]). The report counts how every transaction ended:
+//! A transaction without a commit after [`LoadConfig::resubmit_after`] (or twice the recent p99
+//! latency, if longer: a slow validator set gets no extra load from the client) goes again to
+//! another validator, up to [`LoadConfig::max_submits`] submissions; one answered `Busy` goes
+//! again after a backoff that doubles each time (see [`track`]). The report counts how every transaction ended:
 //! committed, lost (accepted, never seen committed), refused (only ever `Busy`), unanswered, and
 //! committed twice (a resubmitted transaction seen committed at two heights).
 
@@ -363,6 +364,26 @@ struct Shared {
     tx_bytes: usize,
     resubmit_after: Duration,
     max_submits: u8,
+    /// The p99 latency of the last second that committed anything (µs).
+    recent_p99_us: AtomicU64,
+}
+
+/// A resubmission waits at least this many times the recent p99 latency: when every commit is
+/// slow (an overloaded validator set), the client waits longer rather than add resubmissions
+/// to the overload.
+pub const RESUBMIT_P99_FACTOR: u32 = 2;
+/// The longest wait before a resubmission, whatever the recent latency.
+pub const RESUBMIT_AFTER_MAX: Duration = Duration::from_secs(30);
+
+impl Shared {
+    /// How long a submission made now waits for its commit before it goes elsewhere:
+    /// [`LoadConfig::resubmit_after`], or [`RESUBMIT_P99_FACTOR`] times the recent p99 latency
+    /// if longer (at most [`RESUBMIT_AFTER_MAX`]).
+    fn resubmit_wait(&self) -> Duration {
+        let p99 = Duration::from_micros(self.recent_p99_us.load(Ordering::Relaxed));
+        self.resubmit_after
+            .max((p99 * RESUBMIT_P99_FACTOR).min(RESUBMIT_AFTER_MAX))
+    }
 }
 
 impl Shared {
@@ -390,7 +411,7 @@ impl Shared {
                         self.reroute(ci, sent.ids, frame, sent.bounces + 1);
                         continue;
                     }
-                    self.acked(&sent.ids, &statuses);
+                    self.acked(ci as u16, &sent.ids, &statuses);
                 }
                 ClientResponse::Committed { height, tx_ids } => {
                     self.resolve(&tx_ids, height);
@@ -461,8 +482,8 @@ impl Shared {
         }
     }
 
-    /// One submission's answers, in order.
-    fn acked(&self, ids: &[TxId], statuses: &[TxStatus]) {
+    /// One submission's answers on connection `conn`, in order.
+    fn acked(&self, conn: u16, ids: &[TxId], statuses: &[TxStatus]) {
         let mut busy = Vec::new();
         for (id, s) in ids.iter().zip(statuses) {
             match s {
@@ -492,7 +513,7 @@ impl Shared {
             }
         }
         if !busy.is_empty() {
-            self.tracker.busy(busy, Instant::now());
+            self.tracker.busy(busy, conn, Instant::now());
         }
     }
 
@@ -518,10 +539,7 @@ impl Shared {
                 submit(conn, ids, &as_plain(&frame), None, bounces)
             };
             match sent {
-                Ok(taken) => {
-                    for id in &taken {
-                        self.tracker.update(id, |e| e.conn = t as u16);
-                    }
+                Ok(_) => {
                     self.shares
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
@@ -533,7 +551,7 @@ impl Shared {
         }
         if let Some(ids) = left {
             // Every queue full or closed: the batch waits for a resubmission.
-            self.tracker.retry_later(ids, Instant::now());
+            self.tracker.retry_later(ids, from as u16, Instant::now());
         }
         self.counters.moves_done.fetch_add(1, Ordering::AcqRel);
     }
@@ -582,8 +600,13 @@ impl Shared {
         let n = self.conns.len();
         // Grouped by the connection each goes to.
         let mut by_target: Vec<Vec<(TxId, Entry)>> = vec![Vec::new(); n];
-        for (id, e) in due {
+        for (id, e, last) in due {
             if e.exhausted {
+                continue;
+            }
+            if e.busy && !e.accepted && e.busy_answers >= track::MAX_BUSY_ANSWERS {
+                // Refused again: the client gives up on it (and knows it was not taken).
+                self.tracker.give_up(&id);
                 continue;
             }
             if e.tries >= self.max_submits {
@@ -591,7 +614,7 @@ impl Shared {
                 self.tracker.update(&id, |e| e.exhausted = true);
                 continue;
             }
-            let from = usize::from(e.conn);
+            let from = usize::from(last);
             let hinted = hinted_target(&self.hint, &self.shares, Some(from));
             let target = hinted
                 .into_iter()
@@ -600,7 +623,7 @@ impl Shared {
             match target {
                 Some(t) => by_target[t].push((id, e)),
                 // No validator to go to: tried again after a backoff.
-                None => self.tracker.retry_later(vec![id], now),
+                None => self.tracker.retry_later(vec![id], last, now),
             }
         }
         let mut submitted = 0;
@@ -626,10 +649,10 @@ impl Shared {
                             .resubmitted
                             .fetch_add(ids.len() as u64, Ordering::Relaxed);
                         self.tracker
-                            .submitted(ids, t as u16, now, self.resubmit_after);
+                            .submitted(ids, t as u16, now, self.resubmit_wait());
                     }
                     // Its queue is full: tried again after a backoff.
-                    Err(ids) => self.tracker.retry_later(ids, now),
+                    Err(ids) => self.tracker.retry_later(ids, t as u16, now),
                 }
             }
         }
@@ -801,6 +824,7 @@ pub fn run(
         tx_bytes: cfg.tx_bytes,
         resubmit_after: cfg.resubmit_after,
         max_submits: cfg.max_submits,
+        recent_p99_us: AtomicU64::new(0),
     });
     let receiving: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>> = Arc::default();
     for (ci, rx) in receivers.into_iter().enumerate() {
@@ -909,6 +933,11 @@ pub fn run(
                     })
                 })
                 .unwrap_or(0.0);
+            if committed > last_committed {
+                shared
+                    .recent_p99_us
+                    .store((p99 * 1000.0) as u64, Ordering::Relaxed);
+            }
             let tick = Tick {
                 second,
                 committed_tps: committed - last_committed,
@@ -1038,7 +1067,7 @@ fn reconnect_loop(
             .flat_map(|b| b.ids)
             .collect();
         if !unanswered.is_empty() {
-            shared.tracker.refund(unanswered, Instant::now());
+            shared.tracker.refund(unanswered, ci as u16, Instant::now());
         }
         conn.asked
             .lock()
@@ -1109,8 +1138,7 @@ fn send_loop(
                     scheduled_us: (seq as f64 / rate * 1e6) as u64,
                     sender: sender_id,
                     seq,
-                    conn: 0,
-                    tries: 0,
+                    tries: 1,
                     accepted: false,
                     busy: false,
                     answered: false,
@@ -1193,11 +1221,11 @@ fn send_loop(
                 });
             };
             let (target, routed, sent_ids) = sent_to;
-            shared.tracker.submitted(
+            shared.tracker.sent(
                 sent_ids,
                 target as u16,
                 Instant::now(),
-                shared.resubmit_after,
+                shared.resubmit_wait(),
             );
             shared
                 .shares

@@ -4,8 +4,9 @@
 //! A transaction is submitted to one validator. Without a commit notice (or announcement)
 //! after [`super::LoadConfig::resubmit_after`] it goes again to another validator, up to
 //! [`super::LoadConfig::max_submits`] submissions in all; a `Busy` answer sends it again after
-//! a backoff that doubles with each `Busy` it got ([`BUSY_BACKOFF`] up to [`BUSY_BACKOFF_MAX`]),
-//! so that a client of an overloaded validator set adds less and less to the overload. The validators keep resubmissions from committing twice (a transaction in
+//! a backoff ([`BUSY_BACKOFF`], doubling with each `Busy`), and a transaction refused
+//! [`MAX_BUSY_ANSWERS`] times is given up (refused): a client of an overloaded validator set
+//! adds little to the overload. The validators keep resubmissions from committing twice (a transaction in
 //! their committed window is answered `Committed { height }`, see [`crate::client_proto`]).
 //! A submission whose connection died before the validator answered (killed, paused) is not
 //! counted against the bound: it is made again at once, elsewhere ([`Tracker::refund`]).
@@ -30,6 +31,9 @@ use crate::mempool::{IdMap, TxId};
 pub const BUSY_BACKOFF: Duration = Duration::from_millis(250);
 /// See [`BUSY_BACKOFF`].
 pub const BUSY_BACKOFF_MAX: Duration = Duration::from_secs(4);
+/// A transaction answered `Busy` this many times, and never accepted, is given up as refused:
+/// retrying what an overloaded validator set refuses only adds to the overload.
+pub const MAX_BUSY_ANSWERS: u8 = 2;
 /// Most transactions awaited at once; past it the senders wait.
 pub const PENDING_MAX: usize = 4_000_000;
 /// Most resubmitted transactions whose first commit height is remembered (to see a second
@@ -56,8 +60,6 @@ pub struct Entry {
     pub sender: u32,
     /// See `sender`.
     pub seq: u64,
-    /// The connection of its latest submission.
-    pub conn: u16,
     /// Submissions so far.
     pub tries: u8,
     /// Some validator accepted it (or held it already).
@@ -81,6 +83,8 @@ pub struct Due {
     pub ids: Vec<TxId>,
     /// The submission count they had then (a transaction submitted again since is not due).
     pub tries: u8,
+    /// The connection they were last submitted on (the next submission goes elsewhere).
+    pub conn: u16,
 }
 
 /// How transactions ended, besides committing.
@@ -172,13 +176,23 @@ impl Tracker {
         }
     }
 
-    /// Marks `ids` as submitted (again) on `conn`: their submission count grows, and they fall
+    /// `ids`, just added ([`Tracker::add`], one submission counted), were sent on `conn`: they
+    /// fall due `after` from `now`.
+    pub fn sent(&self, ids: Vec<TxId>, conn: u16, now: Instant, after: Duration) {
+        lock(&self.waiting).push_back(Due {
+            at: now + after,
+            ids,
+            tries: 1,
+            conn,
+        });
+    }
+
+    /// Marks `ids` as submitted again on `conn`: their submission count grows, and they fall
     /// due `after` from `now`.
     pub fn submitted(&self, ids: Vec<TxId>, conn: u16, now: Instant, after: Duration) {
         let mut tries = 0;
         for id in &ids {
             self.update(id, |e| {
-                e.conn = conn;
                 e.tries = e.tries.saturating_add(1);
                 e.busy = false;
                 tries = e.tries;
@@ -188,12 +202,13 @@ impl Tracker {
             at: now + after,
             ids,
             tries,
+            conn,
         });
     }
 
     /// `Busy` answers for `ids`: each is due again after its backoff, which doubles with every
     /// `Busy` it got.
-    pub fn busy(&self, ids: Vec<TxId>, now: Instant) {
+    pub fn busy(&self, ids: Vec<TxId>, conn: u16, now: Instant) {
         let mut by_wait: std::collections::BTreeMap<(u8, u8), Vec<TxId>> = Default::default();
         for id in ids {
             let mut key = None;
@@ -211,13 +226,13 @@ impl Tracker {
             let wait = BUSY_BACKOFF
                 .saturating_mul(1 << u32::from(answers.saturating_sub(1)).min(8))
                 .min(BUSY_BACKOFF_MAX);
-            self.later(now + wait, ids, tries);
+            self.later(now + wait, ids, tries, conn);
         }
     }
 
     /// `ids` could go nowhere now (every connection closed or full): due again after
     /// [`BUSY_BACKOFF`], without a submission counted.
-    pub fn retry_later(&self, ids: Vec<TxId>, now: Instant) {
+    pub fn retry_later(&self, ids: Vec<TxId>, conn: u16, now: Instant) {
         let mut by_tries: std::collections::BTreeMap<u8, Vec<TxId>> = Default::default();
         for id in ids {
             if let Some(e) = self.get(&id) {
@@ -225,18 +240,26 @@ impl Tracker {
             }
         }
         for (tries, ids) in by_tries {
-            self.later(now + BUSY_BACKOFF, ids, tries);
+            self.later(now + BUSY_BACKOFF, ids, tries, conn);
         }
     }
 
-    fn later(&self, at: Instant, ids: Vec<TxId>, tries: u8) {
+    fn later(&self, at: Instant, ids: Vec<TxId>, tries: u8, conn: u16) {
         let seq = self.backoff_seq.fetch_add(1, Ordering::Relaxed);
-        lock(&self.backoff).insert((at, seq), Due { at, ids, tries });
+        lock(&self.backoff).insert(
+            (at, seq),
+            Due {
+                at,
+                ids,
+                tries,
+                conn,
+            },
+        );
     }
 
     /// Submissions of `ids` that died with their connection, unanswered: not counted against
     /// the bound, and due again at once.
-    pub fn refund(&self, ids: Vec<TxId>, now: Instant) {
+    pub fn refund(&self, ids: Vec<TxId>, conn: u16, now: Instant) {
         let mut by_tries: std::collections::BTreeMap<u8, Vec<TxId>> = Default::default();
         for id in ids {
             let mut tries = None;
@@ -249,7 +272,7 @@ impl Tracker {
             }
         }
         for (tries, ids) in by_tries {
-            self.later(now, ids, tries);
+            self.later(now, ids, tries, conn);
         }
     }
 
@@ -262,8 +285,8 @@ impl Tracker {
     }
 
     /// Takes the transactions due at `now` whose submission count has not moved since, with
-    /// their entries.
-    pub fn due(&self, now: Instant) -> Vec<(TxId, Entry)> {
+    /// their entries and the connection of their last submission.
+    pub fn due(&self, now: Instant) -> Vec<(TxId, Entry, u16)> {
         let mut ready = Vec::new();
         {
             let mut q = lock(&self.waiting);
@@ -281,7 +304,7 @@ impl Tracker {
         for d in ready {
             for id in d.ids {
                 if let Some(e) = self.get(&id).filter(|e| e.tries == d.tries) {
-                    out.push((id, e));
+                    out.push((id, e, d.conn));
                 }
             }
         }
@@ -363,7 +386,6 @@ mod tests {
             scheduled_us: seq * 10,
             sender: 0,
             seq,
-            conn: 0,
             tries: 1,
             accepted: false,
             busy: false,
@@ -385,27 +407,23 @@ mod tests {
         assert_eq!(t.len(), 4);
         let t0 = Instant::now();
         let after = Duration::from_secs(2);
-        lock(&t.waiting).push_back(Due {
-            at: t0 + after,
-            ids: ids.clone(),
-            tries: 1,
-        });
+        t.sent(ids.clone(), 0, t0, after);
         t.update(&ids[0], |e| {
             e.accepted = true;
             e.answered = true;
         });
-        t.busy(vec![ids[1]], t0);
+        t.busy(vec![ids[1]], 0, t0);
         assert!(t.due(t0).is_empty());
         let busy = t.due(t0 + BUSY_BACKOFF);
         assert_eq!(busy.len(), 1);
         assert_eq!(busy[0].0, ids[1]);
         // A second Busy waits twice as long.
-        t.busy(vec![ids[1]], t0);
+        t.busy(vec![ids[1]], 0, t0);
         assert!(t.due(t0 + BUSY_BACKOFF).is_empty());
         assert_eq!(t.due(t0 + 2 * BUSY_BACKOFF).len(), 1);
         // Id 2 is submitted again before its timeout: not due with its first submission.
         t.submitted(vec![ids[2]], 3, t0, after + after);
-        let due: Vec<TxId> = t.due(t0 + after).into_iter().map(|(id, _)| id).collect();
+        let due: Vec<TxId> = t.due(t0 + after).into_iter().map(|(id, _, _)| id).collect();
         assert_eq!(due, vec![ids[0], ids[1], ids[3]]);
         assert_eq!(t.get(&ids[2]).unwrap().tries, 2);
         for id in [&ids[0], &ids[1], &ids[3]] {
@@ -445,7 +463,7 @@ mod tests {
         let t0 = Instant::now();
         t.submitted(vec![id], 1, t0, Duration::from_secs(2));
         assert_eq!(t.get(&id).unwrap().tries, 2);
-        t.refund(vec![id], t0);
+        t.refund(vec![id], 1, t0);
         assert_eq!(t.get(&id).unwrap().tries, 1);
         let due = t.due(t0);
         assert_eq!(due.len(), 1, "due at once");

@@ -978,6 +978,7 @@ impl PersistStage {
             .iter()
             .map(|e| GroupItem {
                 block: e.block.as_ref(),
+                id: Some(e.id),
                 proof: e.proof.as_ref(),
                 exec_root: Some(e.root),
             })
@@ -1020,6 +1021,7 @@ mod tests {
             writer
                 .commit_group(&[GroupItem {
                     block: &b,
+                    id: None,
                     proof: Some(&proof),
                     exec_root: Some(root),
                 }])

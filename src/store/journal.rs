@@ -28,7 +28,11 @@
 //! vote never left (votes leave only after the write returns); the next record overwrites it.
 //!
 //! # Segments
-//! A segment grows to [`SEGMENT_BYTES`]; the next record then starts a new one. A new segment is
+//! A segment grows to [`SEGMENT_BYTES`]; the next record then starts a new one. A record's
+//! digest covers its segment's number, so that a segment file may be reused: a dropped segment
+//! is kept as a spare (up to two) and written over by a later segment, whose writes then
+//! change no file size (an `fdatasync` with a size change also commits the file system's
+//! journal), and whose stale records fail their digests under the new number. A new segment is
 //! written whole under a temporary name, synced, renamed and its directory synced, so every
 //! segment file begins with an intact record, and the newest record is never the only one a torn
 //! write could take. A segment other than the newest is deleted once every block in it is at or
@@ -58,7 +62,7 @@ const HEADER_LEN: usize = 64;
 /// BLAKE3 derive-key context of a record's digest.
 const DIGEST_CONTEXT: &str = "bpci 2026-12 consensus journal record v1";
 /// A segment this long or longer takes no more records: the next one starts a new segment.
-pub const SEGMENT_BYTES: u64 = 64 << 20;
+pub const SEGMENT_BYTES: u64 = 256 << 20;
 /// Most blocks one record keeps.
 pub const MAX_BLOCKS_PER_RECORD: usize = 4096;
 /// Largest section read on open.
@@ -68,6 +72,10 @@ const MAX_BLOCK_RECORD: u64 = (crate::consensus::MAX_PAYLOAD_BYTES as u64) + (8 
 /// Extension of segment files, and of one being created.
 const SEGMENT_EXT: &str = "seg";
 const CREATING_EXT: &str = "seg.tmp";
+/// Extension of a dropped segment kept for reuse.
+const SPARE_EXT: &str = "spare";
+/// Dropped segments kept for reuse (see [`Journal`]'s module docs).
+const MAX_SPARES: usize = 2;
 
 /// One kept block as a record's section names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +112,10 @@ struct Segment {
     max_height: u64,
 }
 
+/// The blocks durable in a journal, by id, with their heights (shared with the chain's
+/// writer, which needs no sync of its own for blocks the journal already holds durably).
+pub type DurableIds = std::collections::HashMap<BlockId, u64>;
+
 /// The journal of one node (one writer: the consensus thread).
 #[derive(Debug)]
 pub struct Journal {
@@ -120,10 +132,20 @@ pub struct Journal {
     /// The durable committed height (moved by the chain's group commits).
     durable: Arc<AtomicU64>,
     segment_bytes: u64,
+    /// Blocks written since the last sync, with their heights.
+    unsynced: Vec<(BlockId, u64)>,
+    /// Blocks durable here.
+    durable_ids: Arc<std::sync::Mutex<DurableIds>>,
+    /// Dropped segment files kept for reuse.
+    spares: Vec<PathBuf>,
 }
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> StorageError {
     super::io_err("consensus journal", path, what, e)
+}
+
+fn lock_ids(m: &std::sync::Mutex<DurableIds>) -> std::sync::MutexGuard<'_, DurableIds> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn damaged(path: &Path, why: impl std::fmt::Display) -> StorageError {
@@ -174,6 +196,7 @@ impl Encoded {
 }
 
 fn encode_record(
+    segment: u64,
     seq: u64,
     safety: Option<&SafetyState>,
     blocks: &[(BlockId, Arc<Block>)],
@@ -207,7 +230,7 @@ fn encode_record(
             .iter()
             .map(|(h, p, t)| (h.len() + p.len() + t.len()) as u64)
             .sum::<u64>();
-    let mut h = record_hasher(seq, body_len, &section);
+    let mut h = record_hasher(segment, seq, body_len, &section);
     for ((head, _, tail), (_, b)) in parts.iter().zip(blocks) {
         h.update(head);
         h.update(&b.payload.digest());
@@ -224,8 +247,9 @@ fn encode_record(
     Ok(Encoded { head: out, parts })
 }
 
-fn record_hasher(seq: u64, body_len: u64, section: &[u8]) -> blake3::Hasher {
+fn record_hasher(segment: u64, seq: u64, body_len: u64, section: &[u8]) -> blake3::Hasher {
     let mut h = blake3::Hasher::new_derive_key(DIGEST_CONTEXT);
+    h.update(&segment.to_le_bytes());
     h.update(&seq.to_le_bytes());
     h.update(&body_len.to_le_bytes());
     h.update(&(section.len() as u64).to_le_bytes());
@@ -241,10 +265,11 @@ struct Read {
     end: u64,
 }
 
-/// The record at `at` in `file`, if whole and intact.
+/// The record at `at` in `file` (segment `segment`), if whole and intact.
 fn read_record(
     file: &File,
     path: &Path,
+    segment: u64,
     at: u64,
     file_len: u64,
 ) -> Result<Option<Read>, StorageError> {
@@ -284,7 +309,7 @@ fn read_record(
     if section_len + total != body_len {
         return Ok(None);
     }
-    let mut h = record_hasher(seq, body_len, &section);
+    let mut h = record_hasher(segment, seq, body_len, &section);
     let mut pos = body_at + section_len;
     let mut encodings = Vec::with_capacity(meta.blocks.len());
     for e in &meta.blocks {
@@ -341,10 +366,13 @@ impl Journal {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, "creating the directory", e))?;
         super::sync_parent_dir("consensus journal", dir)?;
         let mut paths = Vec::new();
+        let mut spares = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, "listing", e))? {
             let path = entry.map_err(|e| io_err(dir, "listing", e))?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.ends_with(&format!(".{CREATING_EXT}")) {
+            if name.ends_with(&format!(".{SPARE_EXT}")) {
+                spares.push(path);
+            } else if name.ends_with(&format!(".{CREATING_EXT}")) {
                 // A segment whose creation a crash interrupted: never part of the journal.
                 std::fs::remove_file(&path).map_err(|e| io_err(&path, "removing", e))?;
             } else if let Some(n) = segment_number(&path) {
@@ -367,7 +395,7 @@ impl Journal {
             let mut at = 0;
             let mut max_height = 0;
             let mut records = 0u64;
-            while let Some(r) = read_record(&file, path, at, len)? {
+            while let Some(r) = read_record(&file, path, *number, at, len)? {
                 if r.seq <= last_seq {
                     return Err(damaged(
                         path,
@@ -411,11 +439,14 @@ impl Journal {
                 safety,
                 durable,
                 segment_bytes: SEGMENT_BYTES,
+                unsynced: Vec::new(),
+                durable_ids: Arc::default(),
+                spares,
             },
             None => {
                 let safety = initial()?;
-                let first = encode_record(1, safety.as_ref(), &[])?;
-                let (segment, active) = create_segment(dir, 1, &first)?;
+                let first = encode_record(1, 1, safety.as_ref(), &[])?;
+                let (segment, active) = create_segment(dir, 1, &first, None)?;
                 Self {
                     dir: dir.to_path_buf(),
                     active,
@@ -426,11 +457,31 @@ impl Journal {
                     safety,
                     durable,
                     segment_bytes: SEGMENT_BYTES,
+                    unsynced: Vec::new(),
+                    durable_ids: Arc::default(),
+                    spares,
                 }
             }
         };
+        {
+            let mut ids = lock_ids(&journal.durable_ids);
+            ids.extend(journal.live.iter().map(|(id, b)| (*id, b.height.0)));
+        }
         journal.drop_dead_segments();
         Ok(journal)
+    }
+
+    /// The blocks durable in this journal (a shared, live view).
+    pub fn durable_ids(&self) -> Arc<std::sync::Mutex<DurableIds>> {
+        Arc::clone(&self.durable_ids)
+    }
+
+    /// Everything written is synced: the blocks written since the last sync are durable.
+    fn all_synced(&mut self) {
+        let durable = self.durable.load(Ordering::Acquire);
+        let mut ids = lock_ids(&self.durable_ids);
+        ids.extend(self.unsynced.drain(..));
+        ids.retain(|_, h| *h > durable);
     }
 
     /// The newest durable safety state.
@@ -474,8 +525,9 @@ impl Journal {
             return Ok(());
         }
         let one = [(id, block)];
-        let record = encode_record(self.next_seq, None, &one)?;
-        if self.active.end() >= self.segment_bytes {
+        let rotated = self.active.end() >= self.segment_bytes;
+        let record = encode_record(self.target_segment(rotated), self.next_seq, None, &one)?;
+        if rotated {
             self.rotate(&record)?;
         } else {
             let start = self.active.end();
@@ -488,6 +540,11 @@ impl Journal {
         let [(id, block)] = one;
         if let Some(s) = self.segments.back_mut() {
             s.max_height = s.max_height.max(block.height.0);
+        }
+        self.unsynced.push((id, block.height.0));
+        if rotated {
+            // The old segment was synced and the new one was created synced.
+            self.all_synced();
         }
         self.live.insert(id, block);
         Ok(())
@@ -514,14 +571,20 @@ impl Journal {
         self.staged.retain(|(_, b)| b.height.0 > durable);
         let staged = std::mem::take(&mut self.staged);
         let taken = staged.len().min(MAX_BLOCKS_PER_RECORD);
-        let record = match encode_record(self.next_seq, Some(state), &staged[..taken]) {
+        let rotating = self.active.end() >= self.segment_bytes;
+        let record = match encode_record(
+            self.target_segment(rotating),
+            self.next_seq,
+            Some(state),
+            &staged[..taken],
+        ) {
             Ok(r) => r,
             Err(e) => {
                 self.staged = staged;
                 return Err(e);
             }
         };
-        let result = if self.active.end() >= self.segment_bytes {
+        let result = if rotating {
             self.rotate(&record)
         } else {
             self.append(&record)
@@ -536,8 +599,10 @@ impl Journal {
             if let Some(s) = self.segments.back_mut() {
                 s.max_height = s.max_height.max(block.height.0);
             }
+            self.unsynced.push((id, block.height.0));
             self.live.insert(id, block);
         }
+        self.all_synced();
         // More than one record holds: the rest go with the next write.
         self.staged.extend(staged);
         self.next_seq += 1;
@@ -559,13 +624,23 @@ impl Journal {
         done
     }
 
+    /// The segment the next record goes to: the active one, or the next if `rotating`.
+    fn target_segment(&self, rotating: bool) -> u64 {
+        let active = self.segments.back().map_or(0, |s| s.number);
+        if rotating {
+            active + 1
+        } else {
+            active
+        }
+    }
+
     /// Starts a new segment with `record` as its first. The segment it closes is synced first:
     /// blocks written ahead into it become durable with it, as the next record's sync would
     /// have made them.
     fn rotate(&mut self, record: &Encoded) -> Result<(), StorageError> {
         self.active.sync()?;
-        let number = self.segments.back().map_or(1, |s| s.number + 1);
-        let (segment, active) = create_segment(&self.dir, number, record)?;
+        let number = self.target_segment(true);
+        let (segment, active) = create_segment(&self.dir, number, record, self.spares.pop())?;
         self.segments.push_back(segment);
         self.active = active;
         Ok(())
@@ -576,17 +651,27 @@ impl Journal {
     fn drop_dead_segments(&mut self) {
         let durable = self.durable.load(Ordering::Acquire);
         let newest = self.segments.back().map(|s| s.number);
+        let dir = self.dir.clone();
+        let spares = &mut self.spares;
         self.segments.retain(|s| {
             if Some(s.number) == newest || s.max_height > durable {
                 return true;
             }
-            match std::fs::remove_file(&s.path) {
+            // Kept as a spare for a later segment (its blocks already allocated and written,
+            // so writes into it change no file size), or deleted.
+            let result = if spares.len() < MAX_SPARES {
+                let spare = dir.join(format!("{:020}.{SPARE_EXT}", s.number));
+                std::fs::rename(&s.path, &spare).map(|()| spares.push(spare))
+            } else {
+                std::fs::remove_file(&s.path)
+            };
+            match result {
                 Ok(()) => {
                     tracing::debug!(target: "store.journal", segment = s.number, "segment dropped");
                     false
                 }
                 Err(e) => {
-                    tracing::warn!(target: "store.journal", path = %s.path.display(), error = %e, "could not delete a journal segment; kept");
+                    tracing::warn!(target: "store.journal", path = %s.path.display(), error = %e, "could not drop a journal segment; kept");
                     true
                 }
             }
@@ -612,11 +697,23 @@ fn create_segment(
     dir: &Path,
     number: u64,
     record: &Encoded,
+    spare: Option<PathBuf>,
 ) -> Result<(Segment, ValueLog), StorageError> {
     let path = dir.join(format!("{number:020}.{SEGMENT_EXT}"));
     let tmp = dir.join(format!("{number:020}.{CREATING_EXT}"));
     {
-        let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, "create", e))?;
+        // A spare is written over from its start: its old records, under another segment
+        // number, fail their digests here and end the segment on reading.
+        let mut f = match spare {
+            Some(old) => {
+                std::fs::rename(&old, &tmp).map_err(|e| io_err(&old, "reusing", e))?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&tmp)
+                    .map_err(|e| io_err(&tmp, "open", e))?
+            }
+            None => File::create(&tmp).map_err(|e| io_err(&tmp, "create", e))?,
+        };
         for s in record.slices() {
             f.write_all(s).map_err(|e| io_err(&tmp, "write", e))?;
         }
@@ -767,11 +864,25 @@ mod tests {
             .map(|(_, b)| b.height.0)
             .collect();
         assert_eq!(kept, (16..=20).collect::<Vec<_>>());
-        // Everything durable: only the newest segment stays.
+        // Everything durable: only the newest segment stays; two dropped ones are kept as
+        // spares, and new segments reuse them (the directory does not grow).
         durable.store(20, Ordering::Release);
         let mut j = j;
+        j.set_segment_bytes(64 << 10);
         j.write(&state(22)).unwrap();
         assert_eq!(j.segment_numbers().len(), 1);
+        let files = |d: &Path| std::fs::read_dir(d).unwrap().count();
+        assert_eq!(files(dir.path()), 1 + MAX_SPARES);
+        for h in 21..=40u64 {
+            let (id, b) = block(h, 20_000);
+            j.keep(id, &b);
+            j.write(&state(h + 2)).unwrap();
+            durable.store(h, Ordering::Release);
+        }
+        assert!(files(dir.path()) <= 2 + MAX_SPARES, "{}", files(dir.path()));
+        drop(j);
+        let j = open(dir.path(), &durable);
+        assert_eq!(j.safety(), Some(&state(42)));
     }
 
     /// A segment whose creation a crash interrupted is ignored and removed; a segment that does

@@ -16,14 +16,16 @@
 //! it): a group commit hashes a few hundred bytes per block instead of every payload byte (at
 //! 150,000 tx/s that hashing was the largest cost of the persistence stage), and recovery, which
 //! is rare, recomputes the payload digests from the bytes read. Groups of the first format
-//! (magic `bpcigrp1`, every record byte in the digest) are still recovered. The group is durable when its
-//! `fdatasync` returns, before the index learns of it; the index commits without a sync of its
-//! own, and only every [`super::INDEX_SYNC_INTERVAL`] durably. A node that stops in between
-//! finds the index behind the log on restart and re-indexes, from the log, every whole group
-//! past the index's end ([`ValueLog::recover_groups`]); the first bytes that are not a whole
-//! group with a matching digest (a torn write, zeros allocated ahead, an older format) end it,
-//! and a whole group after them is refused as damage rather than silently cut.
-//! That takes one of the two syncs of a group commit off the path to the commit notice.
+//! (magic `bpcigrp1`, every record byte in the digest) are still recovered. A group whose blocks
+//! the consensus journal already holds durably is not synced on its own: the log syncs at most
+//! every [`super::INDEX_SYNC_INTERVAL`] (any other group is synced before it is indexed). The
+//! index commits without a sync of its own, and durably only right after a log sync, at most
+//! every [`super::INDEX_SYNC_INTERVAL`]: a durable index never names unsynced bytes. A node that
+//! stops in between finds the index behind the log on restart and re-indexes, from the log,
+//! every whole group past the index's end ([`ValueLog::recover_groups`]); the first bytes that
+//! are not a whole group with a matching digest (a torn write, zeros allocated ahead, an older
+//! format) end it. A whole group after them (unsynced groups a power loss wrote out of order)
+//! is dropped with a warning: its blocks are in the journal, and consensus commits them again.
 //!
 //! Appends bypass the page cache where the file system allows it ([`super::direct`]): the group
 //! is copied once into an aligned buffer and written from there, instead of into fresh
@@ -553,13 +555,11 @@ impl ValueLog {
     }
 
     /// Reads the whole, intact groups from `from` on (see the module documentation), stopping
-    /// at the first bytes that are not one, and makes the next append go after the last. Past
-    /// that point only free space may follow (zeros allocated ahead, what is left of a torn
-    /// write): a whole group further on means acknowledged data was damaged, and is an error
-    /// rather than a silent loss.
+    /// at the first bytes that are not one, and makes the next append go after the last. A
+    /// whole group further on (unsynced groups written out of order) is dropped with a warning.
     ///
     /// # Errors
-    /// I/O errors, and a whole group after the first bytes that are not one.
+    /// I/O errors.
     pub fn recover_groups(&self, from: u64) -> Result<Vec<Group>, StorageError> {
         let file_len = self
             .file
@@ -573,10 +573,17 @@ impl ValueLog {
             out.push(g);
         }
         if let Some(later) = self.next_group_after(at, file_len)? {
-            return Err(StorageError::Backend(format!(
-                "value log {} is damaged at byte {at}: a whole group follows at byte {later}",
-                self.path.display()
-            )));
+            // Groups past the durable index may not have been synced (their blocks were
+            // durable in the consensus journal): a power loss can leave a later one whole and
+            // an earlier one torn. What follows the damage is dropped; the journal gives those
+            // blocks back and consensus commits them again.
+            tracing::warn!(
+                target: "store",
+                path = %self.path.display(),
+                damaged_at = at,
+                whole_group_at = later,
+                "value log: a group past the durable index is torn and a later one whole; keeping the groups before the damage"
+            );
         }
         if let Some(last) = out.last() {
             let mut len = self.len.lock().unwrap_or_else(PoisonError::into_inner);

@@ -90,7 +90,7 @@ pub struct RedbStore {
     tip: Option<(Arc<Block>, CommitProof)>,
     defer_commits: bool,
     /// When the index last committed durably (shared by every writer).
-    index_synced: Arc<std::sync::Mutex<std::time::Instant>>,
+    index_synced: Arc<std::sync::Mutex<Syncs>>,
     index_sync_interval: std::time::Duration,
 }
 
@@ -168,10 +168,33 @@ pub struct ChainWriter {
     log: Arc<ValueLog>,
     /// The durable committed height, read by the journal to drop kept blocks the chain holds.
     durable: Arc<AtomicU64>,
-    /// When the index last committed durably.
-    index_synced: Arc<std::sync::Mutex<std::time::Instant>>,
+    /// When the log last synced and the index last committed durably (and one group commit
+    /// at a time).
+    index_synced: Arc<std::sync::Mutex<Syncs>>,
     /// [`INDEX_SYNC_INTERVAL`], shorter or longer in tests.
     index_sync_interval: std::time::Duration,
+    /// The blocks durable in the consensus journal (see [`ChainWriter::commit_group`]).
+    journal_durable: Arc<std::sync::Mutex<journal::DurableIds>>,
+}
+
+/// When the value log last synced, and the index last committed durably.
+#[derive(Debug)]
+pub struct Syncs {
+    log: std::time::Instant,
+    index: std::time::Instant,
+    /// The highest height written to the log since its last sync.
+    written: u64,
+}
+
+impl Syncs {
+    fn now() -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            log: now,
+            index: now,
+            written: 0,
+        }
+    }
 }
 
 /// One committed block for [`ChainWriter::commit_group`].
@@ -179,6 +202,9 @@ pub struct ChainWriter {
 pub struct GroupItem<'a> {
     /// The block.
     pub block: &'a Block,
+    /// Its id, when known (a block durable in the consensus journal under it needs no sync of
+    /// its own here).
+    pub id: Option<BlockId>,
     /// The proof that commits it (give the proof of every committed batch's last block).
     pub proof: Option<&'a CommitProof>,
     /// The execution state root after it.
@@ -187,28 +213,28 @@ pub struct GroupItem<'a> {
 
 impl ChainWriter {
     /// One group commit: every block of `items` (in height order) with its proof and execution
-    /// root where given. The group reaches the value log and is synced before the index
-    /// commits, and the log's new end is recorded in the same transaction (so a reopened log
-    /// appends exactly where the index ends, after re-indexing whole groups past it). The index
-    /// transaction is durable only every [`INDEX_SYNC_INTERVAL`]: the synced group is what makes
-    /// the items durable.
+    /// root where given, appended to the value log and indexed, the log's new end recorded in
+    /// the same transaction (so a reopened log appends exactly where the index ends, after
+    /// re-indexing whole groups past it). When the consensus journal already holds every one
+    /// of the blocks durably (the node kept them before voting), the group needs no sync of its
+    /// own: the log syncs at most every [`INDEX_SYNC_INTERVAL`], and a crash before that loses
+    /// only groups whose blocks the journal gives back on restart (committed again from there).
+    /// Otherwise (blocks that came by sync) the group is synced before it is indexed. The index
+    /// commits durably only right after a log sync, at most every [`INDEX_SYNC_INTERVAL`], so a
+    /// durable index never names bytes the log has not synced; the durable height, below which
+    /// the journal forgets its blocks, moves with the log's syncs.
     /// Sync serves ranges ending at a stored proof: give the proof of every committed batch.
     pub fn commit_group(&self, items: &[GroupItem<'_>]) -> Result<(), StorageError> {
         // One group commit at a time, from append to index: the log's end and the index's
         // record of it move together.
-        let mut synced = self
+        let mut syncs = self
             .index_synced
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let start = self.log.end();
-        let result = self.write(items, &mut synced);
-        match &result {
-            Ok(()) => {
-                if let Some(top) = items.iter().map(|it| it.block.height.0).max() {
-                    self.durable.fetch_max(top, Ordering::AcqRel);
-                }
-            }
-            Err(_) => self.log.rewind(start),
+        let result = self.write(items, &mut syncs);
+        if result.is_err() {
+            self.log.rewind(start);
         }
         result
     }
@@ -245,11 +271,7 @@ impl ChainWriter {
         self.log.drop_synced_pages();
     }
 
-    fn write(
-        &self,
-        items: &[GroupItem<'_>],
-        index_synced: &mut std::time::Instant,
-    ) -> Result<(), StorageError> {
+    fn write(&self, items: &[GroupItem<'_>], syncs: &mut Syncs) -> Result<(), StorageError> {
         // A block is written as its encoding split around the payload, the payload straight
         // from the block (no copy into one encoding) and entering the group digest by the
         // digest the block keeps.
@@ -287,18 +309,38 @@ impl ChainWriter {
             records.extend(proof);
         }
         let group = self.log.append_group(GroupMeta { entries }, &records)?;
-        self.log.sync()?;
-        // The index may only name durable bytes.
-        if self.log.synced_to() < group.end {
-            return Err(StorageError::Backend(
-                "value log group not synced before indexing".into(),
-            ));
-        }
+        let top = items.iter().map(|it| it.block.height.0).max().unwrap_or(0);
+        syncs.written = syncs.written.max(top);
         let now = std::time::Instant::now();
-        let durable = now.saturating_duration_since(*index_synced) >= self.index_sync_interval;
+        let in_journal = {
+            let durable = self
+                .journal_durable
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            items
+                .iter()
+                .all(|it| it.id.is_some_and(|id| durable.contains_key(&id)))
+        };
+        let sync_due = now.saturating_duration_since(syncs.log) >= self.index_sync_interval;
+        let synced = !in_journal || sync_due;
+        if synced {
+            self.log.sync()?;
+            if self.log.synced_to() < group.end {
+                return Err(StorageError::Backend(
+                    "value log group not synced after its sync".into(),
+                ));
+            }
+            syncs.log = now;
+        }
+        // A durable index commit only right after a log sync: it may name only synced bytes.
+        let durable =
+            synced && now.saturating_duration_since(syncs.index) >= self.index_sync_interval;
         index(&self.db, std::slice::from_ref(&group), durable)?;
         if durable {
-            *index_synced = now;
+            syncs.index = now;
+        }
+        if synced {
+            self.durable.fetch_max(syncs.written, Ordering::AcqRel);
         }
         Ok(())
     }
@@ -436,7 +478,7 @@ impl RedbStore {
             log: Arc::new(log),
             tip,
             defer_commits: false,
-            index_synced: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+            index_synced: Arc::new(std::sync::Mutex::new(Syncs::now())),
             index_sync_interval: INDEX_SYNC_INTERVAL,
         })
     }
@@ -624,6 +666,7 @@ impl RedbStore {
             durable: Arc::clone(&self.durable),
             index_synced: Arc::clone(&self.index_synced),
             index_sync_interval: self.index_sync_interval,
+            journal_durable: self.journal().durable_ids(),
         }
     }
 
@@ -820,6 +863,7 @@ impl Storage for RedbStore {
                 .enumerate()
                 .map(|(i, b)| GroupItem {
                     block: b.as_ref(),
+                    id: None,
                     proof: (i + 1 == n).then_some(proof),
                     exec_root: None,
                 })
@@ -1013,6 +1057,7 @@ mod tests {
         s.writer()
             .commit_group(&[GroupItem {
                 block: &block(1),
+                id: None,
                 proof: Some(&proof(1)),
                 exec_root: None,
             }])
@@ -1045,6 +1090,48 @@ mod tests {
         drop(s);
         let s = RedbStore::open(&path).unwrap();
         assert_eq!(*s.committed_block(Height(2)).unwrap().payload, [2; 10]);
+    }
+
+    /// A group whose blocks the journal holds durably is written without a sync of its own:
+    /// the durable height, below which the journal forgets its blocks, waits for the log's next
+    /// sync; a group of blocks the journal does not hold is synced at once.
+    #[test]
+    fn groups_of_journaled_blocks_wait_for_the_next_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let mut s = RedbStore::open(&path).unwrap();
+        s.set_defer_commits(true);
+        s.index_sync_interval = std::time::Duration::MAX;
+        let b1 = block(1);
+        let id1 = BlockId([1; 32]);
+        s.keep_block(id1, &b1);
+        s.persist_safety(&SafetyState::initial(
+            Epoch(1),
+            QuorumCert::genesis("c", Epoch(1)),
+        ))
+        .unwrap();
+        let w = s.writer();
+        w.commit_group(&[GroupItem {
+            block: &b1,
+            id: Some(id1),
+            proof: Some(&proof(1)),
+            exec_root: None,
+        }])
+        .unwrap();
+        assert!(s.log.synced_to() < s.log.end(), "no sync of its own");
+        assert_eq!(s.durable_height(), 0);
+        assert_eq!(s.kept_blocks().len(), 1, "the journal still holds it");
+        // Block 2 came by sync (no id the journal knows): synced at once, with block 1's group.
+        w.commit_group(&[GroupItem {
+            block: &block(2),
+            id: None,
+            proof: Some(&proof(2)),
+            exec_root: None,
+        }])
+        .unwrap();
+        assert_eq!(s.log.synced_to(), s.log.end());
+        assert_eq!(s.durable_height(), 2);
+        assert!(s.kept_blocks().is_empty());
     }
 
     /// Copies the store's chain files as they are on disk now (what a crash would leave:
@@ -1081,6 +1168,7 @@ mod tests {
         s.writer()
             .commit_group(&[GroupItem {
                 block: &b5,
+                id: None,
                 proof: Some(&p5),
                 exec_root: Some([5; 32]),
             }])
@@ -1144,17 +1232,16 @@ mod tests {
         // The same group without an execution root: 32 bytes shorter.
         assert_eq!(r.log.end(), end - 32);
 
-        // Damage in an acknowledged group with a whole one after it (blocks 3 and 4, then 5):
-        // refused, not silently cut.
+        // Damage in a group past the durable index with a whole one after it (blocks 3 and 4,
+        // then 5: what a power loss can leave of unsynced groups written out of order): the
+        // groups before the damage are kept, the rest dropped (their blocks are in the journal).
         let log = middle.with_extension("blocks");
         let mut bytes = std::fs::read(&log).unwrap();
         let at = usize::try_from(start5).unwrap() - 20;
         bytes[at] ^= 0xff;
         std::fs::write(&log, &bytes).unwrap();
-        let err = RedbStore::open(&middle).err().unwrap().to_string();
-        assert!(
-            err.contains("damaged") && err.contains("middle.blocks"),
-            "{err}"
-        );
+        let r = RedbStore::open(&middle).unwrap();
+        assert_eq!(r.committed_tip().unwrap().0.height, Height(2));
+        assert!(r.committed_block(Height(5)).is_none());
     }
 }
