@@ -42,13 +42,18 @@
 //!
 //! # Exactly once
 //! A validator keeps the ids of the transactions committed in the last
-//! [`COMMITTED_WINDOW_HEIGHTS`] heights (at most [`COMMITTED_WINDOW_TXS`] ids; past that the
-//! oldest heights leave first): the *committed window*. A transaction submitted again while it is
-//! in the window is answered [`TxStatus::Committed`] with its height, never admitted, and a
-//! leader never proposes a transaction that is in the window or in a block its proposal extends.
-//! So a client whose commit notice went missing (its validator crashed, or stalled) submits
-//! again, to another validator, without the risk of a second commit, as long as it does so
-//! within the window. [`ClientRequest::Status`] asks what became of transactions by id:
+//! [`COMMITTED_WINDOW_HEIGHTS`] heights (at most [`COMMITTED_WINDOW_TXS`] ids, at least half
+//! that many; past that the oldest heights leave first): the *committed window*. A client whose
+//! commit notice went missing (its validator crashed, or stalled) sends the transaction again,
+//! to another validator, with [`ClientRequest::Resubmit`]: one in the window is answered
+//! [`TxStatus::Committed`] with its height, never admitted. A leader never proposes a
+//! transaction that is committed (in the window or in a committed block not yet recorded there)
+//! or carried by a block its proposal extends; when it extends a block it has yet to receive,
+//! it holds back what came as a resubmission, was forwarded to it or was taken back from an
+//! abandoned block. A resubmission within the window therefore never commits twice. (A
+//! transaction sent with plain submits to two validators at once, as no client of the protocol
+//! does, can ride in two blocks only when one extends the other and its leader did not hold
+//! it yet.) [`ClientRequest::Status`] asks what became of transactions by id:
 //! [`TxState::Pending`] (waiting here), [`TxState::Committed`] with the height, the block, the
 //! position and the Merkle inclusion proof against the block's transaction root (the client
 //! checks it with [`CommittedTx::verify`]), or [`TxState::Unknown`] (never seen here, lost with
@@ -94,6 +99,11 @@ pub enum ClientRequest {
     /// What became of these transactions (at most [`MAX_STATUS_IDS`]): answered
     /// [`ClientResponse::Status`], one state per id, in order.
     Status(#[serde(with = "id_bytes")] Vec<TxId>),
+    /// As [`ClientRequest::Submit`], for transactions submitted before (here or to another
+    /// validator) whose commit the client has not seen: each is checked against the committed
+    /// window first (answered [`TxStatus::Committed`] when there), and, once admitted, never
+    /// proposed in a block that extends one carrying it (see "Exactly once" above).
+    Resubmit(Vec<serde_bytes::ByteBuf>),
 }
 
 /// See [`ClientRequest::SubmitToLeader`]: a validator that leads a round within this many
@@ -269,9 +279,9 @@ mod id_bytes {
 impl Bounded for ClientRequest {
     fn check_bounds(&self) -> Result<(), DecodeError> {
         match self {
-            ClientRequest::Submit(txs) | ClientRequest::SubmitToLeader(txs) => {
-                check_len("submit.txs", txs.len(), MAX_SUBMIT_TXS)
-            }
+            ClientRequest::Submit(txs)
+            | ClientRequest::SubmitToLeader(txs)
+            | ClientRequest::Resubmit(txs) => check_len("submit.txs", txs.len(), MAX_SUBMIT_TXS),
             ClientRequest::WatchLeaders | ClientRequest::WatchCommits => Ok(()),
             ClientRequest::Status(ids) => check_len("status.ids", ids.len(), MAX_STATUS_IDS),
         }

@@ -173,6 +173,18 @@ const DRAIN_SMOOTHING: f64 = 0.3;
 /// inserted without one).
 pub const NO_OWNER: u64 = u64::MAX;
 
+/// Transactions taken for a proposal ([`Mempool::take_marked`]), with their owners and marks,
+/// index for index.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// Ids and transactions, in proposal order.
+    pub txs: Vec<(TxId, Vec<u8>)>,
+    /// Each one's owner ([`NO_OWNER`] for none).
+    pub owners: Vec<u64>,
+    /// Whether each one may be elsewhere too (see [`Mempool::take_marked`]).
+    pub marks: Vec<bool>,
+}
+
 /// Pending transactions.
 #[derive(Debug, Default)]
 pub struct Mempool {
@@ -191,6 +203,12 @@ pub struct Mempool {
     forwarded_bytes: usize,
     /// Transactions ever accepted from our own clients.
     local_inserted: u64,
+    /// Pending transactions that may also wait, or ride in a block, elsewhere: resubmissions
+    /// (the client sent them to another validator before), those forwarded to us, and those
+    /// taken back from a block (abandoned, or held back from a proposal). A proposal that does
+    /// not hold the block it extends holds these back ([`Mempool::take_marked`]). Only pending
+    /// ids are marked: a mark leaves with its transaction.
+    marked: IdMap<()>,
     /// Transactions a second our own proposals take (smoothed), and when one last did.
     drain_txs_per_s: f64,
     last_proposal: Option<std::time::Instant>,
@@ -274,13 +292,34 @@ impl Mempool {
             .collect()
     }
 
+    /// [`Mempool::insert_batch`] for resubmissions: the admitted ones, and those pending
+    /// already, are marked (see [`Mempool::take_marked`]).
+    pub fn insert_resubmitted_batch(
+        &mut self,
+        batch: HashedTxs,
+        owner: u64,
+    ) -> Vec<Result<TxId, MempoolError>> {
+        let ids = batch.ids().to_vec();
+        let results = self.insert_batch(batch, owner);
+        for (id, r) in ids.iter().zip(&results) {
+            if matches!(r, Ok(_) | Err(MempoolError::Duplicate)) {
+                self.marked.insert(*id, ());
+            }
+        }
+        results
+    }
+
     /// Adds a batch another validator forwarded to us (proposed here, never forwarded again):
     /// one result per transaction, in order.
     pub fn insert_forwarded_batch(&mut self, batch: HashedTxs) -> Vec<Result<TxId, MempoolError>> {
-        batch
+        let results: Vec<_> = batch
             .into_iter()
             .map(|(id, tx)| self.enqueue(id, tx, false, NO_OWNER))
-            .collect()
+            .collect();
+        for id in results.iter().flatten() {
+            self.marked.insert(*id, ());
+        }
+        results
     }
 
     /// Admits `tx` (whose id is `id`) into our clients' queue (`local`) or the forwarded one.
@@ -364,6 +403,15 @@ impl Mempool {
         max_count: usize,
         max_bytes: usize,
     ) -> (Vec<(TxId, Vec<u8>)>, Vec<u64>) {
+        let t = self.take_marked(max_count, max_bytes);
+        (t.txs, t.owners)
+    }
+
+    fn take_both(
+        &mut self,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> (Vec<(TxId, Vec<u8>)>, Vec<u64>) {
         let mut out = Vec::new();
         let mut bytes = 0;
         Self::take_from(
@@ -379,6 +427,27 @@ impl Mempool {
         (out, owners)
     }
 
+    /// [`Mempool::take_owned`], with each transaction's mark (whether it may be elsewhere too,
+    /// see the `marked` field), in the same order.
+    pub fn take_marked(&mut self, max_count: usize, max_bytes: usize) -> Taken {
+        let marked_before = !self.marked.is_empty();
+        let (out, owners) = self.take_both(max_count, max_bytes);
+        let marks = if marked_before {
+            out.iter().map(|(id, _)| self.unmark(id)).collect()
+        } else {
+            vec![false; out.len()]
+        };
+        Taken {
+            txs: out,
+            owners,
+            marks,
+        }
+    }
+
+    fn unmark(&mut self, id: &TxId) -> bool {
+        self.marked.remove(id).is_some()
+    }
+
     /// Takes only our own clients' transactions (to forward them), oldest first, with their
     /// owners.
     pub fn take_local(
@@ -390,6 +459,11 @@ impl Mempool {
         let mut bytes = 0;
         Self::take_from(&mut self.queue, &mut out, &mut bytes, max_count, max_bytes);
         let owners = self.settle(&out, bytes);
+        if !self.marked.is_empty() {
+            for (id, _) in &out {
+                self.unmark(id);
+            }
+        }
         (out, owners)
     }
 
@@ -415,7 +489,7 @@ impl Mempool {
         }
     }
 
-    /// Forgets the taken ids: their owners, in order.
+    /// Forgets the taken ids: their owners, in order. (Their marks are the takers' to clear.)
     fn settle(&mut self, taken: &[(TxId, Vec<u8>)], bytes: usize) -> Vec<u64> {
         self.bytes -= bytes;
         taken
@@ -425,7 +499,7 @@ impl Mempool {
     }
 
     /// Puts back transactions whose block was abandoned (front of the queue, original order),
-    /// without owners.
+    /// without owners. They are marked: another copy may have been proposed meanwhile.
     pub fn requeue(&mut self, txs: Vec<(TxId, Vec<u8>)>) {
         self.requeue_owned(txs, &[]);
     }
@@ -436,6 +510,7 @@ impl Mempool {
         for (i, (id, tx)) in txs.into_iter().enumerate().rev() {
             if let std::collections::hash_map::Entry::Vacant(v) = self.ids.entry(id) {
                 v.insert(owners.get(i).copied().unwrap_or(NO_OWNER));
+                self.marked.insert(id, ());
                 self.bytes += tx.len();
                 self.queue.push_front((id, tx));
             }
@@ -677,6 +752,42 @@ mod tests {
                 None => prop_assert_eq!(Payload::decode(&bytes), by_bcs(&bytes)),
             }
         }
+    }
+
+    /// Marks (may be elsewhere too) go with resubmissions, forwarded and taken-back
+    /// transactions, are read once by a proposal and leave with their transaction.
+    #[test]
+    fn marks_follow_copies_that_may_be_elsewhere() {
+        let mut m = Mempool::new(MempoolLimits::default());
+        let first = m.insert(b"first".to_vec()).unwrap();
+        let again = HashedTxs::new(vec![b"again".to_vec(), b"first".to_vec()]);
+        let results = m.insert_resubmitted_batch(again, 1);
+        assert_eq!(results[1], Err(MempoolError::Duplicate));
+        let fwd = m.insert_forwarded_batch(HashedTxs::new(vec![b"fwd".to_vec()]));
+        let plain = m.insert(b"plain".to_vec()).unwrap();
+        let Taken {
+            txs: taken, marks, ..
+        } = m.take_marked(10, 1 << 20);
+        let marked: Vec<(TxId, bool)> = taken.iter().map(|(id, _)| *id).zip(marks).collect();
+        // Forwarded first, then our clients' in order; the first submission is marked since a
+        // resubmission of it came.
+        assert_eq!(
+            marked,
+            vec![
+                (*fwd[0].as_ref().unwrap(), true),
+                (first, true),
+                (*results[0].as_ref().unwrap(), true),
+                (plain, false)
+            ]
+        );
+        assert!(m.marked.is_empty(), "marks leave with their transactions");
+        // Taken back from an abandoned block: marked.
+        m.requeue(taken);
+        assert_eq!(m.take_marked(10, 1 << 20).marks, vec![true; 4]);
+        // Forwarding takes and drops marks too.
+        m.insert_resubmitted_batch(HashedTxs::new(vec![b"x".to_vec()]), 1);
+        let _ = m.take_local(10, 1 << 20);
+        assert!(m.marked.is_empty());
     }
 
     #[test]

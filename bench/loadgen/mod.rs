@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bpci_transport::{ClientRuntime, ClientSender};
+use bpci_transport::{ClientRuntime, ClientSender, SendError};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -50,7 +50,7 @@ pub const SUBMIT_BATCH_MAX: usize = 512;
 const LATENCY_US_MAX: u64 = 600_000_000;
 /// How long a transaction waits for a commit before it goes to another validator, unless told
 /// otherwise ([`LoadConfig::resubmit_after`]).
-pub const DEFAULT_RESUBMIT_AFTER: Duration = Duration::from_secs(2);
+pub const DEFAULT_RESUBMIT_AFTER: Duration = Duration::from_secs(5);
 /// Submissions of one transaction in all, unless told otherwise ([`LoadConfig::max_submits`]).
 pub const DEFAULT_MAX_SUBMITS: u8 = 6;
 
@@ -248,7 +248,7 @@ impl Conn {
             .clone()
     }
 
-    fn send(&self, frame: Bytes) -> Result<(), bpci_transport::SendError> {
+    fn send(&self, frame: Bytes) -> Result<(), SendError> {
         self.sender().send(frame)
     }
 
@@ -641,7 +641,7 @@ impl Shared {
                     })
                     .collect();
                 let ids: Vec<TxId> = chunk.iter().map(|(id, _)| *id).collect();
-                let frame = Bytes::from(encode_infallible(&ClientRequest::Submit(txs)));
+                let frame = Bytes::from(encode_infallible(&ClientRequest::Resubmit(txs)));
                 match submit(&self.conns[t], ids, &frame, None, 0) {
                     Ok(ids) => {
                         submitted += ids.len();
@@ -784,9 +784,16 @@ pub fn run(
         .collect();
     for w in &watch {
         for (sender, _) in &links {
-            sender
-                .send(w.clone())
-                .map_err(|e| LoadError::Runtime(format!("asking for commits and hints: {e}")))?;
+            match sender.send(w.clone()) {
+                // A connection that closed already (a validator restarting) is made again,
+                // with these requests, by its reconnector.
+                Ok(()) | Err(SendError::Closed) => {}
+                Err(e) => {
+                    return Err(LoadError::Runtime(format!(
+                        "asking for commits and hints: {e}"
+                    )))
+                }
+            }
         }
     }
     let keys: Arc<Vec<[u8; 32]>> = Arc::new(cfg.targets.iter().map(|t| t.key).collect());

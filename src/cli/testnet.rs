@@ -46,7 +46,7 @@ pub struct TestnetArgs {
     sender_nice: i32,
     /// A transaction without a commit this long after its submission goes again, to another
     /// validator (the validators answer a committed one `Committed` instead of admitting it).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     resubmit_after: Duration,
     /// Submissions of one transaction in all, the first included (1: never resubmitted).
     #[arg(long, default_value_t = loadgen::DEFAULT_MAX_SUBMITS,
@@ -544,7 +544,7 @@ pub struct LoadArgs {
     sender_nice: i32,
     /// A transaction without a commit this long after its submission goes again, to another
     /// validator.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     resubmit_after: Duration,
     /// Submissions of one transaction in all, the first included (1: never resubmitted).
     #[arg(long, default_value_t = loadgen::DEFAULT_MAX_SUBMITS,

@@ -32,10 +32,6 @@ pub const MAX_PENDING_QCS: usize = 64;
 pub const MAX_EVIDENCE_POOL: usize = 256;
 /// Cap of the backoff exponent of the round timer.
 const MAX_BACKOFF_EXPONENT: u32 = 16;
-/// A leader whose highest QC names a block it does not hold yet (the votes outran the
-/// proposal) waits this long for the block before it proposes without it (then with no
-/// payload: it cannot tell what the block's branch already carries).
-pub const PARENT_WAIT_MS: TimeMs = 200;
 
 /// The application's hooks: payload building and validation (the auction plugs in here), and the
 /// pipeline's back-pressure.
@@ -127,6 +123,9 @@ pub struct CoreStats {
     pub storage_failures: u64,
     /// Sync responses applied.
     pub syncs: u64,
+    /// Proposals extending a block this node did not hold yet (its resubmitted transactions
+    /// then wait for its next turn).
+    pub proposed_without_parent: u64,
 }
 
 #[derive(Default)]
@@ -189,8 +188,6 @@ pub struct Core<S: Storage, A: App> {
     defer_proposals: bool,
     /// A round this node leads was entered while proposals were deferred.
     proposal_due: bool,
-    /// The round whose proposal waits for its parent block, and since when.
-    parent_wait: Option<(Round, TimeMs)>,
 }
 
 impl<S: Storage, A: App> Core<S, A> {
@@ -275,7 +272,6 @@ impl<S: Storage, A: App> Core<S, A> {
             stats: CoreStats::default(),
             defer_proposals: false,
             proposal_due: false,
-            parent_wait: None,
         };
         core.deadline_ms = now_ms + core.round_timeout_ms();
         Ok(core)
@@ -362,10 +358,7 @@ impl<S: Storage, A: App> Core<S, A> {
             .map(|w| w.since_ms + FETCH_RETRY_MS)
             .min()
             .unwrap_or(TimeMs::MAX);
-        let parent = self
-            .parent_wait
-            .map_or(TimeMs::MAX, |(_, since)| since + PARENT_WAIT_MS);
-        self.deadline_ms.min(fetch).min(parent)
+        self.deadline_ms.min(fetch)
     }
 
     /// This node's index.
@@ -853,18 +846,6 @@ impl<S: Storage, A: App> Core<S, A> {
     }
 
     fn on_blocks_added(&mut self, added: &[BlockId]) {
-        self.blocks_added(added);
-        // A proposal waiting for its parent may go now.
-        if self.parent_wait.is_some_and(|(r, _)| r == self.round) {
-            if self.defer_proposals {
-                self.proposal_due = true;
-            } else {
-                self.try_propose();
-            }
-        }
-    }
-
-    fn blocks_added(&mut self, added: &[BlockId]) {
         for id in added {
             let Some(block) = self.tree.block(id).cloned() else {
                 continue;
@@ -913,20 +894,9 @@ impl<S: Storage, A: App> Core<S, A> {
             .collect();
         let parents = self.tree.path_from_root(&qc.block_id);
         if parents.is_none() {
-            // The votes outran the proposal: wait a moment for the block (already fetched, as
-            // the QC names it), then propose without it.
-            let since = match self.parent_wait {
-                Some((r, since)) if r == round => since,
-                _ => {
-                    self.parent_wait = Some((round, self.now_ms));
-                    self.now_ms
-                }
-            };
-            if self.now_ms < since + PARENT_WAIT_MS {
-                return;
-            }
+            // The votes outran the proposal: this node extends a block it has yet to receive.
+            self.stats.proposed_without_parent += 1;
         }
-        self.parent_wait = None;
         let (exec_height, exec_root) = self.app.exec_root();
         let block = Block {
             parent_id: qc.block_id,

@@ -362,21 +362,29 @@ impl NodeApp {
         }
     }
 
-    /// Leaves out of `taken` what is committed (in the window: dropped) or carried by one of
-    /// `parents` (put back at the front of the mempool: should that block be abandoned, the
-    /// transaction is proposed again): a transaction submitted again, to this validator, while
-    /// it was committed or on its way elsewhere. Returns the transactions kept and their owners.
+    /// Leaves out of `taken` what is committed (in the window, or in a committed block not yet
+    /// recorded there: dropped) or carried by one of `parents` (put back at the front of the
+    /// mempool: should that block be abandoned, the transaction is proposed again). Every
+    /// transaction is checked: a client may send one to two validators, and each then holds a
+    /// copy. Without `parents` (this node extends a block it has yet to receive) the marked
+    /// ones (`marked[i]` for `taken[i]`: they may be elsewhere too, see [`Mempool::take_marked`])
+    /// go back as well. Returns the transactions kept and their owners.
     fn leave_out_committed(
         &self,
         taken: Vec<(TxId, Vec<u8>)>,
         owners: Vec<u64>,
-        parents: &[Arc<Block>],
+        marked: &[bool],
+        parents: Option<&[Arc<Block>]>,
     ) -> (Vec<(TxId, Vec<u8>)>, Vec<u64>) {
+        if taken.is_empty() {
+            return (taken, owners);
+        }
         // In a parent (false: may yet be abandoned) or committed and not yet in the window.
         let mut carried: IdMap<bool> = IdMap::default();
         let recorded = self.progress.window_height.load(Ordering::Acquire);
         let committed = self.unrecorded.iter().filter(|b| b.height.0 > recorded);
         for (p, is_committed) in parents
+            .unwrap_or_default()
             .iter()
             .map(|p| (p, false))
             .chain(committed.map(|b| (b, true)))
@@ -390,13 +398,16 @@ impl NodeApp {
             Ok(w) => w,
             Err(_) => return (taken, owners),
         };
-        // 0: keep, 1: committed (drop), 2: in a parent (back to the pool).
+        // 0: keep, 1: committed (drop), 2: in a parent, or marked and maybe in the parent this
+        // node does not hold (back to the pool).
         let fate: Vec<u8> = taken
             .iter()
-            .map(|(id, _)| match carried.get(id) {
+            .zip(marked)
+            .map(|((id, _), marked)| match carried.get(id) {
                 Some(true) => 1,
                 Some(false) => 2,
                 None if window.height_of(id).is_some() => 1,
+                None if parents.is_none() && *marked => 2,
                 None => 0,
             })
             .collect();
@@ -469,26 +480,19 @@ impl App for NodeApp {
         round: Round,
         parents: Option<&[Arc<Block>]>,
     ) -> Vec<u8> {
-        // Extending a block it does not hold, this node cannot tell which transactions that
-        // block's branch carries: it proposes none (they wait for its next turn).
-        let Some(parents) = parents else {
-            self.progress.proposing.store(round.0, Ordering::Release);
-            let empty = Payload::with_ids(std::iter::empty(), &[]);
-            return empty.encode();
-        };
-        let (taken, owners) = match self.mempool.lock() {
+        let (taken, owners, marked) = match self.mempool.lock() {
             Ok(mut pool) => {
                 self.progress.proposing.store(round.0, Ordering::Release);
-                let taken = pool.take_owned(self.limits.max_txs, self.limits.max_bytes);
-                pool.note_proposal(taken.0.len(), std::time::Instant::now());
+                let t = pool.take_marked(self.limits.max_txs, self.limits.max_bytes);
+                pool.note_proposal(t.txs.len(), std::time::Instant::now());
                 self.progress
                     .backlog
                     .store(!pool.is_empty(), Ordering::Release);
-                taken
+                (t.txs, t.owners, t.marks)
             }
-            Err(_) => (Vec::new(), Vec::new()),
+            Err(_) => (Vec::new(), Vec::new(), Vec::new()),
         };
-        let (taken, owners) = self.leave_out_committed(taken, owners, parents);
+        let (taken, owners) = self.leave_out_committed(taken, owners, &marked, parents);
         // The mempool's ids are the leaf hashes: the root needs no hashing of transactions.
         let ids: Arc<[TxId]> = taken.iter().map(|(id, _)| *id).collect();
         let payload = Payload::with_ids(taken.iter().map(|(_, tx)| tx.as_slice()), &ids);
@@ -742,6 +746,55 @@ mod tests {
         // Abandoned (not committed up to a later round): its transactions go back to the pool.
         me.on_committed(&[], Round(10));
         assert_eq!(me.mempool.lock().unwrap().len(), 1);
+    }
+
+    /// Exactly once at proposal time: a transaction that a parent block carries goes back to
+    /// the pool, one already committed is dropped (also a first submission: a client sent it
+    /// to two validators), and a marked one (a resubmission) waits while this node does not
+    /// hold the parent; an unmarked one is proposed then.
+    #[test]
+    fn resubmissions_are_kept_out_of_blocks_that_extend_their_other_copy() {
+        let mut a = app(0);
+        let fresh = b"fresh".to_vec();
+        let again = b"again".to_vec();
+        let done = b"committed already".to_vec();
+        let twice = b"sent to two validators".to_vec();
+        let hashed = crate::mempool::HashedTxs::new(vec![fresh.clone(), twice.clone()]);
+        a.mempool.lock().unwrap().insert_batch(hashed, 1);
+        let hashed = crate::mempool::HashedTxs::new(vec![again.clone(), done.clone()]);
+        a.mempool
+            .lock()
+            .unwrap()
+            .insert_resubmitted_batch(hashed, 1);
+        let id = |t: &[u8]| crate::mempool::tx_id(t);
+        // `done` is committed at height 3; `again` is in the parent block.
+        let done_ids: Arc<[TxId]> = Arc::from(vec![id(&done), id(&twice)]);
+        a.committed
+            .lock()
+            .unwrap()
+            .record(3, crate::types::BlockId([3; 32]), [0; 32], done_ids);
+        let parent_payload = Payload::new(std::slice::from_ref(&again)).encode();
+        let parent = Arc::new(block_with(1, 5, parent_payload, (0, [0; 32])));
+        a.validate_payload(&parent).unwrap();
+        let bytes = a.make_payload(Height(11), Round(6), Some(&[Arc::clone(&parent)]));
+        let p = Payload::decode(&bytes).unwrap();
+        assert_eq!(p.txs().collect::<Vec<_>>(), vec![fresh.as_slice()]);
+        // `again` is back in the pool; `done` is gone.
+        let pool = a.mempool.lock().unwrap();
+        assert!(pool.contains(&id(&again)) && !pool.contains(&id(&done)));
+        drop(pool);
+        // Without the parent, the one taken back (marked) still waits and a new first
+        // submission goes; given a parent that does not carry it, it goes.
+        let later = b"later".to_vec();
+        let hashed = crate::mempool::HashedTxs::new(vec![later.clone()]);
+        a.mempool.lock().unwrap().insert_batch(hashed, 1);
+        let bytes = a.make_payload(Height(11), Round(7), None);
+        let p = Payload::decode(&bytes).unwrap();
+        assert_eq!(p.txs().collect::<Vec<_>>(), vec![later.as_slice()]);
+        let bytes = a.make_payload(Height(11), Round(8), Some(&[]));
+        let p = Payload::decode(&bytes).unwrap();
+        assert_eq!(p.txs().collect::<Vec<_>>(), vec![again.as_slice()]);
+        assert_eq!(a.left_out.load(Ordering::Relaxed), 4);
     }
 
     /// A payload checked ahead (on the ingress thread) is not checked again by the core, and a

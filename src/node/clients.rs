@@ -185,10 +185,13 @@ impl Gateway {
         while let Some(f) = frames.blocking_recv() {
             let reply = match decode::<ClientRequest>(&f.frame) {
                 Ok(ClientRequest::Submit(txs)) => {
-                    Some(ClientResponse::Ack(self.submit(f.conn, txs, false)))
+                    Some(ClientResponse::Ack(self.submit(f.conn, txs, false, false)))
                 }
                 Ok(ClientRequest::SubmitToLeader(txs)) => {
-                    Some(ClientResponse::Ack(self.submit(f.conn, txs, true)))
+                    Some(ClientResponse::Ack(self.submit(f.conn, txs, true, false)))
+                }
+                Ok(ClientRequest::Resubmit(txs)) => {
+                    Some(ClientResponse::Ack(self.submit(f.conn, txs, false, true)))
                 }
                 // Watching has no reply of its own, only a refusal.
                 Ok(ClientRequest::WatchLeaders) => lock(&self.leader_watchers)
@@ -272,7 +275,13 @@ impl Gateway {
     /// [`Gateway::with_late`]), decided under the mempool lock that proposing takes too, so a
     /// batch that arrives after the payload was taken is answered late, never kept for the
     /// next turn.
-    fn submit(&self, conn: u64, txs: Vec<serde_bytes::ByteBuf>, to_leader: bool) -> Vec<TxStatus> {
+    fn submit(
+        &self,
+        conn: u64,
+        txs: Vec<serde_bytes::ByteBuf>,
+        to_leader: bool,
+        resubmitted: bool,
+    ) -> Vec<TxStatus> {
         let n = txs.len();
         // No room at all: answered before any hashing (under overload, most batches): late
         // where the submit asked for that and it holds, else busy.
@@ -289,18 +298,20 @@ impl Gateway {
                 .map(serde_bytes::ByteBuf::into_vec)
                 .collect(),
         );
-        // Exactly once: a transaction in the committed window is answered with its height,
-        // never admitted again.
-        let heights: Vec<Option<u64>> = {
+        // Exactly once: a resubmitted transaction in the committed window is answered with its
+        // height, never admitted again.
+        let heights: Vec<Option<u64>> = if resubmitted {
             let window = lock(&self.committed);
             batch.ids().iter().map(|id| window.height_of(id)).collect()
+        } else {
+            vec![None; n]
         };
-        let resubmitted = heights.iter().filter(|h| h.is_some()).count();
-        let batch = if resubmitted == 0 {
+        let known = heights.iter().filter(|h| h.is_some()).count();
+        let batch = if known == 0 {
             batch
         } else {
             self.answered_committed
-                .fetch_add(resubmitted as u64, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(known as u64, std::sync::atomic::Ordering::Relaxed);
             let drop: Vec<bool> = heights.iter().map(Option::is_some).collect();
             batch.without(&drop)
         };
@@ -308,19 +319,22 @@ impl Gateway {
             Ok(_) if to_leader && self.late.as_ref().is_some_and(|late| late()) => {
                 vec![TxStatus::Late; batch.len()]
             }
-            Ok(mut pool) => pool
-                .insert_batch(batch, conn)
-                .into_iter()
-                .map(|r| match r {
-                    Ok(_) => TxStatus::Accepted,
-                    Err(MempoolError::Full { .. }) => TxStatus::Busy,
-                    Err(MempoolError::Duplicate) => TxStatus::Duplicate,
-                    Err(_) => TxStatus::Invalid,
-                })
-                .collect(),
+            Ok(mut pool) => if resubmitted {
+                pool.insert_resubmitted_batch(batch, conn)
+            } else {
+                pool.insert_batch(batch, conn)
+            }
+            .into_iter()
+            .map(|r| match r {
+                Ok(_) => TxStatus::Accepted,
+                Err(MempoolError::Full { .. }) => TxStatus::Busy,
+                Err(MempoolError::Duplicate) => TxStatus::Duplicate,
+                Err(_) => TxStatus::Invalid,
+            })
+            .collect(),
             Err(_) => vec![TxStatus::Busy; batch.len()],
         };
-        if resubmitted == 0 {
+        if known == 0 {
             return admitted;
         }
         let mut admitted = admitted.into_iter();

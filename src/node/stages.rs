@@ -208,6 +208,8 @@ pub struct CoreSnapshot {
     pub syncs: u64,
     /// Storage failures.
     pub storage_failures: u64,
+    /// Proposals extending a block this node did not hold yet.
+    pub proposed_without_parent: u64,
 }
 
 impl CoreSnapshot {
@@ -222,6 +224,7 @@ impl CoreSnapshot {
             blocks_committed: s.blocks_committed,
             syncs: s.syncs,
             storage_failures: s.storage_failures,
+            proposed_without_parent: s.proposed_without_parent,
         }
     }
 }

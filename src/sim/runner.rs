@@ -21,7 +21,9 @@ use crate::types::{BlockId, Epoch, Height, Round, Stake, TimeMs, ValidatorIndex}
 
 use super::checker::Checker;
 use super::sigcache::SigCache;
-use super::spec::{liveness_rounds_max, Byzantine, FaultClass, RunSpec, LIVENESS_BLOCKS};
+use super::spec::{
+    liveness_ms_max, liveness_rounds_max, Byzantine, FaultClass, RunSpec, LIVENESS_BLOCKS,
+};
 
 /// The outcome of one run.
 #[derive(Clone, Debug, Serialize)]
@@ -212,6 +214,8 @@ struct Sim {
     gst_height: Option<Height>,
     gst_round: Round,
     live_at_round: Option<Round>,
+    /// Virtual time at which liveness was reached.
+    live_at_ms: Option<TimeMs>,
     report: RunReport,
 }
 
@@ -306,6 +310,7 @@ impl Sim {
             gst_height: None,
             gst_round: Round(0),
             live_at_round: None,
+            live_at_ms: None,
             report,
         })
     }
@@ -385,6 +390,7 @@ impl Sim {
                 .all(|h| h.0 >= gst_h.0 + LIVENESS_BLOCKS)
         {
             self.live_at_round = Some(self.max_round());
+            self.live_at_ms = Some(self.report.virtual_ms);
         }
     }
 
@@ -860,16 +866,19 @@ impl Sim {
             .map(|r| r.0.saturating_sub(self.gst_round.0));
         let byzantine: Vec<ValidatorIndex> = self.spec.byzantine.iter().map(|(v, _)| *v).collect();
         let bound = liveness_rounds_max(&self.ctx.validators, &byzantine);
-        self.report.liveness_failure = match self.report.rounds_to_liveness {
-            None => true,
-            Some(r) => r > bound,
+        let ms_bound = liveness_ms_max(bound, self.spec.round_timeout_ms_base);
+        let ms_to_liveness = self.live_at_ms.map(|t| t.saturating_sub(self.spec.gst_ms));
+        self.report.liveness_failure = match (self.report.rounds_to_liveness, ms_to_liveness) {
+            (Some(r), Some(ms)) => r > bound && ms > ms_bound,
+            _ => true,
         };
         if self.report.liveness_failure && self.report.first_violation.is_none() {
             self.report.first_violation = Some(format!(
-                "liveness: honest heights {:?} after GST height {:?}; rounds since GST {:?} (bound {bound})",
+                "liveness: honest heights {:?} after GST height {:?}; rounds since GST {:?} (bound {bound}), ms since GST {:?} (bound {ms_bound})",
                 self.honest_heights().map(|h| h.0).collect::<Vec<_>>(),
                 self.gst_height.map(|h| h.0),
-                self.report.rounds_to_liveness
+                self.report.rounds_to_liveness,
+                ms_to_liveness
             ));
         }
         let honest = self.honest.len().max(1) as f64;

@@ -204,6 +204,14 @@ pub struct RunSpec {
     pub broken_rule: Option<BrokenRule>,
 }
 
+/// Rounds are not the only clock: a node that is behind at GST fetches the blocks it misses,
+/// one round trip (up to twice the largest link latency) per request, while the others may run
+/// a round per smallest latency. A run whose rounds exceed [`liveness_rounds_max`] is still live
+/// when every honest node got there within that many rounds at the base round timeout's pace.
+pub fn liveness_ms_max(rounds_max: u64, round_timeout_ms_base: TimeMs) -> TimeMs {
+    rounds_max.saturating_mul(round_timeout_ms_base)
+}
+
 /// Blocks every honest node must commit beyond the highest honest height at GST.
 pub const LIVENESS_BLOCKS: u64 = 3;
 
