@@ -119,6 +119,26 @@ fn testnet_prints_its_results_object_and_writes_its_files() {
 /// `--faults` with every kind of fault, under load: each is applied and reported with its
 /// recovery, the client loses nothing and commits nothing twice, the stored chains are
 /// identical, and the timeline plot marks the faults.
+/// The last lines of each validator's log under `dir` (for a failure's message), and the
+/// directory kept under `target/` for a look afterwards.
+fn logs_of(dir: &Path) -> String {
+    let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("failed-faults-run");
+    let _ = std::fs::remove_dir_all(&kept);
+    let _ = Command::new("cp").arg("-r").arg(dir).arg(&kept).status();
+    let mut out = format!("(run directory copied to {})\n", kept.display());
+    for i in 0..4 {
+        let log =
+            std::fs::read_to_string(dir.join(format!("validator-{i}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        out.push_str(&format!("--- validator-{i}.log (last 25 lines)\n"));
+        for l in &lines[lines.len().saturating_sub(25)..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 #[test]
 fn testnet_applies_every_kind_of_fault_and_loses_nothing() {
     let _one = one_at_a_time();
@@ -150,7 +170,9 @@ fn testnet_applies_every_kind_of_fault_and_loses_nothing() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for key in ["lost", "committed_twice", "unanswered"] {
-        assert_eq!(v[key].as_u64(), Some(0), "{key}: {v}");
+        if v[key].as_u64() != Some(0) {
+            panic!("{key}: {v}\n{}", logs_of(dir.path()));
+        }
     }
     assert_eq!(v["committed"], v["sent"], "{v}");
     assert_eq!(v["chain"]["identical"].as_bool(), Some(true), "{v}");

@@ -166,6 +166,10 @@ pub struct Core<S: Storage, A: App> {
     safety: SafetyState,
     round: Round,
     deadline_ms: TimeMs,
+    /// When this node's timeout for the current round goes out again (while the round's timer,
+    /// backed off, runs longer): a validator that was down when it went out, and is back in an
+    /// earlier round, joins the round from it (its certificates) and adds its own timeout.
+    timeout_resend_ms: TimeMs,
     rounds_without_commit: u32,
     last_tc: Option<TimeoutCert>,
     tree: BlockTree,
@@ -252,6 +256,7 @@ impl<S: Storage, A: App> Core<S, A> {
             safety,
             round,
             deadline_ms: 0,
+            timeout_resend_ms: TimeMs::MAX,
             rounds_without_commit: 0,
             last_tc,
             tree,
@@ -350,6 +355,11 @@ impl<S: Storage, A: App> Core<S, A> {
         &mut self.app
     }
 
+    /// When the current round's timer fires (backed off after rounds without a commit).
+    pub fn round_deadline_ms(&self) -> TimeMs {
+        self.deadline_ms
+    }
+
     /// The next time `handle_tick` has work to do.
     pub fn next_deadline_ms(&self) -> TimeMs {
         let fetch = self
@@ -358,7 +368,7 @@ impl<S: Storage, A: App> Core<S, A> {
             .map(|w| w.since_ms + FETCH_RETRY_MS)
             .min()
             .unwrap_or(TimeMs::MAX);
-        self.deadline_ms.min(fetch)
+        self.deadline_ms.min(fetch).min(self.timeout_resend_ms)
     }
 
     /// This node's index.
@@ -388,6 +398,8 @@ impl<S: Storage, A: App> Core<S, A> {
         self.now_ms = now_ms;
         if now_ms >= self.deadline_ms {
             self.local_timeout();
+        } else if now_ms >= self.timeout_resend_ms {
+            self.resend_timeout();
         }
         self.try_propose();
         let due: Vec<BlockId> = self
@@ -740,6 +752,7 @@ impl<S: Storage, A: App> Core<S, A> {
         self.round = round;
         self.rounds_without_commit = self.rounds_without_commit.saturating_add(1);
         self.deadline_ms = self.now_ms + self.round_timeout_ms();
+        self.timeout_resend_ms = TimeMs::MAX;
         let keep_from = Round(round.0.saturating_sub(1));
         self.votes = self.votes.split_off(&keep_from);
         self.timeouts = self.timeouts.split_off(&round);
@@ -956,17 +969,26 @@ impl<S: Storage, A: App> Core<S, A> {
     /// Rule "timeout": for round r (carrying high_qc) only if `r == high_qc.round + 1` or
     /// `r == last_tc.round + 1`, and `high_qc.round >= one_chain_round`; then
     /// `last_voted_round = max(last_voted_round, r)`, persisted before the timeout leaves.
+    /// Sends this node's timeout for the current round again, every base round timeout while
+    /// the round lasts ([`Core::timeout_resend_ms`]).
+    fn resend_timeout(&mut self) {
+        self.timeout_resend_ms = TimeMs::MAX;
+        if let Some(t) = &self.safety.last_timeout {
+            if t.round == self.round {
+                let msg = Message::Timeout(t.clone());
+                self.out.push(Action::Broadcast { msg });
+                self.timeout_resend_ms = self.now_ms + self.cfg.round_timeout_ms_base.max(1);
+            }
+        }
+    }
+
     fn local_timeout(&mut self) {
         let r = self.round;
         self.rounds_without_commit = self.rounds_without_commit.saturating_add(1);
         self.deadline_ms = self.now_ms + self.round_timeout_ms();
-        if let Some(t) = &self.safety.last_timeout {
-            if t.round == r {
-                // Re-send the same timeout (lost messages), never a different one.
-                let msg = Message::Timeout(t.clone());
-                self.out.push(Action::Broadcast { msg });
-                return;
-            }
+        if self.safety.last_timeout.as_ref().is_some_and(|t| t.round == r) {
+            // Re-send the same timeout (lost messages), never a different one.
+            return self.resend_timeout();
         }
         let qc = self.safety.high_qc.clone();
         let justified =
@@ -998,6 +1020,7 @@ impl<S: Storage, A: App> Core<S, A> {
         self.out.push(Action::Broadcast {
             msg: Message::Timeout(t.clone()),
         });
+        self.timeout_resend_ms = self.now_ms + self.cfg.round_timeout_ms_base.max(1);
         self.add_timeout(t);
     }
 

@@ -616,7 +616,7 @@ fn pacemaker_backs_off_exponentially_up_to_the_cap() {
     let mut now = 0;
     let mut gaps = vec![];
     for _ in 0..8 {
-        let next = core.next_deadline_ms();
+        let next = core.round_deadline_ms();
         gaps.push(next - now);
         now = next;
         core.handle_tick(now);
@@ -624,6 +624,40 @@ fn pacemaker_backs_off_exponentially_up_to_the_cap() {
     assert_eq!(gaps[0], 1000);
     assert!(gaps.windows(2).all(|w| w[1] >= w[0]), "{gaps:?}");
     assert_eq!(*gaps.last().unwrap(), 8000, "{gaps:?}");
+}
+
+/// While the round timer is backed off, the node's timeout for the round still goes out every
+/// base timeout (the same message): a validator back from a restart in an earlier round joins
+/// from it without waiting for the long timer.
+#[test]
+fn a_timed_out_round_resends_its_timeout_every_base_timeout() {
+    let fx = Fx::new(4);
+    let mut core = fx.core(0, MemStorage::default());
+    core.start(0);
+    let timeout_of = |acts: &[Action]| {
+        acts.iter().find_map(|a| match a {
+            Action::Broadcast {
+                msg: Message::Timeout(t),
+            } => Some(t.clone()),
+            _ => None,
+        })
+    };
+    let mut now = 0;
+    let mut first = None;
+    while core.round_deadline_ms() - now < 4000 {
+        now = core.round_deadline_ms();
+        let t = timeout_of(&core.handle_tick(now)).expect("the timer sends a timeout");
+        first.get_or_insert(t);
+    }
+    let first = first.unwrap();
+    for _ in 0..3 {
+        assert_eq!(core.next_deadline_ms(), now + 1000);
+        now += 1000;
+        let again = timeout_of(&core.handle_tick(now)).expect("resent");
+        assert_eq!(again, first, "the same timeout, never another");
+        assert!(now < core.round_deadline_ms());
+    }
+    assert_eq!(core.stats().timeouts_signed, 1);
 }
 
 // ---------------------------------------------------------------- commit rule and leader
