@@ -986,7 +986,12 @@ impl<S: Storage, A: App> Core<S, A> {
         let r = self.round;
         self.rounds_without_commit = self.rounds_without_commit.saturating_add(1);
         self.deadline_ms = self.now_ms + self.round_timeout_ms();
-        if self.safety.last_timeout.as_ref().is_some_and(|t| t.round == r) {
+        if self
+            .safety
+            .last_timeout
+            .as_ref()
+            .is_some_and(|t| t.round == r)
+        {
             // Re-send the same timeout (lost messages), never a different one.
             return self.resend_timeout();
         }
