@@ -279,6 +279,8 @@ pub const RECONNECT_EVERY: Duration = Duration::from_millis(250);
 /// How long one attempt to make a connection again waits for the validator (on loopback a
 /// live one answers in milliseconds; one still starting is tried again soon).
 pub const RECONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the first connection to each target is tried before the run fails.
+pub const FIRST_CONNECT_WITHIN: Duration = Duration::from_secs(10);
 
 /// A submit awaiting its ack.
 struct Sent {
@@ -765,14 +767,27 @@ pub fn run(
     let interval = Arc::new(Mutex::new(new_hist()));
     // Connect first: the schedule (and so every latency) starts when load starts, not while
     // the handshakes run.
+    // A validator that has just started (or is restarting) may refuse a handshake or two:
+    // each target is tried until FIRST_CONNECT_WITHIN has passed.
     let mut links = Vec::with_capacity(cfg.targets.len());
     for t in &cfg.targets {
-        links.push(rt.connect(t.addr, t.key, 8 << 20, 4096).map_err(|source| {
-            LoadError::Connect {
-                addr: t.addr,
-                source,
+        let deadline = Instant::now() + FIRST_CONNECT_WITHIN;
+        let link = loop {
+            match rt.connect(t.addr, t.key, 8 << 20, 4096) {
+                Ok(link) => break link,
+                Err(source) if Instant::now() >= deadline || stop.load(Ordering::Acquire) => {
+                    return Err(LoadError::Connect {
+                        addr: t.addr,
+                        source,
+                    })
+                }
+                Err(e) => {
+                    tracing::info!(target: "loadgen", addr = %t.addr, error = %e, "connecting again");
+                    std::thread::sleep(RECONNECT_EVERY);
+                }
             }
-        })?);
+        };
+        links.push(link);
     }
     let mut watch = vec![ClientRequest::WatchCommits];
     if cfg.route == Route::Leader {
