@@ -407,45 +407,22 @@ impl Mempool {
         (t.txs, t.owners)
     }
 
-    fn take_both(
-        &mut self,
-        max_count: usize,
-        max_bytes: usize,
-    ) -> (Vec<(TxId, Vec<u8>)>, Vec<u64>) {
-        let mut out = Vec::new();
+    /// [`Mempool::take_owned`], with each transaction's mark (whether it may be elsewhere too,
+    /// see the `marked` field), in the same order.
+    pub fn take_marked(&mut self, max_count: usize, max_bytes: usize) -> Taken {
+        let mut txs = Vec::new();
         let mut bytes = 0;
         Self::take_from(
             &mut self.forwarded,
-            &mut out,
+            &mut txs,
             &mut bytes,
             max_count,
             max_bytes,
         );
         self.forwarded_bytes -= bytes;
-        Self::take_from(&mut self.queue, &mut out, &mut bytes, max_count, max_bytes);
-        let owners = self.settle(&out, bytes);
-        (out, owners)
-    }
-
-    /// [`Mempool::take_owned`], with each transaction's mark (whether it may be elsewhere too,
-    /// see the `marked` field), in the same order.
-    pub fn take_marked(&mut self, max_count: usize, max_bytes: usize) -> Taken {
-        let marked_before = !self.marked.is_empty();
-        let (out, owners) = self.take_both(max_count, max_bytes);
-        let marks = if marked_before {
-            out.iter().map(|(id, _)| self.unmark(id)).collect()
-        } else {
-            vec![false; out.len()]
-        };
-        Taken {
-            txs: out,
-            owners,
-            marks,
-        }
-    }
-
-    fn unmark(&mut self, id: &TxId) -> bool {
-        self.marked.remove(id).is_some()
+        Self::take_from(&mut self.queue, &mut txs, &mut bytes, max_count, max_bytes);
+        let (owners, marks) = self.settle(&txs, bytes);
+        Taken { txs, owners, marks }
     }
 
     /// Takes only our own clients' transactions (to forward them), oldest first, with their
@@ -458,12 +435,7 @@ impl Mempool {
         let mut out = Vec::new();
         let mut bytes = 0;
         Self::take_from(&mut self.queue, &mut out, &mut bytes, max_count, max_bytes);
-        let owners = self.settle(&out, bytes);
-        if !self.marked.is_empty() {
-            for (id, _) in &out {
-                self.unmark(id);
-            }
-        }
+        let (owners, _) = self.settle(&out, bytes);
         (out, owners)
     }
 
@@ -489,13 +461,22 @@ impl Mempool {
         }
     }
 
-    /// Forgets the taken ids: their owners, in order. (Their marks are the takers' to clear.)
-    fn settle(&mut self, taken: &[(TxId, Vec<u8>)], bytes: usize) -> Vec<u64> {
+    /// Forgets the taken ids: their owners and marks, in order.
+    fn settle(&mut self, taken: &[(TxId, Vec<u8>)], bytes: usize) -> (Vec<u64>, Vec<bool>) {
         self.bytes -= bytes;
-        taken
+        let owners = taken
             .iter()
             .map(|(id, _)| self.ids.remove(id).unwrap_or(NO_OWNER))
-            .collect()
+            .collect();
+        let marks = if self.marked.is_empty() {
+            vec![false; taken.len()]
+        } else {
+            taken
+                .iter()
+                .map(|(id, _)| self.marked.remove(id).is_some())
+                .collect()
+        };
+        (owners, marks)
     }
 
     /// Puts back transactions whose block was abandoned (front of the queue, original order),
@@ -507,10 +488,21 @@ impl Mempool {
     /// [`Mempool::requeue`] with each transaction's owner (`owners[i]` for `txs[i]`;
     /// [`NO_OWNER`] past its end).
     pub fn requeue_owned(&mut self, txs: Vec<(TxId, Vec<u8>)>, owners: &[u64]) {
+        self.put_back(txs, owners, true);
+    }
+
+    /// Puts back our clients' transactions that a forward never sent: only here, unmarked.
+    pub fn requeue_unsent(&mut self, txs: Vec<(TxId, Vec<u8>)>) {
+        self.put_back(txs, &[], false);
+    }
+
+    fn put_back(&mut self, txs: Vec<(TxId, Vec<u8>)>, owners: &[u64], mark: bool) {
         for (i, (id, tx)) in txs.into_iter().enumerate().rev() {
             if let std::collections::hash_map::Entry::Vacant(v) = self.ids.entry(id) {
                 v.insert(owners.get(i).copied().unwrap_or(NO_OWNER));
-                self.marked.insert(id, ());
+                if mark {
+                    self.marked.insert(id, ());
+                }
                 self.bytes += tx.len();
                 self.queue.push_front((id, tx));
             }
@@ -786,8 +778,11 @@ mod tests {
         assert_eq!(m.take_marked(10, 1 << 20).marks, vec![true; 4]);
         // Forwarding takes and drops marks too.
         m.insert_resubmitted_batch(HashedTxs::new(vec![b"x".to_vec()]), 1);
-        let _ = m.take_local(10, 1 << 20);
+        let (unsent, _) = m.take_local(10, 1 << 20);
         assert!(m.marked.is_empty());
+        // A forward that never went out puts them back unmarked: they were only here.
+        m.requeue_unsent(unsent);
+        assert_eq!(m.take_marked(10, 1 << 20).marks, vec![false]);
     }
 
     #[test]

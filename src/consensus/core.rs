@@ -180,7 +180,6 @@ pub struct Core<S: Storage, A: App> {
     evidence_seen: BTreeSet<(Round, ValidatorIndex, bool)>,
     evidence_pool: Vec<Evidence>,
     waiting_proposal: Option<(BlockId, Arc<Block>, Option<TimeoutCert>)>,
-    safety_dirty: bool,
     pending_qcs: HashMap<BlockId, QuorumCert>,
     wanted: BTreeMap<BlockId, Wanted>,
     sync_requested_ms: Option<TimeMs>,
@@ -267,7 +266,6 @@ impl<S: Storage, A: App> Core<S, A> {
             evidence_seen: BTreeSet::new(),
             evidence_pool: Vec::new(),
             waiting_proposal: None,
-            safety_dirty: false,
             pending_qcs: HashMap::new(),
             wanted: BTreeMap::new(),
             sync_requested_ms: None,
@@ -475,10 +473,7 @@ impl<S: Storage, A: App> Core<S, A> {
 
     fn persist(&mut self) -> bool {
         match self.store.persist_safety(&self.safety) {
-            Ok(()) => {
-                self.safety_dirty = false;
-                true
-            }
+            Ok(()) => true,
             Err(e) => {
                 self.stats.storage_failures += 1;
                 tracing::error!(target: "consensus.storage", error = %e, "safety state not durable; not sending");
@@ -977,9 +972,13 @@ impl<S: Storage, A: App> Core<S, A> {
             if t.round == self.round {
                 let msg = Message::Timeout(t.clone());
                 self.out.push(Action::Broadcast { msg });
-                self.timeout_resend_ms = self.now_ms + self.cfg.round_timeout_ms_base.max(1);
+                self.schedule_timeout_resend();
             }
         }
+    }
+
+    fn schedule_timeout_resend(&mut self) {
+        self.timeout_resend_ms = self.now_ms + self.cfg.round_timeout_ms_base.max(1);
     }
 
     fn local_timeout(&mut self) {
@@ -1025,7 +1024,7 @@ impl<S: Storage, A: App> Core<S, A> {
         self.out.push(Action::Broadcast {
             msg: Message::Timeout(t.clone()),
         });
-        self.timeout_resend_ms = self.now_ms + self.cfg.round_timeout_ms_base.max(1);
+        self.schedule_timeout_resend();
         self.add_timeout(t);
     }
 

@@ -254,7 +254,7 @@ impl Forwarder {
             self.held().hold(handed, now);
         } else {
             // Never sent: still only ours.
-            self.pool().requeue(taken);
+            self.pool().requeue_unsent(taken);
         }
         FORWARD_INTERVAL
     }
