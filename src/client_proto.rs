@@ -68,9 +68,11 @@ use crate::types::BlockId;
 
 /// Heights whose committed transactions the committed window keeps (see the module docs).
 pub const COMMITTED_WINDOW_HEIGHTS: u64 = 65_536;
-/// Most transaction ids the committed window keeps; past it the oldest heights leave first.
-/// At 300,000 tx/s that is about 14 s of commits; at 20,000, 200 s.
-pub const COMMITTED_WINDOW_TXS: usize = 1 << 22;
+/// Most transaction ids the committed window keeps (at least half as many once the chain holds
+/// them); past it the oldest heights leave first. At 150,000 tx/s that is 12 to 24 s of
+/// commits; at 20,000, 90 to 180 s. Each half is what a hash table of 2^21 slots holds at its
+/// full load (7/8): 34 MiB a table, two of them.
+pub const COMMITTED_WINDOW_TXS: usize = 2 * ((1 << 21) / 8 * 7);
 /// Most transaction ids one [`ClientRequest::Status`] asks about.
 pub const MAX_STATUS_IDS: usize = 1024;
 /// Most siblings in an inclusion proof (a tree of up to 2^64 leaves).
