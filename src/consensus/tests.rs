@@ -825,6 +825,13 @@ fn deferred_proposal_follows_the_commit() {
         } else {
             assert!(due.is_empty());
             assert_eq!(proposals(&acts).len(), 1);
+            assert!(
+                votes_sent(&acts)
+                    .iter()
+                    .any(|(_, v)| v.data.round == Round(3)),
+                "without deferral the own vote comes with the proposal"
+            );
+            assert!(core.own_proposal_due().is_empty());
             out.push(proposals(&acts).remove(0));
         }
     }
