@@ -191,6 +191,9 @@ pub struct Core<S: Storage, A: App> {
     defer_proposals: bool,
     /// A round this node leads was entered while proposals were deferred.
     proposal_due: bool,
+    /// This node's own proposal, sent and not yet handled here (voted for): see
+    /// [`Core::own_proposal_due`].
+    own_proposal: Option<(Proposal, BlockId)>,
 }
 
 impl<S: Storage, A: App> Core<S, A> {
@@ -275,6 +278,7 @@ impl<S: Storage, A: App> Core<S, A> {
             stats: CoreStats::default(),
             defer_proposals: false,
             proposal_due: false,
+            own_proposal: None,
         };
         core.deadline_ms = now_ms + core.round_timeout_ms();
         Ok(core)
@@ -309,6 +313,19 @@ impl<S: Storage, A: App> Core<S, A> {
     pub fn propose_due(&mut self) -> Vec<Action> {
         if std::mem::take(&mut self.proposal_due) {
             self.try_propose();
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// With proposals deferred ([`Core::defer_proposals`]), this node handles its own proposal
+    /// (stores the block and votes for it) only here, after the caller has sent the proposal
+    /// the returned actions carried: the vote's durable write (the whole block, DESIGN §3) then
+    /// runs while the proposal travels, instead of holding it back. The caller calls this after
+    /// dispatching any actions that may hold a proposal of its own.
+    pub fn own_proposal_due(&mut self) -> Vec<Action> {
+        if let Some((proposal, id)) = self.own_proposal.take() {
+            let me = self.cfg.me;
+            self.on_proposal(me, proposal, id);
         }
         std::mem::take(&mut self.out)
     }
@@ -937,8 +954,9 @@ impl<S: Storage, A: App> Core<S, A> {
             .sign(&data.digest(&self.ctx.chain_id, self.ctx.epoch()));
         // The proposal leaves only after `last_proposed_round` is durable (a small write). The
         // block itself needs no durability here: voters store it before they vote, and so does
-        // our own vote on it, handled below, before the step's actions (the proposal with
-        // them) are returned.
+        // our own vote on it, which (with proposals deferred) is handled only once the proposal
+        // has been sent (`own_proposal_due`), so that its write overlaps the proposal's way to
+        // the others.
         self.safety.last_proposed_round = round;
         if !self.persist() {
             return;
@@ -959,8 +977,12 @@ impl<S: Storage, A: App> Core<S, A> {
         self.out.push(Action::Broadcast {
             msg: Message::Proposal(proposal.clone()),
         });
-        let me = self.cfg.me;
-        self.on_proposal(me, proposal, id);
+        if self.defer_proposals {
+            self.own_proposal = Some((proposal, id));
+        } else {
+            let me = self.cfg.me;
+            self.on_proposal(me, proposal, id);
+        }
     }
 
     // ---- timeouts (view change) ----

@@ -778,7 +778,8 @@ fn next_leader_aggregates_votes_into_a_qc_and_proposes() {
 }
 
 /// With deferred proposals the QC-forming vote's actions carry the commit and no proposal; the
-/// proposal follows from `propose_due`, once, the same as without deferral.
+/// proposal follows from `propose_due`, once, the same as without deferral, and the leader's
+/// own vote for it from `own_proposal_due`, after.
 #[test]
 fn deferred_proposal_follows_the_commit() {
     let fx = Fx::new(4);
@@ -821,6 +822,21 @@ fn deferred_proposal_follows_the_commit() {
             );
             assert_eq!(proposals(&due).len(), 1);
             assert!(proposals(&core.propose_due()).is_empty(), "once");
+            // Our own vote (and the block's durable write before it) waits until the caller
+            // has sent the proposal, then comes from `own_proposal_due`, once.
+            let own_round = |acts: &[Action]| -> Vec<Round> {
+                votes_sent(acts)
+                    .iter()
+                    .map(|(_, v)| v.data.round)
+                    .filter(|r| *r == Round(3))
+                    .collect()
+            };
+            assert!(
+                own_round(&due).is_empty(),
+                "no own vote before the proposal left"
+            );
+            assert_eq!(own_round(&core.own_proposal_due()), vec![Round(3)]);
+            assert!(core.own_proposal_due().is_empty(), "once");
             out.push(proposals(&due).remove(0));
         } else {
             assert!(due.is_empty());

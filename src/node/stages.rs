@@ -491,7 +491,7 @@ impl CoreStage {
         let _ = self.egress.send(Outbound::To(to, msg));
     }
 
-    /// Carries out the core's actions.
+    /// Carries out the core's actions, then handles this node's own proposal if they sent one.
     fn apply(&mut self, actions: Vec<Action>) {
         let me = self.core.me();
         for a in actions {
@@ -561,6 +561,11 @@ impl CoreStage {
                     tracing::warn!(target: "consensus.evidence", offender = %e.offender(), round = e.round().0, "equivocation evidence");
                 }
             }
+        }
+        // Our own proposal, now on its way: stored and voted for here (Core::own_proposal_due).
+        let own = self.core.own_proposal_due();
+        if !own.is_empty() {
+            self.apply(own);
         }
     }
 }
