@@ -194,6 +194,9 @@ pub struct Core<S: Storage, A: App> {
     /// This node's own proposal, sent and not yet handled here (voted for): see
     /// [`Core::own_proposal_due`].
     own_proposal: Option<(Proposal, BlockId)>,
+    /// The latest round each validator that was behind was sent this node's timeout for
+    /// ([`Core::help_behind`]): at most one entry per validator.
+    helped: HashMap<ValidatorIndex, Round>,
 }
 
 impl<S: Storage, A: App> Core<S, A> {
@@ -279,6 +282,7 @@ impl<S: Storage, A: App> Core<S, A> {
             defer_proposals: false,
             proposal_due: false,
             own_proposal: None,
+            helped: HashMap::new(),
         };
         core.deadline_ms = now_ms + core.round_timeout_ms();
         Ok(core)
@@ -1059,10 +1063,37 @@ impl<S: Storage, A: App> Core<S, A> {
         if let Some(tc) = &t.last_tc {
             self.process_tc(tc);
         }
-        if t.round < self.round || t.round.0 > self.round.0 + MAX_FUTURE_ROUNDS {
+        if t.round < self.round {
+            return self.help_behind(&t);
+        }
+        if t.round.0 > self.round.0 + MAX_FUTURE_ROUNDS {
             return;
         }
         self.add_timeout(t);
+    }
+
+    /// Liveness, not safety: a timeout for a round this node has left comes from a validator
+    /// that is behind (restarted, or cut off while the round moved on). The timeouts that moved
+    /// the others on went out while it could not hear them and are resent only while their
+    /// round lasts, so it would wait for the next round to fail before it learns of them, and
+    /// its own turn to lead passes unused. Send it this node's own latest timeout, if it is for
+    /// that round or a later one: its signature counts toward the TC the laggard forms for its
+    /// round, and its certificates carry the laggard forward. Once per validator and round.
+    fn help_behind(&mut self, t: &Timeout) {
+        let Some(mine) = &self.safety.last_timeout else {
+            return;
+        };
+        if t.voter == self.cfg.me
+            || mine.round < t.round
+            || self.helped.get(&t.voter).is_some_and(|r| *r >= t.round)
+        {
+            return;
+        }
+        self.helped.insert(t.voter, t.round);
+        self.out.push(Action::Send {
+            to: t.voter,
+            msg: Message::Timeout(mine.clone()),
+        });
     }
 
     fn add_timeout(&mut self, t: Timeout) {

@@ -18,7 +18,9 @@
 //! - **timeout**: when the round timer fires in round r, sign `Timeout { r, high_qc }` only if
 //!   `r == high_qc.round + 1` or `r == last_tc.round + 1`, and `high_qc.round >= one_chain_round`; then
 //!   `last_voted_round = max(last_voted_round, r)`, so no vote for r follows. A node that sees timeouts
-//!   from more than 1/3 of the stake for its round joins them.
+//!   from more than 1/3 of the stake for its round joins them. A timeout for a round already left
+//!   comes from a validator that is behind: it is sent this node's own latest timeout (once per
+//!   validator and round), so it forms the TC it missed instead of waiting for the next round to fail.
 //! - **advance**: enter r+1 on a valid QC or TC for r, from any message. The round timer is
 //!   `base * 2^k` after k rounds without a commit, capped at `hotstuff.view_timeout_seconds`.
 //! - **commit**: on a QC for B' whose parent B has `B'.round == B.round + 1`, commit B and all its

@@ -660,6 +660,65 @@ fn a_timed_out_round_resends_its_timeout_every_base_timeout() {
     assert_eq!(core.stats().timeouts_signed, 1);
 }
 
+/// A validator back from a restart times out in a round the others left while it was down:
+/// each of them answers with its own timeout for that round (once), and from those the laggard
+/// forms the TC it missed and enters the round the others are in.
+#[test]
+fn a_timeout_from_a_validator_behind_is_answered_with_the_timeout_it_missed() {
+    let fx = Fx::new(4);
+    let timeout = |s: u16| {
+        let d = TimeoutData {
+            round: Round(1),
+            high_qc_round: Round(0),
+        };
+        Timeout {
+            round: Round(1),
+            epoch: Epoch(1),
+            high_qc: fx.genesis_qc(),
+            last_tc: None,
+            voter: v(s),
+            signature: fx.keys[s as usize].sign(&d.digest(CHAIN, Epoch(1))),
+        }
+    };
+    // Validator 0 timed out of round 1 with 1 and 2 and is in round 2.
+    let mut ahead = fx.core(0, MemStorage::default());
+    ahead.start(0);
+    ahead.handle_tick(ahead.next_deadline_ms());
+    for s in [1u16, 2] {
+        ahead.handle_message(v(s), fx.verified(Message::Timeout(timeout(s))), 1000);
+    }
+    assert_eq!(ahead.round(), Round(2));
+    // Validator 3 was down; back in round 1, its timer fires and its timeout reaches 0.
+    let sent = ahead.handle_message(v(3), fx.verified(Message::Timeout(timeout(3))), 1500);
+    let answers: Vec<Timeout> = sent
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                to,
+                msg: Message::Timeout(t),
+            } if *to == v(3) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers.len(), 1, "{sent:?}");
+    assert_eq!((answers[0].round, answers[0].voter), (Round(1), v(0)));
+    let again = ahead.handle_message(v(3), fx.verified(Message::Timeout(timeout(3))), 1600);
+    assert!(
+        !again
+            .iter()
+            .any(|a| matches!(a, Action::Send { to, .. } if *to == v(3))),
+        "once per validator and round"
+    );
+    // The laggard, with its own timeout and the answers of 0 and 1, forms TC(1).
+    let mut behind = fx.core(3, MemStorage::default());
+    behind.start(0);
+    behind.handle_tick(behind.next_deadline_ms());
+    assert_eq!(behind.round(), Round(1));
+    behind.handle_message(v(0), fx.verified(Message::Timeout(answers[0].clone())), 1500);
+    behind.handle_message(v(1), fx.verified(Message::Timeout(timeout(1))), 1500);
+    assert_eq!(behind.round(), Round(2));
+}
+
 // ---------------------------------------------------------------- commit rule and leader
 
 #[test]
