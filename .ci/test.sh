@@ -8,6 +8,8 @@ if [ ! -d ../shared/vectors ]; then
   echo "error: test vectors not found at ../shared/vectors (relative to the repository root)" >&2
   exit 1
 fi
+# promtool and openapi-spec-validator, installed when missing (and put on PATH).
+. .ci/tools.sh
 echo "== cargo test --workspace"
 cargo test --workspace
 bash .ci/fuzz.sh

@@ -8,6 +8,7 @@
 //! - [`sim`]: the deterministic simulator that attacks the core in virtual time.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::panic))]
 
+pub mod api;
 pub mod client_proto;
 pub mod codec;
 pub mod config;

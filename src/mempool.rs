@@ -554,6 +554,19 @@ impl<'a> Payload<'a> {
         bytes.get(32).is_some_and(|b| *b != 0)
     }
 
+    /// The transaction count of an encoded payload, read without decoding the transactions
+    /// (the canonical ULEB128 after the 32-byte root). `None` if it does not read as one.
+    pub fn count_of(bytes: &[u8]) -> Option<u64> {
+        let mut n: u64 = 0;
+        for (i, b) in bytes.get(32..)?.iter().take(10).enumerate() {
+            n |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Some(n);
+            }
+        }
+        None
+    }
+
     /// Decodes an encoded payload, borrowing its transactions from `bytes`.
     ///
     /// A well-formed payload is read by [`Payload::decode_fast`]; anything else (and any error)

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod chain;
+mod consensus;
 mod keys;
 pub mod node;
 mod sim;
@@ -33,6 +34,8 @@ enum Command {
     Bench(BenchCommand),
     /// A stopped validator's committed chain: height, block id and transactions, per line.
     Chain(chain::ChainArgs),
+    /// Ask a running validator over its HTTP API: rounds, IBFT and HotStuff views, metrics.
+    Consensus(consensus::ConsensusArgs),
 }
 
 #[derive(Subcommand)]
@@ -68,6 +71,7 @@ where
         Command::Testnet(args) => testnet::run(args),
         Command::Bench(BenchCommand::Load(args)) => testnet::run_load(args),
         Command::Chain(args) => chain::run(args),
+        Command::Consensus(args) => consensus::run(args),
     };
     match result {
         Ok(code) => code,

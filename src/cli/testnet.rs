@@ -66,6 +66,10 @@ pub struct TestnetArgs {
     /// Print results.json's object instead of the summary.
     #[arg(long)]
     json: bool,
+    /// After the load, keep the validators running until Ctrl-C, printing each one's API URL
+    /// (try `bpci consensus ... --api URL`); the summary follows once they are stopped.
+    #[arg(long)]
+    hold: bool,
 }
 
 /// The load generator's memory settings, as `bpci node`'s (see
@@ -224,6 +228,23 @@ pub fn run(args: TestnetArgs) -> anyhow::Result<ExitCode> {
         .map(|i| net.peak_rss_mb(i).unwrap_or(0.0))
         .collect();
     let mut results = summarise(&args, &report, &before, &after, &rss, wall);
+    if args.hold && !stop.load(std::sync::atomic::Ordering::Acquire) {
+        eprintln!("load done; the validators keep running until Ctrl-C:");
+        for (i, n) in net.nodes.iter().enumerate() {
+            eprintln!("  validator-{i:03}  http://{}", n.http_addr);
+        }
+        eprintln!(
+            "operator token file (for set-depth): {}",
+            args.dir.join(testnet::OPERATOR_TOKEN_FILE).display()
+        );
+        eprintln!(
+            "e.g. bpci consensus metrics --api http://{}",
+            net.nodes[0].http_addr
+        );
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     net.stop();
     // The stored chains, now that no validator holds its store: identical block by block, and
     // no transaction committed twice.

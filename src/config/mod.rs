@@ -249,10 +249,25 @@ pub struct NodeSection {
     /// Client QUIC endpoint (transactions, bundles).
     #[serde(default)]
     pub client_listen: Option<SocketAddr>,
-    /// REST API and metrics.
+    /// The HTTP API, health checks and Prometheus metrics (absent: [`DEFAULT_HTTP_LISTEN`]).
     #[serde(default)]
     pub http_listen: Option<SocketAddr>,
+    /// A file (mode 0600) holding the operator token that mutating API calls must carry
+    /// (`Authorization: Bearer <token>`). Absent: mutating calls are refused.
+    #[serde(default)]
+    pub operator_token_file: Option<PathBuf>,
+    /// Seconds without a commit after which `/health/*` answer 503 and `/readyz` fails
+    /// ([`HEALTH_STALL_SECONDS_RANGE`]; absent: [`DEFAULT_HEALTH_STALL_SECONDS`]).
+    #[serde(default)]
+    pub health_stall_seconds: Option<f64>,
 }
+
+/// Where the HTTP API listens when `node.http_listen` is absent.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+/// `node.health_stall_seconds` when absent.
+pub const DEFAULT_HEALTH_STALL_SECONDS: f64 = 10.0;
+/// Accepted `node.health_stall_seconds`.
+pub const HEALTH_STALL_SECONDS_RANGE: std::ops::RangeInclusive<f64> = 1.0..=3600.0;
 
 fn default_chain_id() -> String {
     "bpci-local".into()
@@ -460,6 +475,15 @@ impl Config {
                 "triple_consensus.auction.bid_evaluation_timeout_seconds",
                 "must be positive",
             ));
+        }
+
+        if let Some(s) = file.node.health_stall_seconds {
+            if !HEALTH_STALL_SECONDS_RANGE.contains(&s) {
+                return Err(invalid(
+                    "node.health_stall_seconds",
+                    format!("must be in {HEALTH_STALL_SECONDS_RANGE:?}, got {s}"),
+                ));
+            }
         }
 
         if let Some(n) = file.tuning.max_udp_payload_bytes {

@@ -308,3 +308,15 @@ fn mempool_limits_are_checked() {
         }
     }
 }
+
+#[test]
+fn the_health_stall_threshold_is_checked() {
+    let ok = Config::from_yaml(&yaml("  health_stall_seconds: 15\n")).expect("in range");
+    assert_eq!(ok.file.node.health_stall_seconds, Some(15.0));
+    for bad in ["0.5", "4000", ".nan"] {
+        match Config::from_yaml(&yaml(&format!("  health_stall_seconds: {bad}\n"))) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "node.health_stall_seconds"),
+            other => panic!("{bad}: expected an error naming the key, got {other:?}"),
+        }
+    }
+}

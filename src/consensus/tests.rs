@@ -714,7 +714,11 @@ fn a_timeout_from_a_validator_behind_is_answered_with_the_timeout_it_missed() {
     behind.start(0);
     behind.handle_tick(behind.next_deadline_ms());
     assert_eq!(behind.round(), Round(1));
-    behind.handle_message(v(0), fx.verified(Message::Timeout(answers[0].clone())), 1500);
+    behind.handle_message(
+        v(0),
+        fx.verified(Message::Timeout(answers[0].clone())),
+        1500,
+    );
     behind.handle_message(v(1), fx.verified(Message::Timeout(timeout(1))), 1500);
     assert_eq!(behind.round(), Round(2));
 }

@@ -50,6 +50,9 @@ pub struct Progress {
     pub proposal_held: AtomicBool,
     /// Runs the core stage's tick now (set once the core stage runs).
     pub wake_core: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The pipeline depth in force: `hotstuff.pipeline_depth` at start, changed at run time
+    /// through the API (`POST /api/v1/consensus/hotstuff/depth`).
+    pub pipeline_depth: AtomicU64,
 }
 
 impl Progress {
@@ -286,8 +289,6 @@ pub struct NodeApp {
     pub mempool: Arc<Mutex<Mempool>>,
     /// Pipeline progress.
     pub progress: Arc<Progress>,
-    /// `hotstuff.pipeline_depth`.
-    pub pipeline_depth: u64,
     /// Block-building limits.
     pub limits: BlockLimits,
     /// Ids of checked payloads (shared with the execution stage).
@@ -319,10 +320,12 @@ impl NodeApp {
         pipeline_depth: u64,
         limits: BlockLimits,
     ) -> Self {
+        progress
+            .pipeline_depth
+            .store(pipeline_depth.max(1), Ordering::Relaxed);
         Self {
             mempool,
             progress,
-            pipeline_depth: pipeline_depth.max(1),
             limits,
             tx_ids: Arc::new(Mutex::new(TxIdCache::default())),
             payload_checks: Arc::new(Mutex::new(PayloadChecks::default())),
@@ -571,16 +574,17 @@ impl App for NodeApp {
     /// durable before the next proposal. A refusal leaves a flag the persistence stage answers
     /// by waking the core once more blocks are durable.
     fn can_propose(&self) -> bool {
+        let depth = self.progress.pipeline_depth.load(Ordering::Relaxed).max(1);
         let committed = self.progress.committed.load(Ordering::Acquire);
         let durable = self.progress.durable.load(Ordering::Acquire);
-        if committed.saturating_sub(durable) < self.pipeline_depth {
+        if committed.saturating_sub(durable) < depth {
             return true;
         }
         self.progress.proposal_held.store(true, Ordering::SeqCst);
         // Durable may have moved between the read and the flag: look again, so no wake-up
         // is lost (see `Progress::set_durable`).
         let durable = self.progress.durable.load(Ordering::SeqCst);
-        committed.saturating_sub(durable) < self.pipeline_depth
+        committed.saturating_sub(durable) < depth
     }
 
     fn exec_root(&self) -> (Height, Digest32) {

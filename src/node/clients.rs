@@ -351,7 +351,7 @@ impl Gateway {
 
     /// What this validator knows of each of `ids` ([`ClientRequest::Status`]). Each table is
     /// locked once, briefly: the mempool's lock is the one proposing takes.
-    fn status(&self, ids: &[TxId]) -> Vec<TxState> {
+    pub fn status(&self, ids: &[TxId]) -> Vec<TxState> {
         let mut states: Vec<Option<TxState>> = lock(&self.committed)
             .statuses(ids)
             .into_iter()

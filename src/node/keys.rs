@@ -75,8 +75,35 @@ pub fn write(path: &Path, key: &Keypair) -> Result<(), KeyFileError> {
     f.sync_all().map_err(io(path))
 }
 
-/// Reads a key file, refusing one readable by group or others.
-pub fn read(path: &Path) -> Result<Keypair, KeyFileError> {
+/// Shortest operator token accepted (characters).
+pub const TOKEN_LEN_MIN: usize = 16;
+
+/// Reads an operator token file (`node.operator_token_file`): one line, at least
+/// [`TOKEN_LEN_MIN`] printable ASCII characters, mode 0600 as a key file.
+pub fn read_token(path: &Path) -> Result<String, KeyFileError> {
+    check_private(path)?;
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let token = text.trim();
+    let malformed = |why: String| KeyFileError::Malformed {
+        path: path.display().to_string(),
+        why,
+    };
+    if token.len() < TOKEN_LEN_MIN {
+        return Err(malformed(format!(
+            "the token has {} characters; at least {TOKEN_LEN_MIN} are needed",
+            token.len()
+        )));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(malformed(
+            "the token must be one line of printable ASCII without spaces".into(),
+        ));
+    }
+    Ok(token.to_string())
+}
+
+/// Refuses a secret file that group or others may read.
+fn check_private(path: &Path) -> Result<(), KeyFileError> {
     let meta = std::fs::metadata(path).map_err(io(path))?;
     #[cfg(unix)]
     {
@@ -91,6 +118,12 @@ pub fn read(path: &Path) -> Result<Keypair, KeyFileError> {
     }
     #[cfg(not(unix))]
     let _ = meta;
+    Ok(())
+}
+
+/// Reads a key file, refusing one readable by group or others.
+pub fn read(path: &Path) -> Result<Keypair, KeyFileError> {
+    check_private(path)?;
     let text = std::fs::read_to_string(path).map_err(io(path))?;
     let malformed = |why: &str| KeyFileError::Malformed {
         path: path.display().to_string(),

@@ -31,6 +31,10 @@ use std::time::Duration;
 
 use bpci_transport::{ClientServer, ClientServerConfig, PeerConfig, Transport, TransportConfig};
 
+use crate::api::view::{
+    unix_ms, ExecSample, NodeView, RoundLog, Sample, TransportSample, ValidatorInfo,
+};
+use crate::api::ApiServer;
 use crate::config::Config;
 use crate::consensus::{Core, CoreConfig, EpochContext, Storage};
 use crate::crypto::Keypair;
@@ -80,9 +84,12 @@ pub enum NodeError {
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] bpci_transport::TransportError),
-    /// A thread or directory could not be created.
+    /// A thread or directory could not be created, or the HTTP address not bound.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The operator token file is unreadable, readable by others, or malformed.
+    #[error("node.operator_token_file: {0}")]
+    Token(keys::KeyFileError),
 }
 
 /// Resolves `host:port`.
@@ -100,6 +107,9 @@ pub struct NodeHandle {
     threads: Vec<JoinHandle<()>>,
     transport: Option<Transport>,
     client_server: Option<ClientServer>,
+    api: Option<ApiServer>,
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
     /// The mempool (the client endpoint feeds it).
     pub mempool: Arc<Mutex<Mempool>>,
     /// Pipeline progress.
@@ -114,6 +124,9 @@ impl NodeHandle {
     /// Stops every stage and the transport.
     pub fn shutdown(mut self) {
         self.stop.store(true, Ordering::Release);
+        if let Some(a) = self.api.take() {
+            a.shutdown();
+        }
         if let Some(c) = self.client_server.take() {
             c.shutdown();
         }
@@ -158,6 +171,17 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         });
     }
     let node = &config.file.node;
+    let operator_token = node
+        .operator_token_file
+        .as_deref()
+        .map(keys::read_token)
+        .transpose()
+        .map_err(NodeError::Token)?;
+    let http_listen = match node.http_listen {
+        Some(a) => a,
+        None => resolve(crate::config::DEFAULT_HTTP_LISTEN)?,
+    };
+    let http_listener = ApiServer::bind(http_listen)?;
     std::fs::create_dir_all(&node.data_dir)?;
     let ctx = Arc::new(EpochContext::new(
         node.chain_id.clone(),
@@ -169,6 +193,8 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     )?;
     store.set_defer_commits(true);
     let writer = store.writer();
+    let chain_reader = store.reader();
+    let rounds = Arc::new(RoundLog::default());
     let prewriter = store.block_prewriter();
     let journal_timing = Arc::clone(&store.journal_timing);
 
@@ -442,6 +468,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     }
     let notices_for_persist = Arc::clone(&notices);
     let mut persist = PersistStage {
+        rounds: Arc::clone(&rounds),
         writer,
         progress: Arc::clone(&progress),
         notify: Box::new(move |executed: &[Executed]| {
@@ -466,6 +493,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     );
     exec.optimistic = config.file.triple_consensus.hotstuff.optimistic_execution;
     exec.window = Some((Arc::clone(&committed_window), Arc::clone(&progress)));
+    exec.rounds = Arc::clone(&rounds);
     let (exec_in, exec_stage) = pipeline::spawn(
         stage("pipeline.exec", 1024, 64, None, core_of(4)),
         move |b| exec.on_batch(b),
@@ -486,6 +514,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         Arc::clone(&snapshot),
     );
     core_stage.on_own_proposal = leader_hints;
+    core_stage.rounds = Arc::clone(&rounds);
     core_stage.direct_egress = Some((handle.clone(), Arc::clone(&dropped)));
     let timing = Arc::clone(&core_stage.timing);
     core_stage.start();
@@ -579,7 +608,37 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let stats_progress = Arc::clone(&progress);
     let stats_exec = Arc::clone(&exec_counters);
     let stats_transport = handle.clone();
-    let stats_gateway = stats_gateway_handle;
+    let stats_gateway = stats_gateway_handle.clone();
+    let view = Arc::new(NodeView {
+        validator_id: node.validator_id.clone(),
+        me,
+        ctx: Arc::clone(&ctx),
+        validators: config
+            .file
+            .validators
+            .iter()
+            .filter(|v| v.is_active)
+            .map(|v| ValidatorInfo {
+                validator_id: v.validator_id.clone(),
+                stake: v.stake,
+            })
+            .collect(),
+        optimistic_execution: hs.optimistic_execution,
+        progress: Arc::clone(&progress),
+        chain: chain_reader,
+        rounds: Arc::clone(&rounds),
+        sample: std::sync::RwLock::default(),
+        stage_stats: stage_stats.clone(),
+        gateway: stats_gateway_handle,
+        committed_window: Arc::clone(&committed_window),
+        started_ms: unix_ms(),
+        stall_after_ms: (node
+            .health_stall_seconds
+            .unwrap_or(crate::config::DEFAULT_HEALTH_STALL_SECONDS)
+            * 1000.0) as u64,
+        operator_token,
+    });
+    let stats_view = Arc::clone(&view);
     threads.push(
         std::thread::Builder::new()
             .name("node.stats".into())
@@ -589,11 +648,44 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                         stage_stats.iter().map(|s| s.snapshot()).collect();
                     let core = snapshot.lock().map(|s| s.clone()).unwrap_or_default();
                     let t = stats_transport.stats();
+                    let connected = stats_transport.connected_peers();
                     let (roots_checked, divergences) = stats_progress
                         .roots
                         .lock()
                         .map(|r| (r.checked, r.divergences))
                         .unwrap_or_default();
+                    let mempool_txs = stats_mempool.lock().map(|m| m.len()).unwrap_or(0);
+                    stats_view.publish(Sample {
+                        at_ms: unix_ms(),
+                        core: core.clone(),
+                        stages: stages.clone(),
+                        transport: TransportSample {
+                            connected_peers: connected.len(),
+                            connected: connected.clone(),
+                            handshake_failures: t.handshake_failures,
+                            reconnects: t.reconnects,
+                            frame_errors: t.frame_errors,
+                        },
+                        exec: ExecSample {
+                            txs_executed: stats_exec.txs.load(Ordering::Relaxed),
+                            speculative: stats_exec.speculative.load(Ordering::Relaxed),
+                            speculative_hits: stats_exec.speculative_hits.load(Ordering::Relaxed),
+                            executed_at_commit: stats_exec
+                                .executed_at_commit
+                                .load(Ordering::Relaxed),
+                            roots_checked,
+                            divergences,
+                        },
+                        mempool_txs,
+                        border_rejected: [
+                            border.undecodable.load(Ordering::Relaxed),
+                            border.malformed.load(Ordering::Relaxed),
+                            border.bad_signature.load(Ordering::Relaxed),
+                        ],
+                        egress_dropped: dropped.load(Ordering::Relaxed),
+                        evidence: stats_view.rounds.evidence_seen(),
+                        persist_failures: stats_progress.persist_failures.load(Ordering::Relaxed),
+                    });
                     let doc = serde_json::json!({
                         "time_ms": stages::now_ms(),
                         "core": core,
@@ -607,7 +699,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                             "roots_checked": roots_checked,
                             "divergences": divergences,
                         },
-                        "mempool_txs": stats_mempool.lock().map(|m| m.len()).unwrap_or(0),
+                        "mempool_txs": mempool_txs,
                         "exactly_once": {
                             "window_txs": committed_window.lock().map(|w| w.len()).unwrap_or(0),
                             "window_heights": committed_window.lock().ok().and_then(|w| w.heights()),
@@ -641,7 +733,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
                             "write_us_p99": t.latency.quantile_us(0.99),
                         })).unwrap_or_default(),
                         "transport": {
-                            "connected_peers": stats_transport.connected_peers().len(),
+                            "connected_peers": connected.len(),
                             "handshake_failures": t.handshake_failures,
                             "reconnects": t.reconnects,
                             "frame_errors": t.frame_errors,
@@ -664,11 +756,15 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         exec_stage.join();
         persist_stage.join();
     }));
+    let api = ApiServer::start(http_listener, view)?;
+    let http_addr = api.local_addr;
     Ok(NodeHandle {
         stop,
         threads,
         transport: Some(transport),
         client_server,
+        api: Some(api),
+        http_addr,
         mempool,
         progress,
         exec: exec_counters,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bpci_transport::{Class, TransportHandle};
 use bytes::Bytes;
 
+use crate::api::view::RoundLog;
 use crate::codec::encode_infallible;
 use crate::consensus::{
     Action, Block, CommittedBatch, Core, CoreStats, EpochContext, Message, Prepared, TxBatch,
@@ -382,6 +383,8 @@ pub struct CoreStage {
     /// Sends votes and timeouts itself while the egress stage has nothing queued (see
     /// [`CoreStage::send_to`]): the transport and the counter of refused sends.
     pub direct_egress: Option<(TransportHandle, Arc<AtomicU64>)>,
+    /// Each height's steps, for the API.
+    pub rounds: Arc<RoundLog>,
     loopback: VecDeque<Message>,
 }
 
@@ -405,6 +408,7 @@ impl CoreStage {
             timing: Arc::new(Mutex::new(ConsensusTiming::default())),
             on_own_proposal: None,
             direct_egress: None,
+            rounds: Arc::default(),
             loopback: VecDeque::new(),
         }
     }
@@ -427,7 +431,16 @@ impl CoreStage {
     /// Handles a batch of verified messages (or a tick when empty).
     pub fn on_batch(&mut self, batch: Vec<(ValidatorIndex, Verified)>) {
         let now = now_ms();
+        self.rounds.consensus_turned();
         for (from, v) in batch {
+            if let (Message::Proposal(p), Some(id)) = (&v.msg, v.ids.first()) {
+                // A clone shares the payload's bytes (reference-counted).
+                self.rounds.proposed(
+                    *id,
+                    &Arc::new(p.block.clone()),
+                    Payload::count_of(&p.block.payload),
+                );
+            }
             let acts = self.core.handle_message(from, v, now);
             self.apply(acts);
             self.propose_due();
@@ -506,9 +519,15 @@ impl CoreStage {
                                 self.timing()
                                     .proposed(p.block.round, std::time::Instant::now());
                             }
+                            let id = p.block.id(&self.ctx.chain_id);
+                            self.rounds.proposed(
+                                id,
+                                &Arc::new(p.block.clone()),
+                                Payload::count_of(&p.block.payload),
+                            );
                             self.on_own_proposal.is_some().then(|| OwnProposal {
                                 round: p.block.round,
-                                block: p.block.id(&self.ctx.chain_id),
+                                block: id,
                                 tx_root: loaded
                                     .then(|| Payload::root_of(&p.block.payload))
                                     .flatten(),
@@ -544,6 +563,7 @@ impl CoreStage {
                         .map(|(_, b)| b.round)
                         .collect();
                     let blocks = batch.blocks.clone();
+                    self.rounds.committed(blocks.iter().map(|(id, b)| (*id, b)));
                     let _ = self.exec.send(ExecInput::Committed(Box::new(batch)));
                     self.timing()
                         .committed(&loaded, &mine, up_to, std::time::Instant::now());
@@ -554,10 +574,12 @@ impl CoreStage {
                     app.record_committed(&blocks);
                 }
                 Action::Certified(path) => {
+                    self.rounds.prepared(path.iter().map(|(id, b)| (*id, b)));
                     // Optional work: never block the core for it.
                     let _ = self.exec.try_send(ExecInput::Certified(path));
                 }
                 Action::Evidence(e) => {
+                    self.rounds.evidence();
                     tracing::warn!(target: "consensus.evidence", offender = %e.offender(), round = e.round().0, "equivocation evidence");
                 }
             }
@@ -655,6 +677,8 @@ pub struct ExecStage {
     pub optimistic: bool,
     /// The committed window, recorded here as blocks are executed, and how far it reaches.
     pub window: Option<(Arc<Mutex<super::committed::CommittedTxs>>, Arc<Progress>)>,
+    /// Each height's steps, for the API.
+    pub rounds: Arc<RoundLog>,
 }
 
 impl ExecStage {
@@ -676,6 +700,7 @@ impl ExecStage {
             counters,
             optimistic: true,
             window: None,
+            rounds: Arc::default(),
         }
     }
 
@@ -713,6 +738,7 @@ impl ExecStage {
                 return; // optional work: the commit path executes it (or halts on the error)
             };
             self.counters.speculative.fetch_add(1, Ordering::Relaxed);
+            self.rounds.executed(block.height.0, *id, root, true);
             self.speculative.insert(
                 *id,
                 Speculative {
@@ -773,6 +799,7 @@ impl ExecStage {
                 }
             };
             self.committed = (id, root, block.height.0);
+            self.rounds.executed(block.height.0, id, root, false);
             // Prune per block: the ledger then holds at most the committed state, the live
             // speculative ones and the one being built, whatever the batch length.
             let h = self.committed.2;
@@ -940,6 +967,8 @@ pub struct PersistStage {
     pub progress: Arc<Progress>,
     /// Called with the ids of transactions now durable (commit notices).
     pub notify: Notify,
+    /// Each height's steps, for the API.
+    pub rounds: Arc<RoundLog>,
 }
 
 impl PersistStage {
@@ -965,6 +994,7 @@ impl PersistStage {
             }
         }
         self.progress.set_durable(last.height);
+        self.rounds.durable(executed.iter().map(|e| e.height));
         (self.notify)(&executed);
         self.writer.release_cache();
         if let Some((h, state)) = executed

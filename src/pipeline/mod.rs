@@ -71,6 +71,20 @@ impl LatencyHistogram {
     pub fn max_us(&self) -> u64 {
         self.0.as_ref().map_or(0, Histogram::max)
     }
+
+    /// Since the histogram was made: the sample count, the sum of the samples (µs, from the
+    /// mean at 3 significant digits), and for each bound (µs, ascending) the samples at or
+    /// below it, for a Prometheus histogram.
+    pub fn cumulative(&self, bounds_us: &[u64]) -> (u64, f64, Vec<u64>) {
+        let Some(h) = &self.0 else {
+            return (0, 0.0, vec![0; bounds_us.len()]);
+        };
+        let counts = bounds_us
+            .iter()
+            .map(|b| h.count_between(0, (*b).min(h.high())))
+            .collect();
+        (h.len(), h.mean() * h.len() as f64, counts)
+    }
 }
 
 /// Empty polls a pinned stage makes (with a spin hint between them) before it parks.
@@ -153,6 +167,14 @@ impl StageStats {
             latency_us_p50: p50,
             latency_us_p99: p99,
             latency_us_max: max,
+        }
+    }
+
+    /// [`LatencyHistogram::cumulative`] of the time in stage.
+    pub fn latency_cumulative(&self, bounds_us: &[u64]) -> (u64, f64, Vec<u64>) {
+        match self.hist_us.lock() {
+            Ok(h) => h.cumulative(bounds_us),
+            Err(_) => (0, 0.0, vec![0; bounds_us.len()]),
         }
     }
 

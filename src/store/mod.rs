@@ -425,6 +425,64 @@ fn read_tip(
     Ok(Some((Arc::new(block), proof)))
 }
 
+/// Reads the durable committed chain from other threads while the node runs (the HTTP API):
+/// blocks, commit proofs and execution roots, each read in a redb read transaction of its own,
+/// never waiting on the consensus thread.
+#[derive(Clone, Debug)]
+pub struct ChainReader {
+    db: Arc<Database>,
+    log: Arc<ValueLog>,
+    durable: Arc<AtomicU64>,
+}
+
+impl ChainReader {
+    /// The durable committed height (0: only genesis).
+    pub fn durable_height(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// The committed block at `height`, if durable.
+    ///
+    /// # Errors
+    /// A failed read, or a stored record that does not decode.
+    pub fn block(&self, height: u64) -> Result<Option<Block>, StorageError> {
+        record(&self.db, &self.log, BLOCKS, height)
+    }
+
+    /// The commit proof stored at the lowest height at or above `height` (the proof that
+    /// committed the block at `height`, with the blocks of its batch).
+    ///
+    /// # Errors
+    /// A failed read, or a stored record that does not decode.
+    pub fn proof_covering(&self, height: u64) -> Result<Option<(u64, CommitProof)>, StorageError> {
+        let h = {
+            let txn = self.db.begin_read().map_err(backend)?;
+            let proofs = txn.open_table(PROOFS).map_err(backend)?;
+            let mut iter = proofs.range(height..).map_err(backend)?;
+            match iter.next() {
+                Some(entry) => entry.map_err(backend)?.0.value(),
+                None => return Ok(None),
+            }
+        };
+        Ok(record(&self.db, &self.log, PROOFS, h)?.map(|p| (h, p)))
+    }
+
+    /// The execution state root recorded with the committed block at `height`, if any.
+    ///
+    /// # Errors
+    /// A failed read, or a stored root that is not 32 bytes.
+    pub fn exec_root(&self, height: u64) -> Result<Option<[u8; 32]>, StorageError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let t = txn.open_table(EXEC_ROOTS).map_err(backend)?;
+        let Some(v) = t.get(height).map_err(backend)? else {
+            return Ok(None);
+        };
+        <[u8; 32]>::try_from(v.value()).map(Some).map_err(|_| {
+            StorageError::Backend(format!("execution root at height {height} is not 32 bytes"))
+        })
+    }
+}
+
 impl RedbStore {
     /// Opens (or creates) the store at `path`: value log beside it (extension `blocks`),
     /// consensus journal in the directory `<path stem>.safety.journal`.
@@ -656,6 +714,15 @@ impl RedbStore {
     /// (`committed_block`, sync serving) see blocks once that stage has made them durable.
     pub fn set_defer_commits(&mut self, defer: bool) {
         self.defer_commits = defer;
+    }
+
+    /// A reader of the durable chain for other threads.
+    pub fn reader(&self) -> ChainReader {
+        ChainReader {
+            db: Arc::clone(&self.db),
+            log: Arc::clone(&self.log),
+            durable: Arc::clone(&self.durable),
+        }
     }
 
     /// A writer of group commits into this store.

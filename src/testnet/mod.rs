@@ -86,6 +86,8 @@ pub struct NodeInfo {
     pub data_dir: PathBuf,
     /// Its client endpoint.
     pub client_addr: SocketAddr,
+    /// Its HTTP API.
+    pub http_addr: SocketAddr,
     /// Its public key.
     pub key: [u8; 32],
     /// Its log file.
@@ -139,6 +141,17 @@ fn free_ports(n: usize) -> Result<Vec<u16>, TestnetError> {
         .collect()
 }
 
+/// `n` TCP ports free on loopback now (for the validators' HTTP APIs).
+fn free_tcp_ports(n: usize) -> Result<Vec<u16>, TestnetError> {
+    let sockets = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port")))
+        .collect::<Result<Vec<_>, _>>()?;
+    sockets
+        .iter()
+        .map(|s| Ok(s.local_addr().map_err(io("finding a free port"))?.port()))
+        .collect()
+}
+
 /// Bytes of block data `validators` validators store when `rate` transactions of `tx_size`
 /// bytes a second commit for `duration`: every validator keeps every block, and a transaction
 /// costs its bytes plus its length prefix and a share of its block's header and proofs (16
@@ -164,6 +177,9 @@ pub fn available_bytes(dir: &Path) -> Result<u64, TestnetError> {
     })?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
+
+/// The operator token file a testnet writes beside its configs (mode 0600).
+pub const OPERATOR_TOKEN_FILE: &str = "operator-token";
 
 /// Writes keys and configs for a fresh testnet. A directory of an earlier testnet is cleared
 /// first; any other non-empty directory is refused.
@@ -195,6 +211,26 @@ pub fn write(cfg: &TestnetConfig) -> Result<Vec<NodeInfo>, TestnetError> {
     // Each validator's peer port and client port.
     let picked = free_ports(2 * cfg.validators)?;
     let ports: Vec<(u16, u16)> = picked.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+    let http_ports = free_tcp_ports(cfg.validators)?;
+    // One operator token for the testnet's validators (mutating API calls).
+    let token_file = dir.join(OPERATOR_TOKEN_FILE);
+    let token: String = {
+        use rand::RngCore;
+        let mut b = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        hex::encode(b)
+    };
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token_file)
+            .map_err(io(format!("writing {}", token_file.display())))?;
+        writeln!(f, "{token}").map_err(io(format!("writing {}", token_file.display())))?;
+    }
     let validators: String = keys
         .iter()
         .enumerate()
@@ -246,6 +282,8 @@ node:
   data_dir: "{data}"
   chain_id: "{chain_id}"
   client_listen: "127.0.0.1:{client}"
+  http_listen: "127.0.0.1:{http}"
+  operator_token_file: "{token}"
 {tuning}"#,
             chain_id = CHAIN_ID,
             phase = cfg.phase_timeout_seconds,
@@ -255,6 +293,8 @@ node:
             key = dir.join(format!("validator-{i}.key")).display(),
             data = data_dir.display(),
             client = ports[i].1,
+            http = http_ports[i],
+            token = token_file.display(),
             tuning = cfg
                 .mempool_max_txs
                 .map(|n| format!("tuning:\n  mempool_max_txs: {n}\n"))
@@ -265,6 +305,7 @@ node:
             config,
             data_dir,
             client_addr: SocketAddr::from(([127, 0, 0, 1], ports[i].1)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], http_ports[i])),
             key: k.public().to_bytes(),
             log: dir.join(format!("validator-{i}.log")),
         });
