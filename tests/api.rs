@@ -438,6 +438,95 @@ fn every_endpoint_answers_and_the_outside_checkers_accept_what_it_serves() {
         String::from_utf8_lossy(&set.stderr)
     );
     assert_eq!(ok(a, "/api/v1/consensus/hotstuff/pipeline")["depth"], 3);
+    // A vote signed with validator 1's key file, checked by the node as one from QUIC.
+    let (block_id, view, height) = (
+        status["block_id"].as_str().unwrap().to_string(),
+        status["view"].as_u64().unwrap().to_string(),
+        h.to_string(),
+    );
+    let vote_args = |who: &str, key: &str| -> Vec<String> {
+        [
+            "consensus",
+            "ibft",
+            "vote",
+            "--validator-id",
+            who,
+            "--vote-type",
+            "Prepare",
+            "--block-hash",
+            &block_id,
+            "--round-number",
+            &view,
+            "--height",
+            &height,
+            "--key-file",
+            key,
+            "--token-file",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain([
+            token_file.display().to_string(),
+            "--api".into(),
+            api.clone(),
+            "--output".into(),
+            "json".into(),
+        ])
+        .collect()
+    };
+    let key1 = dir.path().join("validator-1.key").display().to_string();
+    let voted = Command::new(bpci)
+        .args(vote_args("validator-001", &key1))
+        .output()
+        .unwrap();
+    assert!(
+        voted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&voted.stderr)
+    );
+    let v: Value = serde_json::from_slice(&voted.stdout).unwrap();
+    assert_eq!(v["voter"], 1, "{v}");
+    // Signed by 1, claimed for 2: refused as a Byzantine fault, naming the signature.
+    let forged = Command::new(bpci)
+        .args(vote_args("validator-002", &key1))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&forged.stderr);
+    assert!(
+        !forged.status.success() && err.contains("ByzantineFault"),
+        "{err}"
+    );
+    let vote = |who: &str, sig: &str| {
+        format!(
+            r#"{{"validator_id":"{who}","vote_type":"Prepare","block_hash":"{block_id}","round_number":{view},"height":{height},"signature":"{sig}"}}"#
+        )
+    };
+    let zeros = format!("ed25519:{}", "00".repeat(64));
+    for (body, code, named) in [
+        (
+            vote("validator-999", &zeros),
+            "BadRequest",
+            "not in the validator set",
+        ),
+        (
+            vote("validator-001", "ed25519:abcd"),
+            "BadRequest",
+            "128 hex digits",
+        ),
+        (
+            vote("validator-001", &zeros),
+            "ByzantineFault",
+            "vote refused",
+        ),
+    ] {
+        let (s, v) = post(a, "/api/v1/consensus/ibft/vote", Some(&token), &body);
+        assert_eq!((s, error_code(&v)), (400, code), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(named),
+            "{v}"
+        );
+    }
+
     // Against an answer that is an error, and against nothing listening: non-zero, one line.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -525,4 +614,187 @@ fn health_turns_503_when_the_chain_stalls_and_200_when_it_resumes() {
     wait_for("ready after the restart", Duration::from_secs(20), || {
         get(a, "/readyz").0 == 200
     });
+}
+
+/// Kills the child process when dropped (a failing test leaves no Prometheus behind).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_prometheus_server_scrapes_the_validators_and_every_dashboard_query_has_data() {
+    let _one = one_at_a_time();
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+    // The alert rules: valid, and their unit tests pass.
+    for args in [
+        vec!["check", "rules", "alerts.yml"],
+        vec!["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(format!("{deploy}/prometheus"))
+            .output()
+            .expect("promtool (installed by .ci/tools.sh) runs");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = start(dir.path());
+    let targets: Vec<String> = net
+        .nodes
+        .iter()
+        .map(|n| format!("'{}'", n.http_addr))
+        .collect();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {deploy}/prometheus/alerts.yml\nscrape_configs:\n  - job_name: bpci\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _prometheus = Reaped(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus (Debian's package, installed by .ci/tools.sh) runs"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let query = |expr: &str| -> Option<Vec<Value>> {
+        let mut r = agent()
+            .get(format!("{base}/api/v1/query"))
+            .query("query", expr)
+            .call()
+            .ok()?;
+        let v: Value = r.body_mut().read_json().ok()?;
+        v["data"]["result"].as_array().cloned()
+    };
+    wait_for(
+        "Prometheus to scrape all four validators",
+        Duration::from_secs(60),
+        || query("up{job=\"bpci\"} == 1").is_some_and(|r| r.len() == 4),
+    );
+    // Enough samples for rate() over the dashboards' 1-minute windows.
+    std::thread::sleep(Duration::from_secs(6));
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{deploy}/grafana/bpci-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().clone())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for expr in &exprs {
+        let r = query(expr).unwrap_or_else(|| panic!("query failed: {expr}"));
+        assert!(!r.is_empty(), "no data for the dashboard query {expr}");
+    }
+    drop(net);
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let out = Command::new("hadolint")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/Dockerfile"))
+        .output()
+        .expect("hadolint (installed by .ci/tools.sh) runs");
+    assert!(
+        out.status.success(),
+        "hadolint: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn kubernetes_manifests_for_four_validators_pass_kubernetes_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("k8s");
+    let made = Command::new(env!("CARGO_BIN_EXE_bpci"))
+        .args(["deploy", "k8s", "--validators", "4", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut manifests: Vec<std::path::PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
+        .collect();
+    manifests.sort();
+    assert_eq!(manifests.len(), 1 + 2 * 4, "{manifests:?}");
+    for m in &manifests {
+        let name = m.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with("-secret.yaml") {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(m).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name}");
+        }
+    }
+    let all = manifests
+        .iter()
+        .map(|m| std::fs::read_to_string(m).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needed in [
+        "kind: StatefulSet",
+        "publishNotReadyAddresses: true",
+        "kind: PodDisruptionBudget",
+        "requiredDuringSchedulingIgnoredDuringExecution",
+        "protocol: UDP",
+        "path: /livez",
+        "path: /readyz",
+        "volumeClaimTemplates",
+    ] {
+        assert!(all.contains(needed), "{needed} missing");
+    }
+    let checked = Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(&manifests)
+        .output()
+        .expect("kubernetes-validate (installed by .ci/tools.sh) runs");
+    assert!(
+        checked.status.success(),
+        "kubernetes-validate: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // A directory that holds something is refused (keys are never written over).
+    let again = Command::new(env!("CARGO_BIN_EXE_bpci"))
+        .args(["deploy", "k8s", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 }

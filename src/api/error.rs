@@ -25,8 +25,10 @@ pub enum ErrorCode {
     ByzantineFault,
     /// A block proposal that breaks a rule.
     InvalidBlockProposal,
-    /// The node could not serve the request (a store read failed, a queue is full).
+    /// The node could not serve the request (a store read failed).
     Internal,
+    /// A queue is full: retry later.
+    Busy,
 }
 
 impl ErrorCode {
@@ -38,7 +40,7 @@ impl ErrorCode {
             }
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::RoundTimeout | ErrorCode::InsufficientVotes => {
+            ErrorCode::RoundTimeout | ErrorCode::InsufficientVotes | ErrorCode::Busy => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -10,7 +10,7 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, ErrorCode};
 use super::rounds::{parse_round_id, round_id, status_of};
 use super::view::{NodeView, Phase};
 use crate::consensus::{Block, QuorumCert};
@@ -338,4 +338,141 @@ pub async fn proposal(
     let height = parse_round_id(&id)?;
     let b = block_at(&view, height)?;
     Ok(Json(proposal_view(&view, height, &b)))
+}
+
+/// `POST ibft/vote`: a validator's signed vote (the spec's fields, plus `height`).
+#[derive(Clone, Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VoteRequest {
+    /// The voter's `validator_id`.
+    pub validator_id: String,
+    /// `Prepare` or `Commit`. One HotStuff vote for a block is both: the prepare of that block
+    /// and the commit of its parent; either name is taken and the vote is the same.
+    pub vote_type: String,
+    /// The block voted for (`0x` and 64 hex digits).
+    pub block_hash: String,
+    /// The consensus round (view) of that block.
+    pub round_number: u64,
+    /// Its height.
+    pub height: u64,
+    /// `ed25519:` and 128 hex digits: the signature over the vote's digest (chain id and epoch
+    /// bound in; `GET /api/v1/node` gives both).
+    pub signature: String,
+}
+
+/// A vote taken.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct VoteAccepted {
+    /// The voter's index.
+    pub voter: u16,
+    /// The block voted for.
+    pub block_id: String,
+    /// Its round (view).
+    pub round_number: u64,
+    /// Its height.
+    pub height: u64,
+    /// What happens next: the vote went to the consensus core, which counts it if its round
+    /// is current and this node leads the next one (as a vote arriving over QUIC).
+    pub note: String,
+}
+
+fn hex_array<const N: usize>(what: &str, s: &str, prefix: &str) -> Result<[u8; N], ApiError> {
+    let digits = s.strip_prefix(prefix).ok_or_else(|| {
+        ApiError::bad_request(format!("{what} must start with `{prefix}`, got {s:?}"))
+    })?;
+    hex::decode(digits)
+        .ok()
+        .and_then(|b| <[u8; N]>::try_from(b).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{what} must be `{prefix}` and {} hex digits",
+                2 * N
+            ))
+        })
+}
+
+/// Checks a vote as one arriving over QUIC (structure, membership, epoch, signature) and hands
+/// it to the consensus core. Needs the operator token.
+#[utoipa::path(post, path = "/api/v1/consensus/ibft/vote", operation_id = "ibft_vote", tag = "ibft",
+    request_body = VoteRequest,
+    security(("operator_token" = [])),
+    responses(
+        (status = 202, body = VoteAccepted, description = "checked and handed to the core"),
+        (status = 400, body = ApiError, description = "malformed, not a member, or a signature that does not verify (ByzantineFault)"),
+        (status = 401, body = ApiError, description = "no or wrong operator token"),
+        (status = 503, body = ApiError, description = "the consensus stage's queue is full; retry"),
+    ))]
+pub async fn vote(
+    State(view): State<Arc<NodeView>>,
+    _auth: super::auth::Operator,
+    body: Result<Json<VoteRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<VoteAccepted>), ApiError> {
+    use crate::consensus::{Message, Vote, VoteData};
+    use crate::types::{BlockId, Height, Round, ValidatorIndex};
+    let Json(v) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if !matches!(v.vote_type.as_str(), "Prepare" | "Commit") {
+        return Err(ApiError::bad_request(format!(
+            "vote_type must be Prepare or Commit, got {:?}",
+            v.vote_type
+        )));
+    }
+    let voter = view
+        .validators
+        .iter()
+        .position(|x| x.validator_id == v.validator_id)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "validator_id {:?} is not in the validator set",
+                v.validator_id
+            ))
+        })?;
+    let block_id = BlockId(hex_array::<32>("block_hash", &v.block_hash, "0x")?);
+    let sig = hex_array::<64>("signature", &v.signature, "ed25519:")?;
+    let vote = Vote {
+        data: VoteData {
+            block_id,
+            round: Round(v.round_number),
+            height: Height(v.height),
+        },
+        epoch: view.ctx.epoch(),
+        voter: ValidatorIndex(voter as u16),
+        signature: crate::crypto::Signature::from_bytes(sig),
+    };
+    let prepared = view.ctx.prepare(Message::Vote(vote)).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidBlockProposal,
+            format!("vote refused: {e}"),
+        )
+    })?;
+    let verified = prepared.verify().map_err(|e| {
+        ApiError::new(
+            ErrorCode::ByzantineFault,
+            format!("vote refused: {e} (signed over another chain, epoch or vote?)"),
+        )
+    })?;
+    let Some(core) = &view.core_in else {
+        return Err(ApiError::new(
+            ErrorCode::Internal,
+            "this node takes no votes over HTTP",
+        ));
+    };
+    if core
+        .try_send((ValidatorIndex(voter as u16), verified))
+        .is_err()
+    {
+        return Err(ApiError::new(
+            ErrorCode::Busy,
+            "the consensus stage's queue is full; retry",
+        ));
+    }
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(VoteAccepted {
+            voter: voter as u16,
+            block_id: block_id.to_string(),
+            round_number: v.round_number,
+            height: v.height,
+            note: "handed to the consensus core, which counts it as a vote from QUIC".into(),
+        }),
+    ))
 }

@@ -19,6 +19,7 @@ pub mod health;
 pub mod hotstuff;
 pub mod ibft;
 pub mod metrics;
+pub mod node;
 pub mod rounds;
 pub mod view;
 
@@ -51,6 +52,8 @@ pub fn router() -> (axum::Router<Arc<NodeView>>, OpenApi) {
         .routes(routes!(ibft::state))
         .routes(routes!(ibft::votes))
         .routes(routes!(ibft::proposal))
+        .routes(routes!(ibft::vote))
+        .routes(routes!(node::info))
         .routes(routes!(hotstuff::state))
         .routes(routes!(hotstuff::pipeline_status))
         .routes(routes!(hotstuff::metrics))
@@ -281,6 +284,8 @@ mod tests {
             "/readyz",
             "/metrics",
             "/api/v1/openapi.json",
+            "/api/v1/consensus/ibft/vote",
+            "/api/v1/node",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }

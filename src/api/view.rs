@@ -445,6 +445,8 @@ pub struct NodeView {
     pub stall_after_ms: u64,
     /// The operator token (`node.operator_token_file`); `None`: mutating calls are refused.
     pub operator_token: Option<String>,
+    /// The consensus stage's input (votes submitted over HTTP, checked as from QUIC).
+    pub core_in: Option<crate::pipeline::StageInput<(ValidatorIndex, crate::consensus::Verified)>>,
 }
 
 impl NodeView {

@@ -74,12 +74,33 @@ enum ConsensusCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// A health check or probe: exits 0 when it answers 200, non-zero with what fails otherwise
+    /// (for container health checks and scripts).
+    Health {
+        /// Which check.
+        #[arg(long, value_enum, default_value = "consensus")]
+        check: HealthCheck,
+    },
     /// IBFT views of a round.
     #[command(subcommand)]
     Ibft(IbftCommand),
     /// The HotStuff pipeline.
     #[command(subcommand)]
     Hotstuff(HotStuffCommand),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum HealthCheck {
+    /// `/health/consensus`: the chain commits.
+    Consensus,
+    /// `/health/ibft`: and a quorum is connected.
+    Ibft,
+    /// `/health/hotstuff`: and the pipeline drains.
+    Hotstuff,
+    /// `/livez`: the node's loops turn.
+    Livez,
+    /// `/readyz`: ready to serve.
+    Readyz,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -110,6 +131,37 @@ enum IbftCommand {
         #[arg(long)]
         round_id: String,
     },
+    /// Submit a validator's signed vote (checked by the node as one from QUIC; needs the
+    /// operator token). Signs with `--key-file`, or sends `--signature` as given.
+    Vote(VoteArgs),
+}
+
+#[derive(Args, Debug)]
+struct VoteArgs {
+    /// The voter's `validator_id`.
+    #[arg(long)]
+    validator_id: String,
+    /// `Prepare` or `Commit` (one HotStuff vote is both: the block's prepare, its parent's commit).
+    #[arg(long, default_value = "Prepare")]
+    vote_type: String,
+    /// The block voted for (`0x` and 64 hex digits).
+    #[arg(long)]
+    block_hash: String,
+    /// The block's consensus round (view).
+    #[arg(long)]
+    round_number: u64,
+    /// The block's height.
+    #[arg(long)]
+    height: u64,
+    /// `ed25519:` and 128 hex digits, made elsewhere.
+    #[arg(long, conflicts_with = "key_file")]
+    signature: Option<String>,
+    /// The voter's key file (`bpci keys generate`): the vote is signed here.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// The operator token file of the node.
+    #[arg(long, env = "BPCI_OPERATOR_TOKEN_FILE")]
+    token_file: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,6 +229,14 @@ impl Client {
         if status.is_success() {
             return Ok(body);
         }
+        if let Some(problems) = body["problems"].as_array() {
+            let said: Vec<&str> = problems.iter().filter_map(Value::as_str).collect();
+            return Err(anyhow!(
+                "failing (HTTP {}): {}",
+                status.as_u16(),
+                said.join("; ")
+            ));
+        }
         let code = body["error"]["code"].as_str().unwrap_or("error");
         let message = body["error"]["message"].as_str().unwrap_or("(no message)");
         Err(anyhow!("{code}: {message} (HTTP {})", status.as_u16()))
@@ -207,6 +267,13 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<ExitCode> {
             segment(&round_id)?
         ))?,
         ConsensusCommand::Metrics => client.get("/api/v1/consensus/metrics")?,
+        ConsensusCommand::Health { check } => client.get(match check {
+            HealthCheck::Consensus => "/health/consensus",
+            HealthCheck::Ibft => "/health/ibft",
+            HealthCheck::Hotstuff => "/health/hotstuff",
+            HealthCheck::Livez => "/livez",
+            HealthCheck::Readyz => "/readyz",
+        })?,
         ConsensusCommand::ListRounds { status, limit } => match status {
             RoundFilter::Active => client.get("/api/v1/consensus/rounds/active")?,
             RoundFilter::Committed => {
@@ -229,6 +296,7 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<ExitCode> {
                 "/api/v1/consensus/ibft/proposal/{}",
                 segment(&round_id)?
             ))?,
+            IbftCommand::Vote(v) => vote(&client, v)?,
         },
         ConsensusCommand::Hotstuff(c) => match c {
             HotStuffCommand::Pipeline { watch, interval } => {
@@ -254,6 +322,47 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<ExitCode> {
     };
     print(&value, out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn vote(client: &Client, v: VoteArgs) -> anyhow::Result<Value> {
+    let token = bpci::node::keys::read_token(&v.token_file)?;
+    let signature = match (&v.signature, &v.key_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(path)) => {
+            let key = bpci::node::keys::read(path)?;
+            let info = client.get("/api/v1/node")?;
+            let chain_id = info["chain_id"]
+                .as_str()
+                .ok_or_else(|| anyhow!("the node's /api/v1/node names no chain_id"))?;
+            let epoch = info["epoch"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("the node's /api/v1/node names no epoch"))?;
+            let block: [u8; 32] = hex::decode(v.block_hash.trim_start_matches("0x"))
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| anyhow!("--block-hash must be 0x and 64 hex digits"))?;
+            let data = bpci::consensus::VoteData {
+                block_id: bpci::types::BlockId(block),
+                round: bpci::types::Round(v.round_number),
+                height: bpci::types::Height(v.height),
+            };
+            let sig = key.sign(&data.digest(chain_id, bpci::types::Epoch(epoch)));
+            format!("ed25519:{sig}")
+        }
+        (None, None) => return Err(anyhow!("give --key-file to sign the vote, or --signature")),
+    };
+    client.post(
+        "/api/v1/consensus/ibft/vote",
+        Some(&token),
+        &serde_json::json!({
+            "validator_id": v.validator_id,
+            "vote_type": v.vote_type,
+            "block_hash": v.block_hash,
+            "round_number": v.round_number,
+            "height": v.height,
+            "signature": signature,
+        }),
+    )
 }
 
 /// A path segment: refused when it would change the path (the node answers malformed ids).

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 mod chain;
 mod consensus;
+mod deploy;
 mod keys;
 pub mod node;
 mod sim;
@@ -36,6 +37,9 @@ enum Command {
     Chain(chain::ChainArgs),
     /// Ask a running validator over its HTTP API: rounds, IBFT and HotStuff views, metrics.
     Consensus(consensus::ConsensusArgs),
+    /// Deployment manifests.
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
 }
 
 #[derive(Subcommand)]
@@ -72,6 +76,7 @@ where
         Command::Bench(BenchCommand::Load(args)) => testnet::run_load(args),
         Command::Chain(args) => chain::run(args),
         Command::Consensus(args) => consensus::run(args),
+        Command::Deploy(cmd) => deploy::run(cmd),
     };
     match result {
         Ok(code) => code,

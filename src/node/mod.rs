@@ -533,6 +533,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     let _ = progress.wake_core.set(Box::new(move || ticker.tick_now()));
     let verify_border = Arc::clone(&border);
     let inline_core_in = core_in.clone();
+    let vote_core_in = core_in.clone();
     let (verify_in, verify_stage) = pipeline::spawn(
         stage("pipeline.verify", 8192, 512, None, core_of(1)),
         move |b| stages::verify_into(b, &verify_border, &core_in),
@@ -637,6 +638,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
             .unwrap_or(crate::config::DEFAULT_HEALTH_STALL_SECONDS)
             * 1000.0) as u64,
         operator_token,
+        core_in: Some(vote_core_in),
     });
     let stats_view = Arc::clone(&view);
     threads.push(
