@@ -11,7 +11,7 @@ pub mod node;
 mod sim;
 mod testnet;
 
-/// bpci: a BFT validator engine (pipelined 2-chain HotStuff, sealed-bid bundle auction, QUIC).
+/// bpci: a BFT validator engine (pipelined 2-chain HotStuff over QUIC).
 #[derive(Parser)]
 #[command(name = "bpci", version, about)]
 struct Cli {
