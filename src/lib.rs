@@ -13,6 +13,7 @@ pub mod client_proto;
 pub mod codec;
 pub mod config;
 pub mod consensus;
+pub mod coordinator;
 pub mod crypto;
 pub mod exec;
 #[path = "../bench/loadgen/mod.rs"]

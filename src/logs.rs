@@ -8,7 +8,11 @@
 //!   `elasticsearch` entry is accepted as the spec lists it, but the node does not ship logs over
 //!   HTTP: it says so once at start-up (use a `file` output and a log shipper).
 //! - `logging.consensus_logging`: `enabled: false` keeps consensus events to warnings;
-//!   `level: detailed` lowers consensus events to `debug` (every proposal and commit).
+//!   `level: detailed` lowers consensus events to `debug` and turns on the audit trail: one
+//!   event (target `consensus.audit`, with `format: json` one JSON object) per proposal, QC,
+//!   TC, timeout signed, commit and equivocation evidence, and per vote sent or received with
+//!   `include_validator_votes: true`. `include_auction_bids: true` is refused: there is no
+//!   auction in this build.
 //!
 //! Without a `logging` section the node logs `info` and above as text to stderr.
 
@@ -62,12 +66,10 @@ pub fn directives(logging: Option<&Logging>) -> String {
         return "info".into();
     };
     let mut d = l.level.clone();
-    if let Some(c) = &l.consensus_logging {
-        if !c.enabled {
-            d.push_str(",consensus=warn");
-        } else if c.level == "detailed" {
-            d.push_str(",consensus=debug");
-        }
+    match &l.consensus_logging {
+        Some(c) if !c.enabled => d.push_str(",consensus=warn,consensus.audit=off"),
+        Some(c) if c.level == "detailed" => d.push_str(",consensus=debug,consensus.audit=info"),
+        _ => d.push_str(",consensus.audit=off"),
     }
     d
 }
@@ -164,16 +166,19 @@ mod tests {
     #[test]
     fn directives_follow_the_section() {
         assert_eq!(directives(None), "info");
-        assert_eq!(directives(Some(&logging(None))), "warn");
+        assert_eq!(directives(Some(&logging(None))), "warn,consensus.audit=off");
         assert_eq!(
             directives(Some(&logging(Some((true, "detailed"))))),
-            "warn,consensus=debug"
+            "warn,consensus=debug,consensus.audit=info"
         );
         assert_eq!(
             directives(Some(&logging(Some((false, "detailed"))))),
-            "warn,consensus=warn"
+            "warn,consensus=warn,consensus.audit=off"
         );
-        assert_eq!(directives(Some(&logging(Some((true, "summary"))))), "warn");
+        assert_eq!(
+            directives(Some(&logging(Some((true, "summary"))))),
+            "warn,consensus.audit=off"
+        );
         for l in [logging(None), logging(Some((true, "detailed")))] {
             assert!(EnvFilter::try_new(directives(Some(&l))).is_ok());
         }

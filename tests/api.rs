@@ -21,9 +21,14 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn start(dir: &std::path::Path) -> Testnet {
+    start_with(dir, false)
+}
+
+fn start_with(dir: &std::path::Path, audit: bool) -> Testnet {
     let mut cfg = TestnetConfig::new(4, dir.to_path_buf());
     cfg.phase_timeout_seconds = 0.5;
     cfg.view_timeout_seconds = 4.0;
+    cfg.audit = audit;
     let nodes = testnet::write(&cfg).expect("writing the testnet");
     let net = Testnet::start(std::path::Path::new(env!("CARGO_BIN_EXE_bpci")), nodes)
         .expect("starting validators");
@@ -527,6 +532,60 @@ fn every_endpoint_answers_and_the_outside_checkers_accept_what_it_serves() {
         );
     }
 
+    // The spec's integration examples, built by `cargo test`, run against this testnet.
+    let examples = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("examples");
+    if !examples.join("ibft_validator_participation").exists() {
+        // `cargo test --test api` alone does not build examples (a plain `cargo test` does).
+        let built = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--examples",
+                "--profile",
+                "test",
+                "--manifest-path",
+            ])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .status()
+            .unwrap();
+        assert!(built.success(), "building the examples");
+    }
+    let run = Command::new(examples.join("complete_consensus_round"))
+        .arg(&api)
+        .output()
+        .expect("the example was built by cargo test");
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(said.contains("success rate"), "{said}");
+    let run = Command::new(examples.join("ibft_validator_participation"))
+        .args([
+            "--api",
+            &api,
+            "--validator-id",
+            "validator-001",
+            "--key-file",
+            &key1,
+        ])
+        .arg("--token-file")
+        .arg(&token_file)
+        .output()
+        .expect("the example was built by cargo test");
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(said.contains("consensus finalized"), "{said}");
+
     // Against an answer that is an error, and against nothing listening: non-zero, one line.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -553,9 +612,20 @@ fn every_endpoint_answers_and_the_outside_checkers_accept_what_it_serves() {
 fn health_turns_503_when_the_chain_stalls_and_200_when_it_resumes() {
     let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let mut net = start(dir.path());
+    let mut net = start_with(dir.path(), true);
     let a = net.nodes[0].http_addr;
     assert_eq!(ok(a, "/health/consensus")["status"], "ok");
+    // The audit trail (consensus_logging.level: detailed, include_validator_votes): one JSON
+    // event per proposal, vote, QC, commit.
+    let log = std::fs::read_to_string(&net.nodes[0].log).unwrap();
+    for event in ["proposal", "vote_sent", "vote_received", "qc", "commit"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("\"event\":\"{event}\"")))
+            .unwrap_or_else(|| panic!("no {event} audit event in validator 0's log"));
+        let v: Value = serde_json::from_str(line).expect("an audit event is one JSON object");
+        assert_eq!(v["target"], "consensus.audit", "{v}");
+    }
     // Two of four stopped: no quorum, no commit.
     net.kill(2);
     net.kill(3);

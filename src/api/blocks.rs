@@ -33,7 +33,7 @@ pub struct TxPage {
 }
 
 /// A committed block.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct BlockView {
     /// The block as proposed.
     pub block: ProposalView,
@@ -111,7 +111,7 @@ pub async fn block(
 }
 
 /// Where a committed transaction is and the proof that it is there.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct Inclusion {
     /// The block's height.
     pub height: u64,
@@ -130,7 +130,7 @@ pub struct Inclusion {
 }
 
 /// What this node knows of a transaction.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum TxView {
     /// In the mempool or a proposal of this node not yet committed.

@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Serialize;
 
 /// What went wrong, by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub enum ErrorCode {
     /// The input does not parse or is out of range.
     BadRequest,
@@ -49,7 +49,7 @@ impl ErrorCode {
 }
 
 /// The error's body.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// What went wrong, by name.
     pub code: ErrorCode,
@@ -58,7 +58,7 @@ pub struct ErrorDetail {
 }
 
 /// Every error answer: `{ "error": { "code", "message" } }`.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ApiError {
     /// The error.
     pub error: ErrorDetail,

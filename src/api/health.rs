@@ -8,7 +8,8 @@
 //! - hotstuff: that, and execution and persistence keeping up: no committed block waiting for
 //!   durability longer than the stall threshold.
 //! - livez: the consensus stage's loop (it ticks every 2 ms) turned within [`LIVE_WITHIN_MS`],
-//!   and the node's sampler too. A node that answers 503 here needs a restart.
+//!   the node's sampler too, and execution has not halted (a committed block that could not be
+//!   executed). A node that answers 503 here needs a restart.
 //! - readyz: connected to a quorum and following the chain (the consensus check holds): a node
 //!   that is starting, cut off or far behind is not ready.
 
@@ -29,7 +30,7 @@ use crate::types::{Stake, ValidatorIndex};
 pub const LIVE_WITHIN_MS: u64 = 5_000;
 
 /// `ok` or not.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     /// The check holds.
@@ -39,7 +40,7 @@ pub enum Health {
 }
 
 /// A health check's answer (200 when `status` is `ok`, 503 otherwise).
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct HealthReport {
     /// Which check.
     pub check: String,
@@ -180,7 +181,7 @@ pub async fn hotstuff(State(view): State<Arc<NodeView>>) -> (StatusCode, Json<He
 }
 
 /// A probe's answer.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct Probe {
     /// `ok` or not.
     pub status: Health,
@@ -218,6 +219,9 @@ pub async fn livez(State(view): State<Arc<NodeView>>) -> (StatusCode, Json<Probe
             "the consensus stage has not turned for {:.1} s",
             now.saturating_sub(turn) as f64 / 1000.0
         ));
+    }
+    if let Some(why) = view.halted.get() {
+        problems.push(format!("execution halted: {why}"));
     }
     let sampled = view.sample().at_ms.max(view.started_ms);
     if now.saturating_sub(sampled) > LIVE_WITHIN_MS.max(4 * SAMPLE_INTERVAL_MS) {

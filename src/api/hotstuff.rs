@@ -17,7 +17,7 @@ use super::view::{NodeView, Phase};
 use crate::config::MAX_PIPELINE_DEPTH;
 
 /// Time between steps of one height (ms); absent where a step was not recorded.
-#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, ToSchema)]
 pub struct StepTimes {
     /// Proposed to prepared.
     pub proposed_to_prepared_ms: Option<u64>,
@@ -34,7 +34,7 @@ fn gap(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 }
 
 /// A height's HotStuff state.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct HotStuffState {
     /// `round-<height>`.
     pub round_id: String,
@@ -84,7 +84,7 @@ pub async fn state(
 }
 
 /// One pipeline stage's figures.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct StageView {
     /// `pipeline.<stage>`.
     pub name: String,
@@ -103,7 +103,7 @@ pub struct StageView {
 }
 
 /// The pipeline now.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct Pipeline {
     /// The pipeline depth in force (committed blocks that may wait for execution and
     /// persistence).
@@ -157,7 +157,7 @@ pub async fn pipeline_status(State(view): State<Arc<NodeView>>) -> Json<Pipeline
 }
 
 /// Optimistic execution and view-change figures since start.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct HotStuffMetrics {
     /// `hotstuff.optimistic_execution`.
     pub optimistic_execution: bool,
@@ -215,7 +215,7 @@ pub async fn metrics(State(view): State<Arc<NodeView>>) -> Json<HotStuffMetrics>
 }
 
 /// A height's execution result.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct ExecutionResult {
     /// `round-<height>`.
     pub round_id: String,
@@ -276,7 +276,7 @@ pub struct SetDepth {
 }
 
 /// The depth before and after.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct DepthChanged {
     /// Before.
     pub previous: u64,

@@ -17,7 +17,7 @@ use crate::consensus::{Block, QuorumCert};
 use crate::types::Stake;
 
 /// The IBFT phase a height has reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IbftPhase {
     /// Proposed, not yet certified.
@@ -39,7 +39,7 @@ impl From<Phase> for IbftPhase {
 }
 
 /// One signer of a certificate.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct Signer {
     /// Its `validator_id`.
     pub validator_id: String,
@@ -52,7 +52,7 @@ pub struct Signer {
 }
 
 /// A quorum certificate as the API shows it.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct QcView {
     /// The certified block's id.
     pub block_id: String,
@@ -110,7 +110,7 @@ pub(crate) fn certificates(
 }
 
 /// Quorum and fault figures of the validator set.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct Thresholds {
     /// Total stake.
     pub total_stake: u64,
@@ -144,7 +144,7 @@ pub(crate) fn quorum_stake(set: &crate::consensus::ValidatorSet) -> u64 {
 }
 
 /// A height's IBFT state.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct IbftState {
     /// `round-<height>`.
     pub round_id: String,
@@ -214,7 +214,7 @@ pub async fn state(
 }
 
 /// The votes that decided a height.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct IbftVotes {
     /// `round-<height>`.
     pub round_id: String,
@@ -250,7 +250,7 @@ pub async fn votes(
 }
 
 /// A block proposal.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct ProposalView {
     /// `round-<height>`.
     pub round_id: String,
@@ -361,7 +361,7 @@ pub struct VoteRequest {
 }
 
 /// A vote taken.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct VoteAccepted {
     /// The voter's index.
     pub voter: u16,

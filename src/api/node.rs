@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::view::NodeView;
 
 /// One validator of the set.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct ValidatorView {
     /// Its `validator_id`.
     pub validator_id: String,
@@ -24,7 +24,7 @@ pub struct ValidatorView {
 }
 
 /// This node.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct NodeInfo {
     /// This node's `validator_id`.
     pub validator_id: String,

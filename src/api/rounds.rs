@@ -44,7 +44,7 @@ pub fn round_id(height: u64) -> String {
 
 /// Unix ms at which a height reached each step (absent: not reached, or not recorded because
 /// the height is older than the live log and read from the store).
-#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, ToSchema)]
 pub struct PhaseTimes {
     /// Proposed (pre-prepare): made or first seen here. From the store: the proposer's clock.
     pub proposed_ms: Option<u64>,
@@ -59,7 +59,7 @@ pub struct PhaseTimes {
 }
 
 /// Where a status came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// The node's live log of recent heights, with step times.
@@ -69,7 +69,7 @@ pub enum Source {
 }
 
 /// One round's status.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct RoundStatus {
     /// `round-<height>`.
     pub round_id: String,
@@ -87,6 +87,8 @@ pub struct RoundStatus {
     pub transactions: Option<u64>,
     /// When each step was reached.
     pub times: PhaseTimes,
+    /// Proposed longer ago than `coordinator.round_timeout_seconds` and not committed.
+    pub timed_out: bool,
     /// Where this came from.
     pub source: Source,
 }
@@ -108,6 +110,10 @@ impl RoundStatus {
                 executed_ms: e.executed_ms,
                 durable_ms: e.durable_ms,
             },
+            timed_out: e.committed_ms.is_none()
+                && e.proposed_ms.is_some_and(|p| {
+                    super::view::unix_ms().saturating_sub(p) > view.round_timeout_ms
+                }),
             source: Source::Live,
         }
     }
@@ -139,6 +145,7 @@ pub(crate) fn status_of(view: &NodeView, height: u64) -> Result<RoundStatus, Api
             proposed_ms: Some(b.timestamp_ms),
             ..PhaseTimes::default()
         },
+        timed_out: false,
         source: Source::Store,
     })
 }
@@ -160,7 +167,7 @@ pub async fn round_status(
 }
 
 /// Heights in flight.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct ActiveRounds {
     /// The highest committed height.
     pub committed_height: u64,
@@ -168,8 +175,11 @@ pub struct ActiveRounds {
     pub durable_height: u64,
     /// The consensus round (view) this node is in.
     pub current_view: u64,
-    /// Heights above the durable one that a block was proposed for, oldest first.
+    /// Heights above the durable one that a block was proposed for, oldest first: the newest
+    /// `coordinator.max_active_rounds` of them.
     pub rounds: Vec<RoundStatus>,
+    /// Heights in flight left out by `coordinator.max_active_rounds`.
+    pub omitted: usize,
 }
 
 /// Heights in flight: proposed, not yet durable.
@@ -177,13 +187,14 @@ pub struct ActiveRounds {
     responses((status = 200, body = ActiveRounds, description = "the active rounds")))]
 pub async fn active_rounds(State(view): State<Arc<NodeView>>) -> Json<ActiveRounds> {
     let durable = view.durable_height().0;
-    let rounds = view
-        .rounds
-        .above(durable)
+    let all = view.rounds.above(durable);
+    let omitted = all.len().saturating_sub(view.max_active_rounds);
+    let rounds = all[omitted..]
         .iter()
         .map(|(h, e)| RoundStatus::from_entry(&view, *h, e))
         .collect();
     Json(ActiveRounds {
+        omitted,
         committed_height: view.committed_height().0,
         durable_height: durable,
         current_view: view
@@ -203,7 +214,7 @@ pub struct HistoryQuery {
 }
 
 /// Committed rounds, newest first.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct RoundHistory {
     /// Newest first.
     pub rounds: Vec<RoundStatus>,
@@ -242,7 +253,7 @@ pub async fn round_history(
 }
 
 /// The spec's `TripleConsensusMetrics`, measured.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct ConsensusMetrics {
     /// Rounds entered (views), since start.
     pub total_rounds: u64,

@@ -37,7 +37,16 @@ pub fn unix_ms() -> u64 {
 
 /// A step of a height through the node, in order.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, utoipa::ToSchema,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -347,7 +356,7 @@ impl RoundLog {
 }
 
 /// Transport figures in a [`Sample`].
-#[derive(Clone, Debug, Default, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct TransportSample {
     /// Peers with a live QUIC connection.
     pub connected_peers: usize,
@@ -363,7 +372,7 @@ pub struct TransportSample {
 }
 
 /// Execution figures in a [`Sample`].
-#[derive(Clone, Debug, Default, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ExecSample {
     /// Transactions executed.
     pub txs_executed: u64,
@@ -445,6 +454,13 @@ pub struct NodeView {
     pub stall_after_ms: u64,
     /// The operator token (`node.operator_token_file`); `None`: mutating calls are refused.
     pub operator_token: Option<String>,
+    /// Why execution stopped, if it did.
+    pub halted: crate::node::stages::Halted,
+    /// `coordinator.max_active_rounds`: most heights `rounds/active` lists.
+    pub max_active_rounds: usize,
+    /// `coordinator.round_timeout_seconds` in ms: a height proposed this long ago and not
+    /// committed is reported timed out.
+    pub round_timeout_ms: u64,
     /// The consensus stage's input (votes submitted over HTTP, checked as from QUIC).
     pub core_in: Option<crate::pipeline::StageInput<(ValidatorIndex, crate::consensus::Verified)>>,
 }

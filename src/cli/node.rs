@@ -39,6 +39,11 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         config.file.node.data_dir.display()
     );
     while !stop.load(Ordering::Acquire) {
+        if let Some(why) = node.halted() {
+            eprintln!("bpci: {why}; stopping (a restart replays the committed chain)");
+            node.shutdown();
+            return Ok(ExitCode::from(70));
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("bpci node: stopping");

@@ -71,6 +71,12 @@ fn check_logging(l: &Logging) -> Result<(), ConfigError> {
             &c.level,
             &CONSENSUS_LEVELS,
         )?;
+        if c.include_auction_bids {
+            return Err(invalid(
+                "logging.consensus_logging.include_auction_bids",
+                "there is no auction in this build, so no bids to log: set it false or leave it out",
+            ));
+        }
     }
     Ok(())
 }
@@ -86,13 +92,24 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Coordinator {
-    /// Rounds kept in the active-round view of the API.
+    /// Most heights `GET /api/v1/consensus/rounds/active` lists (the newest in flight),
+    /// [`MAX_ACTIVE_ROUNDS_RANGE`].
     pub max_active_rounds: u32,
-    /// Seconds before an API-started round is reported as timed out.
+    /// Seconds a height may stay proposed without committing before the API reports its round
+    /// as timed out (`timed_out` in round statuses), [`ROUND_TIMEOUT_SECONDS_RANGE`].
     pub round_timeout_seconds: u64,
-    /// Seconds without a frame before a validator is reported unreachable.
+    /// Seconds without a packet from a validator before its QUIC connection is closed and it
+    /// counts as disconnected (the transport's idle timeout; keep-alives go every 2 s),
+    /// [`VALIDATOR_TIMEOUT_SECONDS_RANGE`].
     pub validator_timeout_seconds: u64,
 }
+
+/// Accepted `triple_consensus.coordinator.max_active_rounds`.
+pub const MAX_ACTIVE_ROUNDS_RANGE: std::ops::RangeInclusive<u32> = 1..=4096;
+/// Accepted `triple_consensus.coordinator.round_timeout_seconds`.
+pub const ROUND_TIMEOUT_SECONDS_RANGE: std::ops::RangeInclusive<u64> = 1..=3600;
+/// Accepted `triple_consensus.coordinator.validator_timeout_seconds`: above the 2 s keep-alive.
+pub const VALIDATOR_TIMEOUT_SECONDS_RANGE: std::ops::RangeInclusive<u64> = 3..=600;
 
 /// `triple_consensus.ibft`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -206,10 +223,10 @@ pub struct ConsensusLogging {
     pub enabled: bool,
     /// `summary` or `detailed`.
     pub level: String,
-    /// Log each vote.
+    /// With `level: detailed`, an audit event per vote sent or received too.
     #[serde(default)]
     pub include_validator_votes: bool,
-    /// Log each bid.
+    /// Refused when true: no auction in this build.
     #[serde(default)]
     pub include_auction_bids: bool,
 }
@@ -388,6 +405,34 @@ impl Config {
 
     fn validate(file: ConfigFile) -> Result<Config, ConfigError> {
         let tc = &file.triple_consensus;
+        let co = &tc.coordinator;
+        if !MAX_ACTIVE_ROUNDS_RANGE.contains(&co.max_active_rounds) {
+            return Err(invalid(
+                "triple_consensus.coordinator.max_active_rounds",
+                format!(
+                    "must be in {MAX_ACTIVE_ROUNDS_RANGE:?}, got {}",
+                    co.max_active_rounds
+                ),
+            ));
+        }
+        if !ROUND_TIMEOUT_SECONDS_RANGE.contains(&co.round_timeout_seconds) {
+            return Err(invalid(
+                "triple_consensus.coordinator.round_timeout_seconds",
+                format!(
+                    "must be in {ROUND_TIMEOUT_SECONDS_RANGE:?}, got {}",
+                    co.round_timeout_seconds
+                ),
+            ));
+        }
+        if !VALIDATOR_TIMEOUT_SECONDS_RANGE.contains(&co.validator_timeout_seconds) {
+            return Err(invalid(
+                "triple_consensus.coordinator.validator_timeout_seconds",
+                format!(
+                    "must be in {VALIDATOR_TIMEOUT_SECONDS_RANGE:?} (above the transport's 2 s keep-alive), got {}",
+                    co.validator_timeout_seconds
+                ),
+            ));
+        }
         let ibft = &tc.ibft;
         if !(0.0..1.0 / 3.0 + 1e-3).contains(&ibft.byzantine_tolerance_ratio) {
             return Err(invalid(

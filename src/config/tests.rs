@@ -61,7 +61,7 @@ logging:
     enabled: true
     level: "detailed"
     include_validator_votes: true
-    include_auction_bids: true
+    include_auction_bids: false
 node:
   validator_id: "validator-002"
   key_file: "/etc/bpci/validator.key"
@@ -316,6 +316,46 @@ fn the_health_stall_threshold_is_checked() {
     for bad in ["0.5", "4000", ".nan"] {
         match Config::from_yaml(&yaml(&format!("  health_stall_seconds: {bad}\n"))) {
             Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "node.health_stall_seconds"),
+            other => panic!("{bad}: expected an error naming the key, got {other:?}"),
+        }
+    }
+}
+
+/// The spec's example as written asks for auction bids in the logs: refused, naming the key,
+/// until there is an auction.
+#[test]
+fn auction_bids_in_the_logs_are_refused_while_there_is_no_auction() {
+    let text = yaml("").replace("include_auction_bids: false", "include_auction_bids: true");
+    match Config::from_yaml(&text) {
+        Err(ConfigError::Invalid { key, message }) => {
+            assert_eq!(key, "logging.consensus_logging.include_auction_bids");
+            assert!(message.contains("no auction"), "{message}");
+        }
+        other => panic!("expected a refusal naming the key, got {other:?}"),
+    }
+}
+
+#[test]
+fn coordinator_keys_are_checked() {
+    for (key, bad) in [
+        ("max_active_rounds: 10", "max_active_rounds: 0"),
+        ("round_timeout_seconds: 30", "round_timeout_seconds: 0"),
+        (
+            "validator_timeout_seconds: 10",
+            "validator_timeout_seconds: 2",
+        ),
+        (
+            "validator_timeout_seconds: 10",
+            "validator_timeout_seconds: 601",
+        ),
+    ] {
+        let text = yaml("").replace(key, bad);
+        assert_ne!(text, yaml(""), "{key}");
+        let field = bad.split(':').next().unwrap();
+        match Config::from_yaml(&text) {
+            Err(ConfigError::Invalid { key, .. }) => {
+                assert_eq!(key, format!("triple_consensus.coordinator.{field}"))
+            }
             other => panic!("{bad}: expected an error naming the key, got {other:?}"),
         }
     }

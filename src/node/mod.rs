@@ -118,9 +118,16 @@ pub struct NodeHandle {
     pub exec: Arc<ExecCounters>,
     /// Commit notices: called by the persistence stage with each durable batch.
     pub notices: Arc<Mutex<Vec<Notify>>>,
+    halted: stages::Halted,
 }
 
 impl NodeHandle {
+    /// Why execution stopped, if it did (a committed block that cannot be executed): the node
+    /// then commits nothing more; its owner should stop it and look at the cause.
+    pub fn halted(&self) -> Option<String> {
+        self.halted.get().cloned()
+    }
+
     /// Stops every stage and the transport.
     pub fn shutdown(mut self) {
         self.stop.store(true, Ordering::Release);
@@ -295,6 +302,13 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     };
     let mut tcfg = TransportConfig::new(me.0, listen, key.seed(), peers);
     tcfg.max_udp_payload = config.file.tuning.max_udp_payload_bytes;
+    tcfg.idle_timeout = Duration::from_secs(
+        config
+            .file
+            .triple_consensus
+            .coordinator
+            .validator_timeout_seconds,
+    );
     let (transport, handle, inbound) = Transport::start(tcfg)?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -494,6 +508,7 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     exec.optimistic = config.file.triple_consensus.hotstuff.optimistic_execution;
     exec.window = Some((Arc::clone(&committed_window), Arc::clone(&progress)));
     exec.rounds = Arc::clone(&rounds);
+    let halted = Arc::clone(&exec.halted);
     let (exec_in, exec_stage) = pipeline::spawn(
         stage("pipeline.exec", 1024, 64, None, core_of(4)),
         move |b| exec.on_batch(b),
@@ -515,6 +530,12 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
     );
     core_stage.on_own_proposal = leader_hints;
     core_stage.rounds = Arc::clone(&rounds);
+    core_stage.audit_votes = config
+        .file
+        .logging
+        .as_ref()
+        .and_then(|l| l.consensus_logging.as_ref())
+        .is_some_and(|c| c.include_validator_votes);
     core_stage.direct_egress = Some((handle.clone(), Arc::clone(&dropped)));
     let timing = Arc::clone(&core_stage.timing);
     core_stage.start();
@@ -639,6 +660,14 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
             * 1000.0) as u64,
         operator_token,
         core_in: Some(vote_core_in),
+        halted: Arc::clone(&halted),
+        max_active_rounds: config.file.triple_consensus.coordinator.max_active_rounds as usize,
+        round_timeout_ms: config
+            .file
+            .triple_consensus
+            .coordinator
+            .round_timeout_seconds
+            .saturating_mul(1000),
     });
     let stats_view = Arc::clone(&view);
     threads.push(
@@ -771,5 +800,6 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         progress,
         exec: exec_counters,
         notices,
+        halted,
     })
 }

@@ -385,6 +385,9 @@ pub struct CoreStage {
     pub direct_egress: Option<(TransportHandle, Arc<AtomicU64>)>,
     /// Each height's steps, for the API.
     pub rounds: Arc<RoundLog>,
+    /// `logging.consensus_logging.include_validator_votes`: audit events for votes too (the
+    /// audit trail itself is on when the log filter lets `consensus.audit` through).
+    pub audit_votes: bool,
     loopback: VecDeque<Message>,
 }
 
@@ -409,6 +412,7 @@ impl CoreStage {
             on_own_proposal: None,
             direct_egress: None,
             rounds: Arc::default(),
+            audit_votes: false,
             loopback: VecDeque::new(),
         }
     }
@@ -432,7 +436,11 @@ impl CoreStage {
     pub fn on_batch(&mut self, batch: Vec<(ValidatorIndex, Verified)>) {
         let now = now_ms();
         self.rounds.consensus_turned();
+        let audit = tracing::enabled!(target: "consensus.audit", tracing::Level::INFO);
         for (from, v) in batch {
+            if audit {
+                self.audit_in(from, &v);
+            }
             if let (Message::Proposal(p), Some(id)) = (&v.msg, v.ids.first()) {
                 // A clone shares the payload's bytes (reference-counted).
                 self.rounds.proposed(
@@ -504,10 +512,85 @@ impl CoreStage {
         let _ = self.egress.send(Outbound::To(to, msg));
     }
 
+    /// The audit trail of a verified message in (`consensus.audit`, see [`crate::logs`]).
+    fn audit_in(&self, from: ValidatorIndex, v: &Verified) {
+        match &v.msg {
+            Message::Proposal(p) => {
+                let id = v.ids.first().copied().unwrap_or_default();
+                tracing::info!(target: "consensus.audit", event = "proposal", from = from.0,
+                    author = p.block.author.0, round = p.block.round.0, height = p.block.height.0,
+                    block_id = %id, parent_qc_round = p.block.parent_qc.round.0,
+                    transactions = Payload::count_of(&p.block.payload));
+                if let Some(tc) = &p.tc_for_prev_round {
+                    tracing::info!(target: "consensus.audit", event = "tc", round = tc.round.0,
+                        signers = ?tc.timeouts.iter().map(|(i, _, _)| i.0).collect::<Vec<_>>());
+                }
+            }
+            Message::Vote(vote) if self.audit_votes => {
+                tracing::info!(target: "consensus.audit", event = "vote_received",
+                    voter = vote.voter.0, round = vote.data.round.0, height = vote.data.height.0,
+                    block_id = %vote.data.block_id, signature = %vote.signature);
+            }
+            _ => {}
+        }
+    }
+
+    /// The audit trail of an action.
+    fn audit_out(&self, a: &Action) {
+        let me = self.core.me();
+        match a {
+            Action::Send {
+                to,
+                msg: Message::Vote(v),
+            } if self.audit_votes => {
+                tracing::info!(target: "consensus.audit", event = "vote_sent", to = to.0,
+                    round = v.data.round.0, height = v.data.height.0,
+                    block_id = %v.data.block_id, signature = %v.signature);
+            }
+            Action::Broadcast {
+                msg: Message::Proposal(p),
+            } if p.block.author == me => {
+                tracing::info!(target: "consensus.audit", event = "proposal", from = me.0,
+                    author = me.0, round = p.block.round.0, height = p.block.height.0,
+                    block_id = %p.block.id(&self.ctx.chain_id),
+                    parent_qc_round = p.block.parent_qc.round.0,
+                    transactions = Payload::count_of(&p.block.payload));
+            }
+            Action::Broadcast {
+                msg: Message::Timeout(t),
+            } if t.voter == me => {
+                tracing::info!(target: "consensus.audit", event = "timeout_signed",
+                    round = t.round.0, high_qc_round = t.high_qc.round.0);
+            }
+            Action::Certified(path) => {
+                if let Some((id, b)) = path.last() {
+                    tracing::info!(target: "consensus.audit", event = "qc", round = b.round.0,
+                        height = b.height.0, block_id = %id);
+                }
+            }
+            Action::Committed(batch) => {
+                for (id, b) in &batch.blocks {
+                    tracing::info!(target: "consensus.audit", event = "commit",
+                        round = b.round.0, height = b.height.0, block_id = %id,
+                        author = b.author.0);
+                }
+            }
+            Action::Evidence(e) => {
+                tracing::info!(target: "consensus.audit", event = "evidence",
+                    offender = e.offender().0, round = e.round().0);
+            }
+            _ => {}
+        }
+    }
+
     /// Carries out the core's actions, then handles this node's own proposal if they sent one.
     fn apply(&mut self, actions: Vec<Action>) {
         let me = self.core.me();
+        let audit = tracing::enabled!(target: "consensus.audit", tracing::Level::INFO);
         for a in actions {
+            if audit {
+                self.audit_out(&a);
+            }
             match a {
                 Action::Send { to, msg } if to == me => self.loopback.push_back(msg),
                 Action::Send { to, msg } => self.send_to(to, msg),
@@ -626,14 +709,9 @@ pub enum ExecInput {
     Committed(Box<CommittedBatch>),
 }
 
-/// Stops the node when a committed block cannot be executed: going on would skip a block or
-/// build on a wrong state, and this validator would then vote against the others' state roots.
-/// A restart rebuilds the state by replaying the committed chain from the store.
-fn halt_execution(height: u64, why: &str) -> ! {
-    tracing::error!(target: "pipeline.exec", height, why, "execution of a committed block failed; stopping the node");
-    eprintln!("bpci: execution of committed block {height} failed: {why}; stopping (a restart replays the committed chain)");
-    std::process::exit(70)
-}
+/// Why execution stopped, set once (see [`ExecStage::halt`]); the node's owner reads it
+/// ([`crate::node::NodeHandle::halted`]) and stops the node.
+pub type Halted = Arc<std::sync::OnceLock<String>>;
 
 /// Most blocks executed optimistically and not yet committed.
 pub const MAX_SPECULATIVE_BLOCKS: usize = 64;
@@ -679,6 +757,8 @@ pub struct ExecStage {
     pub window: Option<(Arc<Mutex<super::committed::CommittedTxs>>, Arc<Progress>)>,
     /// Each height's steps, for the API.
     pub rounds: Arc<RoundLog>,
+    /// Set when execution stops ([`ExecStage::halt`]).
+    pub halted: Halted,
 }
 
 impl ExecStage {
@@ -701,11 +781,26 @@ impl ExecStage {
             optimistic: true,
             window: None,
             rounds: Arc::default(),
+            halted: Halted::default(),
         }
+    }
+
+    /// Stops executing when a committed block cannot be executed: going on would skip a block
+    /// or build on a wrong state, and this validator would then vote against the others' state
+    /// roots. Nothing after it is executed or persisted; the reason goes to [`ExecStage::halted`]
+    /// for the node's owner, which stops the node (`bpci node` exits with status 70). A
+    /// restart rebuilds the state by replaying the committed chain from the store.
+    fn halt(&mut self, height: u64, why: &str) {
+        let reason = format!("execution of committed block {height} failed: {why}");
+        tracing::error!(target: "pipeline.exec", height, why, "execution of a committed block failed; execution stops");
+        let _ = self.halted.set(reason);
     }
 
     /// Handles a batch of inputs in order.
     pub fn on_batch(&mut self, batch: Vec<ExecInput>) {
+        if self.halted.get().is_some() {
+            return;
+        }
         let mut out = Vec::new();
         for input in batch {
             match input {
@@ -773,7 +868,7 @@ impl ExecStage {
         for (i, (id, block)) in committed.blocks.into_iter().enumerate() {
             if block.parent_id != self.committed.0 {
                 // The core commits a continuous chain; anything else is a bug here or there.
-                halt_execution(
+                return self.halt(
                     block.height.0,
                     "committed block does not extend the last one",
                 );
@@ -794,7 +889,7 @@ impl ExecStage {
                     let parent = self.committed.1;
                     match self.execute(&parent, &block) {
                         Ok(done) => done,
-                        Err(e) => halt_execution(block.height.0, &e),
+                        Err(e) => return self.halt(block.height.0, &e),
                     }
                 }
             };

@@ -61,6 +61,9 @@ pub struct TestnetConfig {
     pub view_timeout_seconds: f64,
     /// `tuning.mempool_max_txs`, if set.
     pub mempool_max_txs: Option<u32>,
+    /// The audit trail in each validator's log (`consensus_logging.level: detailed` with
+    /// `include_validator_votes`).
+    pub audit: bool,
 }
 
 impl TestnetConfig {
@@ -73,6 +76,7 @@ impl TestnetConfig {
             phase_timeout_seconds: 1.0,
             view_timeout_seconds: 8.0,
             mempool_max_txs: None,
+            audit: false,
         }
     }
 }
@@ -276,7 +280,7 @@ validators:
 logging:
   level: "info"
   format: "json"
-node:
+{audit}node:
   validator_id: "validator-{i:03}"
   key_file: "{key}"
   data_dir: "{data}"
@@ -294,6 +298,11 @@ node:
             data = data_dir.display(),
             client = ports[i].1,
             http = http_ports[i],
+            audit = if cfg.audit {
+                "  consensus_logging:\n    enabled: true\n    level: \"detailed\"\n    include_validator_votes: true\n"
+            } else {
+                ""
+            },
             token = token_file.display(),
             tuning = cfg
                 .mempool_max_txs
