@@ -495,7 +495,7 @@ fn config_seeds() -> Vec<Seed> {
     let key = checks::consensus_keys()[0].public().to_string();
     let minimal = format!(
         r#"triple_consensus:
-  coordinator: {{max_active_rounds: 1, round_timeout_seconds: 1, validator_timeout_seconds: 1}}
+  coordinator: {{max_active_rounds: 1, round_timeout_seconds: 1, validator_timeout_seconds: 3}}
   ibft: {{byzantine_tolerance_ratio: 0, required_vote_threshold: 1, phase_timeout_seconds: 1, signature_verification: true}}
   hotstuff: {{pipeline_depth: 1, optimistic_execution: false, view_timeout_seconds: 1, leader_rotation_enabled: true}}
   auction: {{bid_evaluation_timeout_seconds: 1, mev_protection_enabled: false, priority_weight: 1, economic_weight: 0}}
