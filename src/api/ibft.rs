@@ -417,9 +417,9 @@ pub async fn vote(
         )));
     }
     let voter = view
-        .validators
+        .validator_ids
         .iter()
-        .position(|x| x.validator_id == v.validator_id)
+        .position(|x| *x == v.validator_id)
         .ok_or_else(|| {
             ApiError::bad_request(format!(
                 "validator_id {:?} is not in the validator set",

@@ -119,8 +119,6 @@ pub struct RoundLog {
     last_durable_ms: AtomicU64,
     /// Unix ms of the latest turn of the consensus stage's loop (it ticks every few ms).
     consensus_turn_ms: AtomicU64,
-    /// Proposals replaced at their height by a later round's block (a failed round).
-    replaced: AtomicU64,
     /// Equivocation evidence the core reported.
     evidence: AtomicU64,
     /// Proposal-to-commit time of every height committed since start that was seen proposed.
@@ -143,12 +141,11 @@ impl RoundLog {
     /// A block for `height` was proposed (made here or received).
     pub fn proposed(&self, id: BlockId, block: &Arc<Block>, txs: Option<u64>) {
         let now = unix_ms();
-        let replaced = self.with(|m| {
+        self.with(|m| {
             let e = m.entry(block.height.0).or_default();
             if e.committed_ms.is_some() || e.block_id == Some(id) {
-                return false;
+                return;
             }
-            let replaced = e.block_id.is_some();
             *e = RoundEntry {
                 round: block.round.0,
                 block_id: Some(id),
@@ -158,11 +155,7 @@ impl RoundLog {
                 proposed_ms: Some(now),
                 ..RoundEntry::default()
             };
-            replaced
         });
-        if replaced {
-            self.replaced.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     /// The blocks of a certified path were seen certified (only those not yet marked change).
@@ -293,11 +286,6 @@ impl RoundLog {
         self.consensus_turn_ms.load(Ordering::Relaxed)
     }
 
-    /// Proposals replaced at their height by a later round's block.
-    pub fn replaced(&self) -> u64 {
-        self.replaced.load(Ordering::Relaxed)
-    }
-
     /// A copy of one height's entry.
     pub fn get(&self, height: u64) -> Option<RoundEntry> {
         self.with(|m| m.get(&height).cloned())
@@ -413,15 +401,6 @@ pub struct Sample {
     pub persist_failures: u64,
 }
 
-/// A validator as the API shows it.
-#[derive(Clone, Debug)]
-pub struct ValidatorInfo {
-    /// `validator_id` from the config.
-    pub validator_id: String,
-    /// Stake.
-    pub stake: u64,
-}
-
 /// Everything the API reads.
 pub struct NodeView {
     /// This node's `validator_id`.
@@ -430,8 +409,8 @@ pub struct NodeView {
     pub me: ValidatorIndex,
     /// The chain's id and validator set.
     pub ctx: Arc<EpochContext>,
-    /// The validators by index.
-    pub validators: Vec<ValidatorInfo>,
+    /// The validators' `validator_id`s, by index (their keys and stakes are in `ctx`).
+    pub validator_ids: Vec<String>,
     /// `hotstuff.optimistic_execution`.
     pub optimistic_execution: bool,
     /// Pipeline progress (committed, durable, round; the pipeline depth in force).
@@ -483,9 +462,9 @@ impl NodeView {
 
     /// `validator_id` of validator `i` (its index as text if unknown).
     pub fn name_of(&self, i: ValidatorIndex) -> String {
-        self.validators
+        self.validator_ids
             .get(i.as_usize())
-            .map_or_else(|| format!("#{}", i.0), |v| v.validator_id.clone())
+            .map_or_else(|| format!("#{}", i.0), Clone::clone)
     }
 
     /// The leader of `round`.

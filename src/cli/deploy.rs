@@ -110,12 +110,7 @@ fn k8s(a: &K8sArgs) -> anyhow::Result<ExitCode> {
     let keys: Vec<Keypair> = (0..n)
         .map(|_| Keypair::generate(&mut rand::rngs::OsRng))
         .collect();
-    let token = {
-        use rand::RngCore;
-        let mut b = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut b);
-        hex::encode(b)
-    };
+    let token = bpci::node::keys::new_token();
     let dns = |i: usize| {
         format!(
             "validator-{i}-0.{SERVICE}.{}.svc.cluster.local",

@@ -75,6 +75,14 @@ pub fn write(path: &Path, key: &Keypair) -> Result<(), KeyFileError> {
     f.sync_all().map_err(io(path))
 }
 
+/// A new random operator token: 48 hex digits (192 bits from the OS).
+pub fn new_token() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
 /// Shortest operator token accepted (characters).
 pub const TOKEN_LEN_MIN: usize = 16;
 

@@ -31,9 +31,7 @@ use std::time::Duration;
 
 use bpci_transport::{ClientServer, ClientServerConfig, PeerConfig, Transport, TransportConfig};
 
-use crate::api::view::{
-    unix_ms, ExecSample, NodeView, RoundLog, Sample, TransportSample, ValidatorInfo,
-};
+use crate::api::view::{unix_ms, ExecSample, NodeView, RoundLog, Sample, TransportSample};
 use crate::api::ApiServer;
 use crate::config::Config;
 use crate::consensus::{Core, CoreConfig, EpochContext, Storage};
@@ -635,15 +633,12 @@ pub fn start(config: &Config, key: Keypair) -> Result<NodeHandle, NodeError> {
         validator_id: node.validator_id.clone(),
         me,
         ctx: Arc::clone(&ctx),
-        validators: config
+        validator_ids: config
             .file
             .validators
             .iter()
             .filter(|v| v.is_active)
-            .map(|v| ValidatorInfo {
-                validator_id: v.validator_id.clone(),
-                stake: v.stake,
-            })
+            .map(|v| v.validator_id.clone())
             .collect(),
         optimistic_execution: hs.optimistic_execution,
         progress: Arc::clone(&progress),

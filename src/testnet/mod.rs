@@ -218,12 +218,7 @@ pub fn write(cfg: &TestnetConfig) -> Result<Vec<NodeInfo>, TestnetError> {
     let http_ports = free_tcp_ports(cfg.validators)?;
     // One operator token for the testnet's validators (mutating API calls).
     let token_file = dir.join(OPERATOR_TOKEN_FILE);
-    let token: String = {
-        use rand::RngCore;
-        let mut b = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut b);
-        hex::encode(b)
-    };
+    let token = crate::node::keys::new_token();
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
