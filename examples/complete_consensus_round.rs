@@ -3,8 +3,8 @@
 //! (`bpci testnet --hold` prints each validator's API URL).
 //!
 //! Rounds start by themselves (a round is a height); this follows the next one to its commit
-//! and prints its status and the node's metrics. Starting a round with bundle proposals comes
-//! with the auction.
+//! and prints its status and the node's metrics. There is no starting a round
+//! with bundle proposals: this build has no auction.
 
 use std::time::Duration;
 

@@ -12,8 +12,8 @@
 //! # Ok::<(), bpci::coordinator::ConsensusError>(())
 //! ```
 //!
-//! Not here yet: `start_consensus_round` with bundle proposals and `AuctionModeManager`, which
-//! need the auction.
+//! There is no `start_consensus_round` with bundle proposals and no `AuctionModeManager`: this
+//! build has no auction.
 
 use std::time::{Duration, Instant};
 
@@ -281,7 +281,7 @@ impl TripleConsensusCoordinator {
     }
 
     /// The spec's round execution, for a round already under way: waits for its finalization
-    /// (rounds start by themselves; starting one with bundles comes with the auction).
+    /// (rounds start by themselves; there is no auction to start one with bundles).
     ///
     /// # Errors
     /// As [`Self::wait_for_finalization`].

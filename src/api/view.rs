@@ -158,7 +158,7 @@ impl RoundLog {
         });
     }
 
-    /// The blocks of a certified path were seen certified (only those not yet marked change).
+    /// The blocks of a certified path were seen certified (each block's time is set once).
     pub fn prepared<'a>(&self, ids: impl Iterator<Item = (BlockId, &'a Arc<Block>)>) {
         let now = unix_ms();
         self.with(|m| {
